@@ -1,0 +1,70 @@
+"""The result schema shared by the CLI and the HTTP service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from leafid.errors import LeafidError
+
+CAVEAT = (
+    "Visual identification only — not a quality or safety test. A match says nothing "
+    "about purity, potency, contamination or safety of any plant product."
+)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One ranked species candidate."""
+
+    slug: str
+    scientific_name: str
+    common_name: str
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form."""
+        return {
+            "slug": self.slug,
+            "scientific_name": self.scientific_name,
+            "common_name": self.common_name,
+            "score": round(self.score, 6),
+        }
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The answer for one photo (or one fused set of photos of one plant).
+
+    Attributes:
+        results: Top-k candidates, best first, calibrated scores in [0, 1].
+        unknown: True when the best score is under the unknown threshold.
+        reason: Why the answer is unknown (None when it is not).
+        model_version: Version of the model that answered.
+    """
+
+    results: tuple[Candidate, ...]
+    unknown: bool
+    reason: str | None
+    model_version: str
+
+    @property
+    def best_match(self) -> str | None:
+        """Slug of the best candidate, or None when unknown."""
+        return None if self.unknown else self.results[0].slug
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form (the schema of CLI rows and service answers)."""
+        return {
+            "best_match": self.best_match,
+            "unknown": self.unknown,
+            "reason": self.reason,
+            "results": [c.to_dict() for c in self.results],
+            "caveat": CAVEAT,
+            "model_version": self.model_version,
+        }
+
+
+def error_dict(exc: LeafidError) -> dict[str, str]:
+    """The ``error`` object of an error row or error response."""
+    return {"type": exc.code, "message": str(exc)}

@@ -1,0 +1,103 @@
+"""Shared fixtures: a tiny ONNX model with valid leafid metadata, and image makers."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from leafid.spec import METADATA_KEY, ClassInfo, ModelSpec
+
+TINY_CLASSES = (
+    ClassInfo("rubra", "Planta rubra", "red plant"),
+    ClassInfo("viridis", "Planta viridis", "green plant"),
+    ClassInfo("caerulea", "Planta caerulea", "blue plant"),
+)
+TINY_COLOURS = {"rubra": (220, 30, 30), "viridis": (30, 200, 40), "caerulea": (30, 40, 210)}
+
+
+def tiny_spec(**changes: object) -> ModelSpec:
+    spec = ModelSpec(
+        model_name="tiny-test",
+        model_version="0.0.1-test",
+        classes=TINY_CLASSES,
+        input_size=32,
+        resize_size=36,
+        unknown_threshold=0.5,
+    )
+    return spec.replace(**changes) if changes else spec
+
+
+def make_tiny_model(path: Path, spec: ModelSpec | None = None, *, metadata: str | None = None,
+                    with_metadata: bool = True) -> Path:
+    """Write an ONNX model: mean colour of the image -> linear layer -> logits.
+
+    A saturated red/green/blue image is scored strongly as its colour's class; a grey
+    image scores all classes equally (and so is unknown at threshold 0.5).
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    spec = spec or tiny_spec()
+    n = len(spec.classes)
+    size = spec.input_size
+    weight = np.zeros((3, n), dtype=np.float32)
+    for i in range(n):
+        weight[i % 3, i] = 12.0 / 255.0
+    nodes = [
+        helper.make_node("Cast", ["image"], ["x"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["x"], ["m"], axes=[1, 2], keepdims=0),
+        helper.make_node("MatMul", ["m", "W"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["batch", size, size, 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", n])],
+        initializer=[numpy_helper.from_array(weight, "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    if with_metadata:
+        helper.set_model_props(model, {METADATA_KEY: metadata if metadata is not None
+                                       else spec.to_json()})
+    onnx.checker.check_model(model, full_check=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def encode(img: Image.Image, fmt: str = "JPEG", **kwargs: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def solid(colour: tuple[int, int, int], size: tuple[int, int] = (64, 48)) -> Image.Image:
+    return Image.new("RGB", size, colour)
+
+
+def noisy(colour: tuple[int, int, int], size: tuple[int, int] = (64, 48), seed: int = 0
+          ) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    arr = np.clip(np.array(colour) + rng.integers(-20, 21, (size[1], size[0], 3)), 0, 255)
+    return Image.fromarray(arr.astype(np.uint8), "RGB")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny.onnx")
+
+
+@pytest.fixture
+def photo_dir(tmp_path: Path) -> Path:
+    """A folder with one JPEG per tiny class (named after the class) and a grey one."""
+    root = tmp_path / "photos"
+    root.mkdir()
+    for slug, colour in TINY_COLOURS.items():
+        noisy(colour).save(root / f"{slug}.jpg", quality=90)
+    solid((128, 128, 128)).save(root / "grey.png")
+    return root
