@@ -30,7 +30,7 @@ _HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b
 
 def _register_heif() -> bool:
     try:
-        from pillow_heif import register_heif_opener  # type: ignore[import-not-found]
+        from pillow_heif import register_heif_opener
     except ImportError:
         return False
     register_heif_opener()
@@ -122,8 +122,8 @@ def decode(data: bytes, limits: ImageLimits, min_side: int = 0) -> Image.Image:
             # because the request is square.
             img.draft("RGB", (min_side, min_side))
         img.load()  # first frame of multi-frame files
-        img = ImageOps.exif_transpose(img) or img
-        return to_rgb(img)
+        upright = ImageOps.exif_transpose(img) or img
+        return to_rgb(upright)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise TooLargeError(f"image has too many pixels: {exc}") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:

@@ -46,4 +46,5 @@ def preprocess(img: Image.Image, spec: ModelSpec) -> np.ndarray:
         return arr
     mean = np.asarray(spec.mean, dtype=np.float32) * 255.0
     std = np.asarray(spec.std, dtype=np.float32) * 255.0
-    return ((arr.astype(np.float32) - mean) / std).transpose(2, 0, 1).copy()
+    normalised: np.ndarray = ((arr.astype(np.float32) - mean) / std).transpose(2, 0, 1)
+    return np.ascontiguousarray(normalised)

@@ -1,0 +1,138 @@
+import numpy as np
+import pytest
+
+from conftest import TINY_COLOURS, encode, make_tiny_model, noisy, solid, tiny_spec
+from leafid.classifier import Classifier, softmax
+from leafid.errors import InvalidModelError, InvalidRequestError, ModelNotFoundError
+from leafid.paths import default_model_path, shipped_model_candidates
+from leafid.results import CAVEAT
+
+
+@pytest.fixture(scope="module")
+def clf(tiny_model):
+    return Classifier(tiny_model)
+
+
+def test_spec_is_read_from_metadata(clf):
+    assert clf.spec == tiny_spec()
+    assert clf.threshold == 0.5
+
+
+@pytest.mark.parametrize("slug", list(TINY_COLOURS))
+def test_coloured_photo_is_its_class(clf, slug):
+    pred = clf.classify_arrays(clf.load(encode(noisy(TINY_COLOURS[slug])))[None])[0]
+    assert pred.best_match == slug and not pred.unknown
+    assert pred.results[0].score > 0.9
+    d = pred.to_dict()
+    assert d["caveat"] == CAVEAT and d["model_version"] == "0.0.1-test"
+    assert [r["slug"] for r in d["results"]][0] == slug
+
+
+def test_grey_photo_is_unknown_with_reason(clf):
+    (pred,) = clf.classify([solid((128, 128, 128))])
+    assert pred.unknown and pred.best_match is None
+    assert "threshold" in (pred.reason or "")
+    assert sum(c.score for c in pred.results) == pytest.approx(1.0)
+
+
+def test_threshold_override(tiny_model):
+    low = Classifier(tiny_model, threshold=0.2)
+    assert not low.classify([solid((128, 128, 128))])[0].unknown
+    with pytest.raises(InvalidRequestError):
+        Classifier(tiny_model, threshold=2.0)
+
+
+def test_top_k(clf):
+    (pred,) = clf.classify([noisy((220, 30, 30))], top_k=2)
+    assert len(pred.results) == 2
+    assert len(clf.classify([noisy((220, 30, 30))], top_k=99)[0].results) == 3
+    with pytest.raises(InvalidRequestError):
+        clf.classify([noisy((220, 30, 30))], top_k=0)
+
+
+def test_batch_matches_single(clf):
+    imgs = [noisy(c, seed=i) for i, c in enumerate(TINY_COLOURS.values())]
+    batch = clf.classify(imgs)
+    singles = [clf.classify([im])[0] for im in imgs]
+    for b, s in zip(batch, singles, strict=True):
+        assert b.results[0].slug == s.results[0].slug
+        assert b.results[0].score == pytest.approx(s.results[0].score, abs=1e-6)
+
+
+def test_temperature_softens_scores(tmp_path):
+    hot = Classifier(make_tiny_model(tmp_path / "t.onnx", tiny_spec(temperature=4.0)))
+    cold = Classifier(make_tiny_model(tmp_path / "c.onnx", tiny_spec(temperature=1.0)))
+    img = [noisy((220, 30, 30))]
+    assert hot.classify(img)[0].results[0].score < cold.classify(img)[0].results[0].score
+
+
+def test_identify_fuses_photos(clf):
+    fused = clf.identify([noisy((220, 30, 30), seed=1), noisy((150, 90, 80), seed=2)])
+    assert fused.best_match == "rubra"
+    one = clf.classify([noisy((150, 90, 80), seed=2)])[0]
+    assert fused.results[0].score > one.results[0].score
+    with pytest.raises(InvalidRequestError):
+        clf.identify([])
+
+
+def test_softmax_rows_sum_to_one():
+    p = softmax(np.array([[1000.0, 0.0], [1.0, 1.0]]))
+    np.testing.assert_allclose(p.sum(axis=1), 1.0)
+    assert p[0, 0] == pytest.approx(1.0)
+
+
+def test_missing_model(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="not found"):
+        Classifier(tmp_path / "nope.onnx")
+
+
+def test_model_without_metadata_is_refused(tmp_path):
+    path = make_tiny_model(tmp_path / "m.onnx", with_metadata=False)
+    with pytest.raises(InvalidModelError, match="no leafid metadata"):
+        Classifier(path)
+
+
+def test_model_with_bad_metadata_is_refused(tmp_path):
+    path = make_tiny_model(tmp_path / "m.onnx", metadata='{"spec_version": 1}')
+    with pytest.raises(InvalidModelError):
+        Classifier(path)
+
+
+def test_spec_that_does_not_fit_the_graph_is_refused(tmp_path):
+    path = make_tiny_model(tmp_path / "m.onnx")
+    import onnx
+
+    from leafid.spec import METADATA_KEY
+
+    model = onnx.load(str(path))
+    for prop in model.metadata_props:
+        if prop.key == METADATA_KEY:
+            prop.value = tiny_spec(input_size=48, resize_size=64).to_json()
+    onnx.save(model, str(path))
+    with pytest.raises(InvalidModelError, match="model input"):
+        Classifier(path)
+
+
+def test_not_an_onnx_file(tmp_path):
+    path = tmp_path / "junk.onnx"
+    path.write_bytes(b"garbage")
+    with pytest.raises(InvalidModelError, match="cannot load"):
+        Classifier(path)
+
+
+def test_default_model_path_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("LEAFID_MODEL", str(tmp_path / "x.onnx"))
+    assert default_model_path() == tmp_path / "x.onnx"
+    monkeypatch.delenv("LEAFID_MODEL")
+    assert default_model_path() in shipped_model_candidates()
+
+
+def test_shipped_model_when_present():
+    """Runs the real shipped model when the repo has one."""
+    path = next((p for p in shipped_model_candidates() if p.is_file()), None)
+    if path is None:
+        pytest.skip("no shipped model in model/ yet")
+    clf = Classifier(path)
+    (pred,) = clf.classify([noisy((40, 140, 40), (640, 480))])
+    assert len(pred.results) == min(5, len(clf.spec.classes))
+    assert 0.0 <= pred.results[0].score <= 1.0

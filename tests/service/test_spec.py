@@ -1,0 +1,63 @@
+import json
+
+import pytest
+
+from conftest import TINY_CLASSES, tiny_spec
+from leafid.errors import InvalidModelError
+from leafid.spec import ClassInfo, ModelSpec
+
+
+def test_json_round_trip_keeps_every_field():
+    spec = tiny_spec(temperature=1.7, unknown_threshold=0.42, metrics={"top1": 0.9},
+                     training_data={"datasets": ["a"]})
+    back = ModelSpec.from_json(spec.to_json())
+    assert back == spec
+    assert back.metrics == {"top1": 0.9}
+    assert back.training_data == {"datasets": ["a"]}
+    assert back.labels == ["rubra", "viridis", "caerulea"]
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"classes": ()},
+        {"classes": (TINY_CLASSES[0], TINY_CLASSES[0])},
+        {"input_size": 300},
+        {"interpolation": "magic"},
+        {"input_format": "uint16"},
+        {"std": (0.2, 0.0, 0.2)},
+        {"temperature": 0.0},
+        {"temperature": float("nan")},
+        {"unknown_threshold": 1.5},
+    ],
+)
+def test_invalid_values_are_refused(changes):
+    with pytest.raises(InvalidModelError):
+        tiny_spec(**changes)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "not json",
+        "[]",
+        json.dumps({"model_name": "x"}),
+    ],
+)
+def test_bad_json_is_a_typed_error(text):
+    with pytest.raises(InvalidModelError):
+        ModelSpec.from_json(text)
+
+
+def test_unknown_spec_version_is_refused():
+    data = json.loads(tiny_spec().to_json())
+    data["spec_version"] = 99
+    with pytest.raises(InvalidModelError, match="spec_version"):
+        ModelSpec.from_json(json.dumps(data))
+
+
+def test_spec_is_frozen():
+    spec = tiny_spec()
+    with pytest.raises(AttributeError):
+        spec.temperature = 2.0  # type: ignore[misc]
+    assert isinstance(spec.classes[0], ClassInfo)
