@@ -1,0 +1,5 @@
+"""leafid's HTTP identification service (FastAPI) and its upload page.
+
+Needs the ``service`` extra (``pip install 'leafid[service]'``). Importing this
+package itself is cheap; :mod:`leafid.http.app` pulls in FastAPI.
+"""

@@ -1,0 +1,794 @@
+"""The FastAPI application: identification API, health, metrics and the upload page.
+
+Build it with :func:`create_app`. The classifier is loaded once in the app's lifespan
+and reached through the :func:`get_classifier` dependency (tests may override it).
+Every error answer is ``{"error": {"code": ..., "message": ...}}``, built by
+:func:`error_response` from the :class:`~leafid.errors.LeafidError` hierarchy.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+import numpy as np
+from fastapi import Depends, FastAPI, File, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+
+from leafid import __version__
+from leafid.classifier import Classifier
+from leafid.errors import (
+    ImageError,
+    InvalidRequestError,
+    LeafidError,
+    ModelError,
+    TooLargeError,
+)
+from leafid.http.errors import AuthError, ServiceBusyError, ServiceError
+from leafid.http.metrics import Metrics
+from leafid.http.settings import Settings
+from leafid.images import ImageLimits
+from leafid.results import CAVEAT, Prediction, error_dict
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+# --- errors: the one place LeafidError becomes an HTTP answer ---------------------------
+
+
+def error_response(exc: LeafidError) -> JSONResponse:
+    """The JSON error answer for a leafid error (status from ``exc.http_status``)."""
+    headers = exc.headers if isinstance(exc, ServiceError) else None
+    return JSONResponse(
+        {"error": {"code": exc.code, "message": str(exc)}},
+        status_code=exc.http_status,
+        headers=headers,
+    )
+
+
+class _HttpError(LeafidError):
+    """A plain HTTP error raised by the framework (404, 405, malformed body)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.http_status = status
+        self.code = code
+
+
+class _InternalError(LeafidError):
+    code = "internal_error"
+    http_status = 500
+
+
+_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
+
+
+async def _on_leafid_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, LeafidError)
+    return error_response(exc)
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+    return error_response(InvalidRequestError("; ".join(parts) or "invalid request"))
+
+
+async def _on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
+    response = error_response(_HttpError(exc.status_code, code, str(exc.detail)))
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
+async def _send_error(send: Send, exc: LeafidError) -> None:
+    response = error_response(exc)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": response.status_code,
+            "headers": response.raw_headers,
+        }
+    )
+    await send({"type": "http.response.body", "body": response.body})
+
+
+# --- middleware ----------------------------------------------------------------------
+
+
+class BodyLimitMiddleware:
+    """Refuses request bodies over ``max_bytes`` with 413.
+
+    The ``Content-Length`` header is checked before anything is read; bodies without
+    one (chunked) are counted while they are read, and the request is answered with
+    413 as soon as the count passes the limit.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the app with the body limit applied."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await _send_error(send, self._too_large(int(value)))
+                return
+        received = 0
+        exceeded = False
+
+        async def counting_receive() -> Message:
+            nonlocal received, exceeded
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    exceeded = True
+                    raise self._too_large(received)
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            if not exceeded:  # drop whatever the app answers to the aborted read
+                await send(message)
+
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except Exception:
+            if not exceeded:
+                raise
+        if exceeded:
+            await _send_error(send, self._too_large(received))
+
+    def _too_large(self, size: int) -> TooLargeError:
+        return TooLargeError(
+            f"request body is over the limit of {self.max_bytes} bytes (got at least {size})"
+        )
+
+
+class MetricsMiddleware:
+    """Counts and times every request; answers unexpected exceptions with a 500.
+
+    This is the catch-all: an exception nothing else handled is logged with its
+    traceback and the client gets ``internal_error`` without details.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, router_app: FastAPI) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.router_app = router_app
+
+    def _route(self, scope: Scope) -> str:
+        for route in self.router_app.router.routes:
+            match, _ = route.matches(scope)
+            if match == Match.FULL:
+                return str(getattr(route, "path", "other"))
+        return "unmatched"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the app, recording the request's route, status and latency."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        route = self._route(scope)
+        status = 500
+        started = False
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        except Exception:
+            log.exception("unhandled error in %s %s", scope["method"], scope["path"])
+            if started:
+                raise
+            await _send_error(send, _InternalError("internal server error"))
+            status = 500
+        finally:
+            labels = (route, scope["method"], str(status))
+            self.metrics.requests.labels(*labels).inc()
+            self.metrics.latency.labels(*labels).observe(time.perf_counter() - start)
+
+
+# --- bounded inference ---------------------------------------------------------------
+
+
+class InferenceGate:
+    """At most ``concurrency`` requests in decode+inference, at most ``queue_size`` waiting.
+
+    A request arriving when all slots are busy and the queue is full is refused at
+    once with :class:`ServiceBusyError` (503 + ``Retry-After``).
+    """
+
+    def __init__(self, concurrency: int, queue_size: int, retry_after_s: int) -> None:
+        self._semaphore = anyio.Semaphore(concurrency)
+        self.queue_size = queue_size
+        self.retry_after_s = retry_after_s
+        self.waiting = 0
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one inference slot for the duration of the block."""
+        if self._semaphore.value == 0 and self.waiting >= self.queue_size:
+            raise ServiceBusyError(
+                f"the service is busy ({self.waiting} requests waiting); retry shortly",
+                self.retry_after_s,
+            )
+        self.waiting += 1
+        try:
+            await self._semaphore.acquire()
+        finally:
+            self.waiting -= 1
+        try:
+            yield
+        finally:
+            self._semaphore.release()
+
+
+# --- response schemas (OpenAPI docs; the data itself comes from Prediction.to_dict) ---
+
+
+class CandidateOut(BaseModel):
+    """One ranked species candidate."""
+
+    slug: str
+    scientific_name: str
+    common_name: str
+    score: float
+
+
+class PredictionOut(BaseModel):
+    """The answer for one photo (the CLI's result rows have the same fields)."""
+
+    best_match: str | None
+    unknown: bool
+    reason: str | None
+    results: list[CandidateOut]
+    caveat: str
+    model_version: str
+
+
+class ImagePredictionOut(PredictionOut):
+    """One uploaded photo's own answer."""
+
+    filename: str
+
+
+class ErrorItem(BaseModel):
+    """Why one photo of a batch could not be classified."""
+
+    type: str
+    message: str
+
+
+class ImageErrorOut(BaseModel):
+    """A photo of a ``/v1/classify`` batch that could not be used."""
+
+    filename: str
+    error: ErrorItem
+
+
+class ModelRef(BaseModel):
+    """The model that answered."""
+
+    name: str
+    version: str
+
+
+class Timing(BaseModel):
+    """Server-side time spent, in milliseconds."""
+
+    decode_ms: float
+    inference_ms: float
+    total_ms: float
+
+
+class IdentifyOut(BaseModel):
+    """A fused answer for 1-5 photos of one plant."""
+
+    model: ModelRef
+    best_match: str | None
+    unknown: bool
+    reason: str | None
+    results: list[CandidateOut]
+    images: list[ImagePredictionOut]
+    timing: Timing
+    caveat: str
+
+
+class ClassifyOut(BaseModel):
+    """One answer (or error) per independent photo, in upload order."""
+
+    model: ModelRef
+    results: list[ImagePredictionOut | ImageErrorOut]
+    timing: Timing
+    caveat: str
+
+
+class SpeciesOut(BaseModel):
+    """One class the model knows."""
+
+    index: int
+    slug: str
+    scientific_name: str
+    common_name: str
+
+
+class ModelOut(BaseModel):
+    """The loaded model's metadata."""
+
+    name: str
+    version: str
+    input_size: int
+    resize_size: int
+    input_format: str
+    interpolation: str
+    num_classes: int
+    threshold: float
+    temperature: float
+    training_data: dict[str, Any]
+    metrics: dict[str, Any]
+
+
+class ErrorBody(BaseModel):
+    """The ``error`` object of an error answer."""
+
+    code: str
+    message: str
+
+
+class ErrorOut(BaseModel):
+    """Every error answer has this shape."""
+
+    error: ErrorBody
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorOut, "description": text}
+    for status, text in {
+        400: "An image cannot be decoded (truncated, corrupt)",
+        401: "API key missing or wrong (when keys are configured)",
+        413: "Request body, an image file or its pixel count is over the limit",
+        415: "A file is not an image type leafid can read",
+        422: "Bad parameters or wrong number of images",
+        503: "Model not ready, or the inference queue is full (see Retry-After)",
+    }.items()
+}
+
+
+# --- dependencies --------------------------------------------------------------------
+
+
+def get_settings(request: Request) -> Settings:
+    """The app's settings."""
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_classifier(request: Request) -> Classifier:
+    """The classifier loaded at start-up.
+
+    Raises:
+        ModelError: The model is not loaded (start-up has not run).
+    """
+    classifier: Classifier | None = request.app.state.classifier
+    if classifier is None:
+        raise ModelError("the model is not loaded yet")
+    return classifier
+
+
+def get_gate(request: Request) -> InferenceGate:
+    """The app's inference gate (created at start-up)."""
+    gate: InferenceGate | None = request.app.state.gate
+    if gate is None:
+        raise ModelError("the service has not started yet")
+    return gate
+
+
+def get_metrics(request: Request) -> Metrics:
+    """The app's metrics."""
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
+_bearer = HTTPBearer(auto_error=False)
+
+
+def require_api_key(
+    settings: Annotated[Settings, Depends(get_settings)],
+    api_key: Annotated[str | None, Depends(_api_key_header)],
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """Check ``X-API-Key`` or ``Authorization: Bearer`` when API keys are configured.
+
+    Raises:
+        AuthError: Keys are configured and the request has no valid one.
+    """
+    if not settings.api_keys:
+        return
+    given = api_key if api_key is not None else (bearer.credentials if bearer else None)
+    if given is None:
+        raise AuthError("an API key is needed: send it in the X-API-Key header")
+    ok = False
+    for key in settings.api_keys:  # compare with every key, in constant time
+        ok |= hmac.compare_digest(given.encode(), key.encode())
+    if not ok:
+        raise AuthError("the API key is not valid")
+
+
+ClassifierDep = Annotated[Classifier, Depends(get_classifier)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+GateDep = Annotated[InferenceGate, Depends(get_gate)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+Images = Annotated[
+    list[UploadFile], File(description="Photos (JPEG, PNG, WebP, HEIC with leafid[heic], ...)")
+]
+
+
+# --- the work done off the event loop ------------------------------------------------
+
+
+@dataclass
+class _Upload:
+    filename: str
+    data: bytes
+    error: ImageError | None = None
+
+
+async def _read_uploads(files: list[UploadFile], settings: Settings) -> list[_Upload]:
+    """Read the uploaded files; one over the byte limit gets ``error`` set, no data."""
+    uploads = []
+    for index, file in enumerate(files):
+        name = file.filename or f"image-{index + 1}"
+        if file.size is not None and file.size > settings.max_image_bytes:
+            size = file.size
+        else:
+            data = await file.read()
+            size = len(data)
+        if size > settings.max_image_bytes:
+            error = TooLargeError(
+                f"{name}: file is {size} bytes, over the limit of {settings.max_image_bytes}"
+            )
+            uploads.append(_Upload(name, b"", error))
+        else:
+            uploads.append(_Upload(name, data))
+    return uploads
+
+
+def _named(exc: ImageError, filename: str) -> ImageError:
+    """The same kind of error, with the file's name in front of the message."""
+    renamed = type(exc)(f"{filename}: {exc}")
+    renamed.__cause__ = exc
+    return renamed
+
+
+DEFAULT_TOP_K = 5
+
+
+def _top_k(top_k: int | None, classifier: Classifier) -> int:
+    """The asked top_k, checked; when not given, 5 (or every class if there are fewer)."""
+    n = len(classifier.spec.classes)
+    if top_k is None:
+        return min(DEFAULT_TOP_K, n)
+    if not 1 <= top_k <= n:
+        raise InvalidRequestError(f"top_k must be between 1 and {n}, got {top_k}")
+    return top_k
+
+
+def _model_ref(classifier: Classifier) -> dict[str, str]:
+    return {"name": classifier.spec.model_name, "version": classifier.model_version}
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 2)
+
+
+def _identify_work(
+    classifier: Classifier, uploads: list[_Upload], top_k: int
+) -> tuple[Prediction, list[Prediction], float, float]:
+    start = time.perf_counter()
+    arrays = []
+    for upload in uploads:
+        if upload.error is not None:
+            raise upload.error
+        try:
+            arrays.append(classifier.load(upload.data))
+        except ImageError as exc:
+            raise _named(exc, upload.filename) from exc
+    batch = np.stack(arrays)
+    decoded = time.perf_counter()
+    fused = classifier.identify_arrays(batch, top_k)
+    # One photo: its own answer is the fused answer, so one onnxruntime call is enough.
+    own = [fused] if len(uploads) == 1 else classifier.classify_arrays(batch, top_k)
+    return fused, own, decoded - start, time.perf_counter() - decoded
+
+
+def _classify_work(
+    classifier: Classifier, uploads: list[_Upload], top_k: int
+) -> tuple[list[Prediction | ImageError], float, float]:
+    start = time.perf_counter()
+    loaded: list[np.ndarray | ImageError] = []
+    for upload in uploads:
+        if upload.error is not None:
+            loaded.append(upload.error)
+            continue
+        try:
+            loaded.append(classifier.load(upload.data))
+        except ImageError as exc:
+            loaded.append(exc)
+    good = [a for a in loaded if isinstance(a, np.ndarray)]
+    decoded = time.perf_counter()
+    predictions = iter(classifier.classify_arrays(np.stack(good), top_k) if good else [])
+    out: list[Prediction | ImageError] = [
+        item if isinstance(item, ImageError) else next(predictions) for item in loaded
+    ]
+    return out, decoded - start, time.perf_counter() - decoded
+
+
+# --- the app -------------------------------------------------------------------------
+
+
+def load_classifier(settings: Settings) -> Classifier:
+    """Load the model named by the settings, with the settings' image limits.
+
+    Raises:
+        ModelNotFoundError: The model file does not exist.
+        InvalidModelError: The file is not a usable leafid model.
+    """
+    limits = ImageLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_pixels)
+    return Classifier(settings.model, threads=settings.threads, limits=limits)
+
+
+def create_app(settings: Settings | None = None, classifier: Classifier | None = None) -> FastAPI:
+    """Build the service.
+
+    Args:
+        settings: Service settings; read from ``LEAFID_*`` environment variables if None.
+        classifier: An already loaded classifier to use instead of loading
+            ``settings.model`` at start-up.
+
+    Returns:
+        The FastAPI app. The model is loaded when its lifespan starts; a missing or
+        invalid model makes start-up fail with ModelNotFoundError / InvalidModelError.
+    """
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if app.state.classifier is None and get_classifier not in app.dependency_overrides:
+            started = time.perf_counter()
+            app.state.classifier = await anyio.to_thread.run_sync(load_classifier, settings)
+            log.info(
+                "loaded model %s in %.0f ms",
+                settings.model,
+                (time.perf_counter() - started) * 1000,
+            )
+        app.state.gate = InferenceGate(
+            settings.inference_concurrency, settings.queue_size, settings.retry_after_s
+        )
+        yield
+
+    app = FastAPI(
+        title="leafid",
+        version=__version__,
+        summary="Leaf-photo plant identification with honest confidence.",
+        description=CAVEAT,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.classifier = classifier
+    app.state.gate = None
+    app.state.metrics = Metrics()
+
+    app.add_exception_handler(LeafidError, _on_leafid_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["X-API-Key", "Authorization"],
+        )
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics, router_app=app)
+    _add_routes(app)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+def _add_routes(app: FastAPI) -> None:
+    auth = [Depends(require_api_key)]
+
+    @app.post(
+        "/v1/identify",
+        response_model=IdentifyOut,
+        responses=_ERRORS,
+        dependencies=auth,
+        tags=["identify"],
+    )
+    async def identify(
+        images: Images,
+        classifier: ClassifierDep,
+        settings: SettingsDep,
+        gate: GateDep,
+        metrics: MetricsDep,
+        top_k: Annotated[
+            int | None, Query(description="Candidates to return, 1 to the number of classes")
+        ] = None,
+    ) -> dict[str, Any]:
+        """Identify one plant from 1-5 photos of it; the photos' answers are fused."""
+        start = time.perf_counter()
+        if not 1 <= len(images) <= settings.max_images:
+            raise InvalidRequestError(
+                f"send 1 to {settings.max_images} images of the same plant, got {len(images)}"
+            )
+        k = _top_k(top_k, classifier)
+        uploads = await _read_uploads(images, settings)
+        async with gate.slot():
+            fused, own, decode_s, infer_s = await anyio.to_thread.run_sync(
+                _identify_work, classifier, uploads, k
+            )
+        metrics.inference.observe(infer_s)
+        metrics.images.inc(len(uploads))
+        if fused.unknown:
+            metrics.unknown.inc()
+        fused_dict = fused.to_dict()
+        return {
+            "model": _model_ref(classifier),
+            "best_match": fused_dict["best_match"],
+            "unknown": fused_dict["unknown"],
+            "reason": fused_dict["reason"],
+            "results": fused_dict["results"],
+            "images": [
+                {"filename": u.filename, **p.to_dict()} for u, p in zip(uploads, own, strict=True)
+            ],
+            "timing": {
+                "decode_ms": _ms(decode_s),
+                "inference_ms": _ms(infer_s),
+                "total_ms": _ms(time.perf_counter() - start),
+            },
+            "caveat": CAVEAT,
+        }
+
+    @app.post(
+        "/v1/classify",
+        response_model=ClassifyOut,
+        responses=_ERRORS,
+        dependencies=auth,
+        tags=["identify"],
+    )
+    async def classify(
+        images: Images,
+        classifier: ClassifierDep,
+        settings: SettingsDep,
+        gate: GateDep,
+        metrics: MetricsDep,
+        top_k: Annotated[
+            int | None, Query(description="Candidates to return, 1 to the number of classes")
+        ] = None,
+    ) -> dict[str, Any]:
+        """Classify independent photos, one answer each, in one model call.
+
+        A photo that cannot be used gets an error item ``{filename, error: {type,
+        message}}`` in its place (like the CLI's error rows); the others are answered
+        and the status is 200. Errors of the request itself (count, size of the whole
+        body, parameters, API key) answer the whole request with 4xx.
+        """
+        start = time.perf_counter()
+        if not 1 <= len(images) <= settings.max_batch:
+            raise InvalidRequestError(f"send 1 to {settings.max_batch} images, got {len(images)}")
+        k = _top_k(top_k, classifier)
+        uploads = await _read_uploads(images, settings)
+        async with gate.slot():
+            items, decode_s, infer_s = await anyio.to_thread.run_sync(
+                _classify_work, classifier, uploads, k
+            )
+        metrics.inference.observe(infer_s)
+        results: list[dict[str, Any]] = []
+        for upload, item in zip(uploads, items, strict=True):
+            if isinstance(item, ImageError):
+                results.append({"filename": upload.filename, "error": error_dict(item)})
+            else:
+                metrics.images.inc()
+                if item.unknown:
+                    metrics.unknown.inc()
+                results.append({"filename": upload.filename, **item.to_dict()})
+        return {
+            "model": _model_ref(classifier),
+            "results": results,
+            "timing": {
+                "decode_ms": _ms(decode_s),
+                "inference_ms": _ms(infer_s),
+                "total_ms": _ms(time.perf_counter() - start),
+            },
+            "caveat": CAVEAT,
+        }
+
+    @app.get("/v1/species", response_model=list[SpeciesOut], dependencies=auth, tags=["model"])
+    def species(classifier: ClassifierDep) -> list[dict[str, Any]]:
+        """The classes the model knows, in output order."""
+        return [
+            {
+                "index": i,
+                "slug": c.slug,
+                "scientific_name": c.scientific_name,
+                "common_name": c.common_name,
+            }
+            for i, c in enumerate(classifier.spec.classes)
+        ]
+
+    @app.get("/v1/model", response_model=ModelOut, dependencies=auth, tags=["model"])
+    def model(classifier: ClassifierDep) -> dict[str, Any]:
+        """The loaded model's metadata."""
+        spec = classifier.spec
+        return {
+            "name": spec.model_name,
+            "version": spec.model_version,
+            "input_size": spec.input_size,
+            "resize_size": spec.resize_size,
+            "input_format": spec.input_format,
+            "interpolation": spec.interpolation,
+            "num_classes": len(spec.classes),
+            "threshold": classifier.threshold,
+            "temperature": spec.temperature,
+            "training_data": spec.training_data,
+            "metrics": spec.metrics,
+        }
+
+    @app.get("/healthz", tags=["ops"])
+    def healthz() -> dict[str, str]:
+        """The process is alive."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"], responses={503: _ERRORS[503]})
+    def readyz(classifier: ClassifierDep) -> dict[str, str]:
+        """The model is loaded and requests can be answered (503 otherwise)."""
+        return {"status": "ready", "model_version": classifier.model_version}
+
+    @app.get("/metrics", tags=["ops"], response_class=Response)
+    def prometheus(metrics: MetricsDep) -> Response:
+        """Prometheus metrics of this process."""
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        """The upload page."""
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")

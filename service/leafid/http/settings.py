@@ -1,0 +1,58 @@
+"""Service settings, read from ``LEAFID_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from leafid.paths import default_model_path
+
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Settings of the HTTP service.
+
+    Every field can be set from the environment with the ``LEAFID_`` prefix, e.g.
+    ``LEAFID_MODEL=/srv/leafid.onnx`` or ``LEAFID_API_KEYS=key1,key2``.
+
+    Attributes:
+        model: The ONNX model file (``$LEAFID_MODEL``, else the shipped model).
+        max_upload_bytes: Largest accepted request body, in bytes.
+        max_image_bytes: Largest accepted single image file, in bytes.
+        max_pixels: Largest accepted image width * height.
+        max_images: Most photos in one ``/v1/identify`` request.
+        max_batch: Most photos in one ``/v1/classify`` request.
+        inference_concurrency: Requests decoded and classified at the same time.
+        queue_size: Requests allowed to wait for a free slot; more are refused with 503.
+        retry_after_s: Seconds sent in ``Retry-After`` when the queue is full.
+        threads: onnxruntime intra-op threads per inference (0 lets onnxruntime choose).
+        api_keys: Accepted API keys; empty means no authentication.
+        cors_origins: Origins allowed to call the API from a browser; empty means none.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="LEAFID_", extra="ignore")
+
+    model: Path = Field(default_factory=default_model_path)
+    max_upload_bytes: int = Field(default=25 * MiB, gt=0)
+    max_image_bytes: int = Field(default=12 * MiB, gt=0)
+    max_pixels: int = Field(default=50_000_000, gt=0)
+    max_images: int = Field(default=5, ge=1)
+    max_batch: int = Field(default=16, ge=1)
+    inference_concurrency: int = Field(default=2, ge=1)
+    queue_size: int = Field(default=32, ge=0)
+    retry_after_s: int = Field(default=1, ge=0)
+    threads: int = Field(default=1, ge=0)
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, repr=False)
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        """Accept a comma-separated string (as environment variables give) or a list."""
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
