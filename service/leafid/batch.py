@@ -1,0 +1,209 @@
+"""The batch pipeline of ``leafid classify``: find images, decode in threads, classify in batches.
+
+Files are read and decoded (:func:`leafid.images.read_bytes` + :meth:`Classifier.load`)
+by a pool of threads (Pillow releases the GIL while decoding) with bounded read-ahead,
+while the calling thread runs the model on batches. Rows come out in input order, one
+batch at a time, so the caller can write and flush them as they are done.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from leafid.classifier import Classifier
+from leafid.console import echo
+from leafid.errors import BadImageError, LeafidError
+from leafid.images import read_bytes
+from leafid.output import Row, error_row, success_row
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif"}
+)
+DEFAULT_BATCH_SIZE = 16
+DEFAULT_THREADS = 0  # onnxruntime intra-op threads; 0 = automatic
+
+
+def default_workers() -> int:
+    """Decode threads used when none are given: the number of CPUs."""
+    return os.cpu_count() or 1
+
+
+def is_image_name(name: str) -> bool:
+    """True if a file name has one of :data:`IMAGE_EXTENSIONS` (any case)."""
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _folder_images(folder: str, recursive: bool) -> list[str]:
+    found: list[str] = []
+    if not recursive:
+        with os.scandir(folder) as entries:
+            names = sorted(e.name for e in entries if e.is_file())
+        return [
+            os.path.join(folder, n) for n in names if is_image_name(n) and not n.startswith(".")
+        ]
+    # followlinks=False: a symlink loop cannot make the walk go on for ever.
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [
+            os.path.join(root, n)
+            for n in sorted(files)
+            if is_image_name(n) and not n.startswith(".")
+        ]
+    return found
+
+
+def find_images(paths: Sequence[str], recursive: bool = False) -> list[str]:
+    """Expand command-line paths into the list of files to classify.
+
+    Files named explicitly are kept whatever their extension, and so are paths that do
+    not exist (they become error rows). Folders contribute the image files inside them
+    (by extension, case-insensitive; hidden files skipped), sorted, and with
+    ``recursive`` those of sub-folders too. Duplicates are dropped, first one kept.
+
+    Args:
+        paths: Files and folders as given.
+        recursive: Walk sub-folders.
+
+    Returns:
+        File paths in a deterministic order.
+    """
+    out: list[str] = []
+    seen: set[str] = set()
+    for path in paths:
+        if os.path.isdir(path):
+            found = _folder_images(path, recursive)
+            if not found:
+                echo(f"leafid: no image files in folder {path}", err=True)
+        else:
+            found = [path]
+        for f in found:
+            if f not in seen:
+                seen.add(f)
+                out.append(f)
+    return out
+
+
+def load_file(classifier: Classifier, path: str) -> np.ndarray | LeafidError:
+    """Read, decode and preprocess one file; a failure is returned, not raised."""
+    try:
+        return classifier.load(read_bytes(path, classifier.limits))
+    except LeafidError as exc:
+        return exc
+    except OSError as exc:
+        return BadImageError(f"cannot read image: {exc}")
+    except Exception as exc:  # a malformed file can upset Pillow in unplanned ways
+        log.debug("unexpected error decoding %s", path, exc_info=True)
+        return BadImageError(f"cannot decode image: {type(exc).__name__}: {exc}")
+
+
+@dataclass
+class Summary:
+    """Counts of one run."""
+
+    total: int = 0
+    ok: int = 0
+    unknown: int = 0
+    failed: int = 0
+
+
+def _batches(
+    classifier: Classifier, paths: Sequence[str], workers: int, batch_size: int
+) -> Iterator[list[tuple[str, np.ndarray | LeafidError]]]:
+    """Decoded batches in input order, decoding ahead at most a couple of batches."""
+    read_ahead = 2 * batch_size + workers
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="leafid-decode")
+    pending: deque[tuple[str, Future[np.ndarray | LeafidError]]] = deque()
+    todo = iter(paths)
+    try:
+        while True:
+            while len(pending) < read_ahead:
+                path = next(todo, None)
+                if path is None:
+                    break
+                pending.append((path, pool.submit(load_file, classifier, path)))
+            if not pending:
+                return
+            batch: list[tuple[str, np.ndarray | LeafidError]] = []
+            while pending and len(batch) < batch_size:
+                path, future = pending.popleft()
+                batch.append((path, future.result()))
+            yield batch
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def classify_paths(
+    classifier: Classifier,
+    paths: Sequence[str],
+    emit: Callable[[list[Row]], None],
+    *,
+    top_k: int = 5,
+    workers: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool | None = None,
+) -> Summary:
+    """Classify files and hand their rows to ``emit`` one batch at a time, in input order.
+
+    Args:
+        classifier: The model.
+        paths: Files to classify (see :func:`find_images`).
+        emit: Called with each batch's rows; write and flush them there.
+        top_k: Candidates per row.
+        workers: Decode threads (default: number of CPUs).
+        batch_size: Images per model call.
+        progress: Show a tqdm progress bar on stderr (default: when stderr is a
+            terminal and tqdm is installed).
+
+    Returns:
+        Counts of the rows emitted.
+    """
+    workers = workers or default_workers()
+    summary = Summary()
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = _progress_bar(len(paths)) if show else None
+    try:
+        for batch in _batches(classifier, paths, workers, batch_size):
+            good = [(i, arr) for i, (_, arr) in enumerate(batch) if isinstance(arr, np.ndarray)]
+            preds = (
+                classifier.classify_arrays(np.stack([arr for _, arr in good]), top_k)
+                if good
+                else []
+            )
+            by_index = {i: pred for (i, _), pred in zip(good, preds, strict=True)}
+            rows: list[Row] = []
+            for i, (path, item) in enumerate(batch):
+                if isinstance(item, LeafidError):
+                    rows.append(error_row(path, item))
+                    summary.failed += 1
+                else:
+                    rows.append(success_row(path, by_index[i]))
+                    summary.ok += 1
+                    summary.unknown += by_index[i].unknown
+            summary.total += len(rows)
+            emit(rows)
+            if bar is not None:
+                bar.update(len(rows))
+    finally:
+        if bar is not None:
+            bar.close()
+    return summary
+
+
+def _progress_bar(total: int) -> Any:
+    try:
+        from tqdm import tqdm  # the [progress] extra
+    except ImportError:
+        log.debug("no progress bar: tqdm is not installed")
+        return None
+    return tqdm(total=total, unit="img", file=sys.stderr, leave=False)

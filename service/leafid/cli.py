@@ -1,0 +1,439 @@
+"""The ``leafid`` command line: classify, identify, info, bench, and plugin commands.
+
+Other packages add subcommands through the ``leafid.commands`` entry-point group: each
+entry point is a ``register(subparsers) -> None`` function that adds parsers whose
+``func`` default is a handler ``handler(args) -> int``. Errors are turned into exit
+codes in one place, :func:`main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from importlib.metadata import entry_points
+from typing import Any, TextIO
+
+import numpy as np
+
+from leafid import __version__, bench
+from leafid.batch import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_THREADS,
+    classify_paths,
+    default_workers,
+    find_images,
+    load_file,
+)
+from leafid.classifier import Classifier
+from leafid.console import echo
+from leafid.errors import (
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    EXIT_USAGE,
+    InvalidRequestError,
+    LeafidError,
+    MissingExtraError,
+    ModelError,
+    ModelNotFoundError,
+)
+from leafid.images import ImageLimits
+from leafid.output import (
+    FORMATS,
+    RESUMABLE_FORMATS,
+    Row,
+    Writer,
+    error_row,
+    format_from_suffix,
+    read_done_paths,
+)
+from leafid.paths import MODEL_ENV
+from leafid.results import CAVEAT
+
+log = logging.getLogger(__name__)
+
+PLUGIN_GROUP = "leafid.commands"
+EXIT_INTERRUPTED = 130
+
+EPILOG = """\
+exit status:
+  0    every file was classified (an "unknown" answer counts as classified)
+  1    some files could not be classified (their rows carry an "error"); the
+       other rows are complete
+  2    nothing was done: bad arguments, no images found, model missing or
+       invalid, or an optional extra that is not installed
+  130  interrupted (Ctrl-C); rows already written are kept
+
+Every answer is a visual identification only, not a quality or safety test.
+"""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--model``, ``--threshold``, ``--threads``, ``--max-bytes``, ``--max-pixels``."""
+    limits = ImageLimits()
+    parser.add_argument(
+        "--model", metavar="M", help=f"ONNX model file (default: ${MODEL_ENV} or the shipped model)"
+    )
+    parser.add_argument(
+        "--threshold",
+        type=_fraction,
+        metavar="T",
+        help="unknown threshold in [0, 1] (default: the model's calibrated one)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=_non_negative_int,
+        default=DEFAULT_THREADS,
+        metavar="N",
+        help=f"onnxruntime threads, 0 = automatic (default: {DEFAULT_THREADS})",
+    )
+    parser.add_argument(
+        "--max-bytes",
+        type=_positive_int,
+        default=limits.max_bytes,
+        metavar="B",
+        help=f"largest accepted file size (default: {limits.max_bytes})",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=_positive_int,
+        default=limits.max_pixels,
+        metavar="P",
+        help=f"largest accepted width*height (default: {limits.max_pixels})",
+    )
+
+
+def make_classifier(args: argparse.Namespace) -> Classifier:
+    """The classifier the options of :func:`add_model_arguments` describe."""
+    return Classifier(
+        args.model,
+        threads=args.threads,
+        threshold=args.threshold,
+        limits=ImageLimits(max_bytes=args.max_bytes, max_pixels=args.max_pixels),
+    )
+
+
+def _default_format(output: str | None) -> str:
+    if output:
+        return format_from_suffix(output)
+    return "table" if sys.stdout.isatty() else "jsonl"
+
+
+# --- classify ---------------------------------------------------------------------------
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    """Classify every photo independently; one row per file."""
+    fmt = args.format or _default_format(args.output)
+    if args.resume:
+        if not args.output:
+            raise InvalidRequestError("--resume needs an output file (-o FILE)")
+        if fmt not in RESUMABLE_FORMATS:
+            raise InvalidRequestError(
+                f"--resume works with --format {' or '.join(RESUMABLE_FORMATS)} only, not {fmt}"
+            )
+    paths = find_images(args.paths, args.recursive)
+    if not paths:
+        raise InvalidRequestError("no images found in " + ", ".join(args.paths))
+    classifier = make_classifier(args)
+
+    append = False
+    if args.resume:
+        done = read_done_paths(args.output, fmt, args.top_k)
+        append = os.path.exists(args.output) and os.path.getsize(args.output) > 0
+        todo = [p for p in paths if p not in done]
+        if done:
+            echo(
+                f"leafid: resuming: {len(paths) - len(todo)} of {len(paths)} files "
+                f"already in {args.output}",
+                err=True,
+            )
+        if not todo:
+            echo("leafid: nothing left to do", err=True)
+            return EXIT_OK
+        paths = todo
+
+    file: TextIO | None = None
+    if args.output:
+        file = open(args.output, "a" if append else "w", encoding="utf-8", newline="")
+    stream = file if file is not None else sys.stdout
+    writer = Writer(
+        stream,
+        fmt,
+        top_k=args.top_k,
+        model_version=classifier.model_version,
+        write_header=not append,
+        path_width=max(len(p) for p in paths),
+    )
+
+    def emit(rows: list[Row]) -> None:
+        writer.write(rows)
+        if file is not None:
+            os.fsync(file.fileno())
+
+    try:
+        summary = classify_paths(
+            classifier,
+            paths,
+            emit,
+            top_k=args.top_k,
+            workers=args.workers,
+            batch_size=args.batch_size,
+        )
+    finally:
+        writer.close()
+        if file is not None:
+            os.fsync(file.fileno())
+            file.close()
+    echo(
+        f"leafid: {summary.ok} classified ({summary.unknown} unknown), {summary.failed} failed",
+        err=True,
+    )
+    return EXIT_SOME_FAILED if summary.failed else EXIT_OK
+
+
+# --- identify ---------------------------------------------------------------------------
+
+
+def cmd_identify(args: argparse.Namespace) -> int:
+    """Fuse several photos of one plant into one answer."""
+    fmt = args.format or _default_format(None)
+    classifier = make_classifier(args)
+    arrays: list[np.ndarray] = []
+    used: list[str] = []
+    errors: list[Row] = []
+    for path in args.images:
+        item = load_file(classifier, path)
+        if isinstance(item, LeafidError):
+            errors.append(error_row(path, item))
+            echo(f"leafid: {path}: {item}", err=True)
+        else:
+            arrays.append(item)
+            used.append(path)
+    result: Row = {"paths": used}
+    if arrays:
+        result.update(classifier.identify_arrays(np.stack(arrays), args.top_k).to_dict())
+    else:
+        result["error"] = {"type": "bad_image", "message": "none of the images could be used"}
+        echo("leafid: none of the images could be used", err=True)
+    result["errors"] = errors
+    if fmt == "json":
+        echo(json.dumps(result, ensure_ascii=False, indent=2))
+    elif fmt == "jsonl":
+        echo(json.dumps(result, ensure_ascii=False))
+    elif arrays:
+        _identify_table(result)
+    return EXIT_SOME_FAILED if errors else EXIT_OK
+
+
+def _identify_table(result: Row) -> None:
+    n = len(result["paths"])
+    if result["unknown"]:
+        echo(f"Unknown: {result['reason']}")
+    else:
+        top = result["results"][0]
+        echo(f"Best match: {top['scientific_name']} ({top['common_name']})")
+    echo(f"From {n} photo{'s' if n != 1 else ''}. Candidates:")
+    for cand in result["results"]:
+        echo(f"  {cand['score']:.3f}  {cand['scientific_name']} ({cand['common_name']})")
+    echo(f"\nmodel {result['model_version']}. {CAVEAT}")
+
+
+# --- info -------------------------------------------------------------------------------
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Describe the model: version, input, classes, calibration, metrics, data."""
+    classifier = Classifier(args.model)
+    spec = classifier.spec
+    info: dict[str, Any] = {"path": str(classifier.path), **dataclasses.asdict(spec)}
+    info["caveat"] = CAVEAT
+    if args.format == "json":
+        echo(json.dumps(info, ensure_ascii=False, indent=2))
+        return EXIT_OK
+    echo(f"model:             {spec.model_name} {spec.model_version}")
+    echo(f"file:              {classifier.path}")
+    echo(
+        f"input:             {spec.input_size}x{spec.input_size} px, shorter side resized to "
+        f"{spec.resize_size} ({spec.interpolation}), {spec.input_format}"
+    )
+    echo(f"unknown threshold: {spec.unknown_threshold}")
+    echo(f"temperature:       {spec.temperature}")
+    echo(f"metrics:           {_describe(spec.metrics)}")
+    echo(f"training data:     {_describe(spec.training_data)}")
+    echo(f"classes ({len(spec.classes)}):")
+    width = max(len(c.slug) for c in spec.classes)
+    sci_width = max(len(c.scientific_name) for c in spec.classes)
+    for c in spec.classes:
+        echo(f"  {c.slug:<{width}}  {c.scientific_name:<{sci_width}}  {c.common_name}")
+    echo()
+    echo(CAVEAT)
+    return EXIT_OK
+
+
+def _describe(data: dict[str, Any]) -> str:
+    return json.dumps(data, ensure_ascii=False, sort_keys=True) if data else "(none recorded)"
+
+
+# --- parser, plugins, main --------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with the built-in commands and those of installed plugins."""
+    parser = argparse.ArgumentParser(
+        prog="leafid",
+        description="Identify plant species from leaf photos, with honest confidence.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"leafid {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    p = add("classify", "classify each photo (files or folders) independently")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+    p.add_argument("-r", "--recursive", action="store_true", help="look in sub-folders too")
+    p.add_argument("--top-k", type=_positive_int, default=5, metavar="K", help="candidates per row")
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        help="output format (default: from -o's suffix, else table on a terminal, else jsonl)",
+    )
+    p.add_argument("-o", "--output", metavar="FILE", help="write rows to FILE instead of stdout")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip files already in -o FILE and append the rest (jsonl and csv only)",
+    )
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help=f"decoding threads (default: number of CPUs, {default_workers()})",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=DEFAULT_BATCH_SIZE,
+        metavar="B",
+        help=f"images per model call (default: {DEFAULT_BATCH_SIZE})",
+    )
+    add_model_arguments(p)
+    p.set_defaults(func=cmd_classify)
+
+    p = add("identify", "one answer from several photos of the same plant")
+    p.add_argument("images", nargs="+", metavar="IMG", help="photos of one plant")
+    p.add_argument("--top-k", type=_positive_int, default=5, metavar="K", help="candidates")
+    p.add_argument("--format", choices=("table", "json", "jsonl"), help="output format")
+    add_model_arguments(p)
+    p.set_defaults(func=cmd_identify)
+
+    p = add("info", "show the model's version, classes, calibration and metrics")
+    p.add_argument("--model", metavar="M", help="ONNX model file")
+    p.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+    p.set_defaults(func=cmd_info)
+
+    p = add("bench", "measure images/s on synthetic 12 MP and 1 MP JPEGs")
+    bench.add_arguments(p)
+    p.set_defaults(func=bench.run_command)
+
+    load_plugins(sub)
+    return parser
+
+
+def load_plugins(subparsers: Any) -> list[str]:
+    """Let every ``leafid.commands`` entry point add its subcommands.
+
+    A plugin that cannot be imported or fails to register is skipped (logged at debug
+    level): a missing optional part must not break the other commands.
+
+    Returns:
+        Names of the entry points that registered.
+    """
+    loaded = []
+    for ep in entry_points(group=PLUGIN_GROUP):
+        try:
+            register = ep.load()
+            register(subparsers)
+        except Exception:  # any plugin failure only removes that plugin's commands
+            log.debug("skipping leafid command plugin %s (%s)", ep.name, ep.value, exc_info=True)
+            continue
+        loaded.append(ep.name)
+    return loaded
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``leafid`` command line and return its exit status."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if "-v" in args_list or "--verbose" in args_list:
+        logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        parser = build_parser()
+        try:
+            args = parser.parse_args(args_list)
+        except SystemExit as exc:  # argparse: --help, --version, usage errors
+            return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+        if getattr(args, "func", None) is None:
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
+        return int(args.func(args))
+    except ModelNotFoundError as exc:
+        echo(f"leafid: error: {exc} (give one with --model or ${MODEL_ENV})", err=True)
+        return EXIT_USAGE
+    except (MissingExtraError, InvalidRequestError, ModelError) as exc:
+        echo(f"leafid: error: {exc}", err=True)
+        return EXIT_USAGE
+    except LeafidError as exc:
+        echo(f"leafid: error: {exc}", err=True)
+        return EXIT_SOME_FAILED
+    except KeyboardInterrupt:
+        echo("leafid: interrupted; rows already written are kept", err=True)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # stdout closed early, e.g. piped into head
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_SOME_FAILED
