@@ -1,0 +1,164 @@
+"""The ``leafid serve`` and ``leafid loadtest`` subcommands.
+
+Registered through the ``leafid.commands`` entry-point group. This module imports only
+the standard library and leafid at its top, so the CLI loads fast and works without
+the ``service`` extra; FastAPI and uvicorn are imported when ``serve`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from leafid.errors import EXIT_OK, InvalidRequestError, MissingExtraError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+
+
+def _int_at_least(minimum: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def register(subparsers: Any) -> None:
+    """Add ``serve`` and ``loadtest`` to the ``leafid`` command's subparsers."""
+    serve = subparsers.add_parser(
+        "serve",
+        help="run the HTTP identification service and upload page",
+        description=(
+            "Run the HTTP service (API at /v1, docs at /docs, upload page at /). "
+            "Other settings come from LEAFID_* environment variables, e.g. "
+            "LEAFID_API_KEYS=key1,key2, LEAFID_MAX_UPLOAD_BYTES, LEAFID_CORS_ORIGINS."
+        ),
+    )
+    serve.add_argument("--model", metavar="M", help="ONNX model (default: $LEAFID_MODEL or shipped)")
+    serve.add_argument("--host", default=DEFAULT_HOST, help=f"address (default: {DEFAULT_HOST})")
+    serve.add_argument(
+        "--port", type=_int_at_least(0), default=DEFAULT_PORT, help=f"default: {DEFAULT_PORT}"
+    )
+    serve.add_argument(
+        "--workers", type=_int_at_least(1), default=1, help="uvicorn worker processes (default 1)"
+    )
+    serve.add_argument(
+        "--threads", type=_int_at_least(0), metavar="N", help="onnxruntime threads per inference"
+    )
+    serve.add_argument(
+        "--concurrency", type=_int_at_least(1), metavar="N", help="inferences run at once"
+    )
+    serve.add_argument(
+        "--queue-size", type=_int_at_least(0), metavar="N", help="requests allowed to wait"
+    )
+    serve.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="uvicorn log level (default: info)",
+    )
+    serve.set_defaults(func=cmd_serve)
+
+    load = subparsers.add_parser(
+        "loadtest",
+        help="measure a running service: req/s, latency percentiles, errors, RSS",
+        description=(
+            "Post generated JPEGs to /v1/identify from N concurrent clients for a bounded "
+            "number of requests and time. Only loopback URLs unless --allow-remote."
+        ),
+    )
+    load.add_argument("--url", default=f"http://{DEFAULT_HOST}:{DEFAULT_PORT}", help="service URL")
+    load.add_argument("--concurrency", type=_int_at_least(1), default=8, help="clients (default 8)")
+    load.add_argument("--requests", type=_int_at_least(1), default=1000, help="most requests sent")
+    load.add_argument("--duration", type=_positive_float, default=20.0, help="most seconds (20)")
+    load.add_argument("--warmup", type=_int_at_least(0), default=16, help="untimed requests first")
+    load.add_argument("--image-size", default="1MP", help="photo size: 1MP, 0.3MP or WxH")
+    load.add_argument("--pid", type=_int_at_least(1), help="server process id, to report its RSS")
+    load.add_argument(
+        "--spawn",
+        action="store_true",
+        help="start 'leafid serve' on a free loopback port, measure, then stop it",
+    )
+    load.add_argument("--model", metavar="M", help="with --spawn: the model to serve")
+    load.add_argument(
+        "--serve-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="with --spawn: extra argument for 'leafid serve' (repeatable)",
+    )
+    load.add_argument("--allow-remote", action="store_true", help="allow a non-loopback URL")
+    load.add_argument("--json", action="store_true", help="print the report as JSON")
+    load.set_defaults(func=cmd_loadtest)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Load the model, then run uvicorn until interrupted.
+
+    The model is loaded before uvicorn starts so that a missing or invalid model is
+    reported as one clear error (raised as a LeafidError for the CLI to print).
+    """
+    try:
+        import uvicorn
+        from pydantic import ValidationError
+
+        from leafid.http.app import create_app, load_classifier
+        from leafid.http.settings import Settings
+    except ImportError as exc:
+        raise MissingExtraError("service", exc.name or "fastapi") from exc
+
+    overrides: dict[str, Any] = {
+        "model": Path(args.model).resolve() if args.model else None,
+        "threads": args.threads,
+        "inference_concurrency": args.concurrency,
+        "queue_size": args.queue_size,
+    }
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        raise InvalidRequestError(f"invalid LEAFID_* setting: {exc}") from exc
+    classifier = load_classifier(settings)  # clear ModelNotFoundError / InvalidModelError
+    common: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "log_level": args.log_level,
+        "timeout_graceful_shutdown": 30,
+        "access_log": args.log_level == "debug",
+    }
+    if args.workers == 1:
+        uvicorn.run(create_app(settings, classifier), **common)
+    else:
+        del classifier  # each worker process loads its own copy
+        for key, value in overrides.items():  # workers read their settings from the env
+            os.environ[f"LEAFID_{key.upper()}"] = str(value)
+        uvicorn.run("leafid.http.app:create_app", factory=True, workers=args.workers, **common)
+    return EXIT_OK
+
+
+def cmd_loadtest(args: argparse.Namespace) -> int:
+    """Run the load test (see :mod:`leafid.http.loadtest`)."""
+    from leafid.http.loadtest import run_from_args
+
+    return run_from_args(args)

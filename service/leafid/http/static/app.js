@@ -1,0 +1,168 @@
+// The leafid upload page: pick or drop 1-5 photos, post them to /v1/identify, show the answer.
+// Plain browser JavaScript, no build step, no third-party code. Server text is only ever
+// inserted with textContent.
+"use strict";
+
+(function () {
+  const MAX_IMAGES = 5;
+  const $ = (id) => document.getElementById(id);
+  const form = $("upload-form");
+  const input = $("file-input");
+  const dropZone = $("drop-zone");
+  const previews = $("previews");
+  const submit = $("submit");
+  const clear = $("clear");
+  const status = $("status");
+  const errorBox = $("error");
+  const result = $("result");
+  let files = [];
+  let urls = [];
+
+  function percent(score) {
+    return (score * 100).toFixed(1) + " %";
+  }
+
+  function showError(text) {
+    errorBox.textContent = text;
+    errorBox.hidden = false;
+  }
+
+  function hideMessages() {
+    errorBox.hidden = true;
+    errorBox.textContent = "";
+    status.textContent = "";
+  }
+
+  function setFiles(list) {
+    hideMessages();
+    const images = Array.from(list).filter((f) => !f.type || f.type.startsWith("image/"));
+    if (images.length < list.length) {
+      showError("Only image files can be used; other files were left out.");
+    }
+    if (images.length > MAX_IMAGES) {
+      showError("Choose at most " + MAX_IMAGES + " photos; only the first " + MAX_IMAGES +
+        " are used.");
+    }
+    files = images.slice(0, MAX_IMAGES);
+    renderPreviews();
+  }
+
+  function renderPreviews() {
+    urls.forEach((u) => URL.revokeObjectURL(u));
+    urls = [];
+    previews.replaceChildren();
+    for (const file of files) {
+      const li = document.createElement("li");
+      const img = document.createElement("img");
+      const url = URL.createObjectURL(file);
+      urls.push(url);
+      img.src = url;
+      img.alt = file.name;
+      const name = document.createElement("span");
+      name.textContent = file.name;
+      li.append(img, name);
+      previews.append(li);
+    }
+    submit.disabled = files.length === 0;
+    clear.disabled = files.length === 0;
+  }
+
+  function candidateItem(c) {
+    const li = document.createElement("li");
+    const sci = document.createElement("span");
+    sci.className = "sci";
+    sci.textContent = c.scientific_name;
+    const rest = document.createElement("span");
+    rest.textContent = " (" + c.common_name + ") ";
+    const pct = document.createElement("span");
+    pct.className = "pct";
+    pct.textContent = percent(c.score);
+    li.append(sci, rest, pct);
+    return li;
+  }
+
+  function showResult(data) {
+    const top = data.results[0];
+    result.classList.toggle("unknown", data.unknown);
+    $("result-title").textContent = data.unknown ? "Unknown — no confident match" : top.scientific_name;
+    $("result-names").textContent = data.unknown
+      ? "Closest candidate: " + top.scientific_name + " (" + top.common_name + ")"
+      : top.common_name;
+    $("result-bar").style.width = Math.round(top.score * 100) + "%";
+    $("result-score").textContent = "Score " + percent(top.score);
+    const reason = $("result-reason");
+    reason.hidden = !data.unknown;
+    reason.textContent = data.unknown ? "Why unknown: " + (data.reason || "score too low") : "";
+    const list = $("candidates");
+    list.replaceChildren(...data.results.slice(1).map(candidateItem));
+    $("result-meta").textContent = "Model " + data.model.name + " " + data.model.version +
+      " · " + data.images.length + " photo(s) · " + Math.round(data.timing.total_ms) + " ms";
+    $("caveat").textContent = data.caveat;
+    result.hidden = false;
+  }
+
+  async function errorText(response) {
+    try {
+      const body = await response.json();
+      if (body && body.error && body.error.message) {
+        return body.error.message + " (" + body.error.code + ", HTTP " + response.status + ")";
+      }
+    } catch (e) {
+      // not JSON: fall through
+    }
+    return "The service answered HTTP " + response.status + ".";
+  }
+
+  async function identify(event) {
+    event.preventDefault();
+    if (files.length === 0) return;
+    hideMessages();
+    result.hidden = true;
+    submit.disabled = true;
+    status.textContent = "Identifying…";
+    const body = new FormData();
+    for (const file of files) body.append("images", file, file.name);
+    const headers = {};
+    const key = $("api-key").value.trim();
+    if (key) headers["X-API-Key"] = key;
+    try {
+      const response = await fetch("/v1/identify", { method: "POST", body, headers });
+      if (!response.ok) {
+        if (response.status === 401) $("key-box").open = true;
+        showError(await errorText(response));
+        status.textContent = "";
+        return;
+      }
+      showResult(await response.json());
+      status.textContent = "Done.";
+    } catch (e) {
+      showError("Could not reach the service: " + e.message);
+      status.textContent = "";
+    } finally {
+      submit.disabled = files.length === 0;
+    }
+  }
+
+  input.addEventListener("change", () => setFiles(input.files));
+  clear.addEventListener("click", () => {
+    input.value = "";
+    files = [];
+    renderPreviews();
+    hideMessages();
+    result.hidden = true;
+  });
+  form.addEventListener("submit", identify);
+  for (const name of ["dragenter", "dragover"]) {
+    dropZone.addEventListener(name, (e) => {
+      e.preventDefault();
+      dropZone.classList.add("over");
+    });
+  }
+  for (const name of ["dragleave", "drop"]) {
+    dropZone.addEventListener(name, (e) => {
+      e.preventDefault();
+      dropZone.classList.remove("over");
+    });
+  }
+  dropZone.addEventListener("drop", (e) => setFiles(e.dataTransfer.files));
+})();
