@@ -55,7 +55,9 @@ def register(subparsers: Any) -> None:
             "LEAFID_API_KEYS=key1,key2, LEAFID_MAX_UPLOAD_BYTES, LEAFID_CORS_ORIGINS."
         ),
     )
-    serve.add_argument("--model", metavar="M", help="ONNX model (default: $LEAFID_MODEL or shipped)")
+    serve.add_argument(
+        "--model", metavar="M", help="ONNX model (default: $LEAFID_MODEL or shipped)"
+    )
     serve.add_argument("--host", default=DEFAULT_HOST, help=f"address (default: {DEFAULT_HOST})")
     serve.add_argument(
         "--port", type=_int_at_least(0), default=DEFAULT_PORT, help=f"default: {DEFAULT_PORT}"
