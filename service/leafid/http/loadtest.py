@@ -89,9 +89,8 @@ class Report:
             + (f" {dict(sorted(self.error_kinds.items()))}" if self.error_kinds else ""),
         ]
         if self.server_rss_mb is not None:
-            out.append(
-                f"server RSS     {self.server_rss_mb:.1f} MB (peak {self.server_peak_rss_mb:.1f} MB)"
-            )
+            peak = self.server_peak_rss_mb or 0.0
+            out.append(f"server RSS     {self.server_rss_mb:.1f} MB (peak {peak:.1f} MB)")
         if self.startup_to_ready_s is not None:
             out.append(f"start-up       {self.startup_to_ready_s:.2f} s to ready")
         return out
