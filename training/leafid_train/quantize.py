@@ -1,0 +1,195 @@
+"""Static INT8 (QDQ) quantisation of an exported model, and an fp32-vs-int8 comparison.
+
+The INT8 model keeps the same inputs, outputs and leafid spec metadata, so the
+:class:`leafid.Classifier` loads either file. Ship it only when :func:`int8_worth_shipping`
+says so.
+
+Needs the [train] extra (onnx): importing this module raises :class:`MissingExtraError`
+without it.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from leafid.errors import InvalidRequestError, MissingExtraError
+from leafid.spec import METADATA_KEY
+
+try:
+    import onnx
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise MissingExtraError("train", "onnx") from exc
+
+from leafid_train.export import INPUT_NAME, OUTPUT_NAME, ort_session, save_onnx
+
+log = logging.getLogger(__name__)
+
+
+class _BatchReader(CalibrationDataReader):  # type: ignore[misc]
+    """Feeds a uint8 NHWC array to the calibrator in small batches."""
+
+    def __init__(self, images: np.ndarray, batch_size: int = 8) -> None:
+        self._batches = iter(
+            [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+        )
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._batches, None)
+        return None if batch is None else {INPUT_NAME: np.ascontiguousarray(batch)}
+
+
+def quantize_int8(
+    fp32_path: Path,
+    out: Path,
+    calibration: np.ndarray,
+    *,
+    per_channel: bool = True,
+) -> Path:
+    """Write a static INT8 QDQ copy of an exported fp32 model.
+
+    Activation ranges are calibrated (min/max) on ``calibration``: real preprocessed
+    training images. The leafid metadata is copied unchanged; the result passes the
+    full ``onnx.checker`` and is written atomically.
+
+    Args:
+        fp32_path: The model written by :func:`leafid_train.export.export_onnx`.
+        out: Destination ``.onnx`` path.
+        calibration: uint8 array (N, S, S, 3), N >= 1 (a few hundred is plenty).
+        per_channel: Quantise conv weights per output channel.
+
+    Returns:
+        ``out``.
+
+    Raises:
+        InvalidRequestError: ``calibration`` has the wrong type or shape.
+    """
+    fp32_path, out = Path(fp32_path), Path(out)
+    if calibration.dtype != np.uint8 or calibration.ndim != 4 or len(calibration) == 0:
+        raise InvalidRequestError(
+            f"calibration must be a non-empty uint8 [N, H, W, 3] array, got "
+            f"{calibration.dtype} {calibration.shape}"
+        )
+    source = onnx.load(str(fp32_path))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quantized = Path(tmp) / "int8.onnx"
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared),
+            str(quantized),
+            _BatchReader(calibration),
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+        proto = onnx.load(str(quantized))
+    onnx.helper.set_model_props(proto, {p.key: p.value for p in source.metadata_props})
+    for field in ("producer_name", "producer_version", "model_version", "doc_string"):
+        setattr(proto, field, getattr(source, field))
+    if METADATA_KEY not in {p.key for p in proto.metadata_props}:
+        log.warning("%s has no leafid metadata; the int8 copy has none either", fp32_path)
+    save_onnx(proto, out)
+    return out
+
+
+def _images_per_second(session: Any, batch: np.ndarray, min_seconds: float) -> float:
+    session.run([OUTPUT_NAME], {INPUT_NAME: batch})  # warm-up
+    session.run([OUTPUT_NAME], {INPUT_NAME: batch})
+    runs, start = 0, time.perf_counter()
+    while True:
+        session.run([OUTPUT_NAME], {INPUT_NAME: batch})
+        runs += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds and runs >= 3:
+            return runs * len(batch) / elapsed
+
+
+def compare(
+    fp32_path: Path,
+    int8_path: Path,
+    batch: np.ndarray,
+    labels: np.ndarray | None = None,
+    *,
+    threads: int = 0,
+    min_seconds: float = 1.0,
+) -> dict[str, Any]:
+    """Compare an fp32 model and its INT8 copy on the same images.
+
+    Args:
+        fp32_path: The fp32 ONNX file.
+        int8_path: Its quantised copy.
+        batch: uint8 array (N, S, S, 3) of preprocessed images (held-out ones).
+        labels: Optional true class indices (N,), to report each model's top-1 accuracy.
+        threads: onnxruntime intra-op threads (0: onnxruntime's choice).
+        min_seconds: Time spent measuring each speed figure (after warm-up).
+
+    Returns:
+        ``{"n", "top1_agreement", "fp32": {...}, "int8": {...}}``; each model's dict has
+        ``size_mb``, ``images_per_s_b1``, ``images_per_s_b16`` and, with labels,
+        ``top1``.
+    """
+    if batch.dtype != np.uint8 or batch.ndim != 4 or len(batch) == 0:
+        raise InvalidRequestError(
+            f"batch must be a non-empty uint8 [N, H, W, 3] array, got {batch.dtype} {batch.shape}"
+        )
+    if labels is not None and labels.shape != (len(batch),):
+        raise InvalidRequestError(f"labels shape {labels.shape} does not match {len(batch)} images")
+    batch16 = np.ascontiguousarray(np.resize(batch, (16, *batch.shape[1:])))
+    result: dict[str, Any] = {"n": len(batch)}
+    top1 = {}
+    for name, path in (("fp32", Path(fp32_path)), ("int8", Path(int8_path))):
+        session = ort_session(path, threads)
+        logits = np.concatenate(
+            [
+                session.run([OUTPUT_NAME], {INPUT_NAME: batch[i : i + 16]})[0]
+                for i in range(0, len(batch), 16)
+            ]
+        )
+        top1[name] = logits.argmax(axis=1)
+        figures: dict[str, float] = {
+            "size_mb": path.stat().st_size / 1e6,
+            "images_per_s_b1": _images_per_second(session, batch[:1], min_seconds),
+            "images_per_s_b16": _images_per_second(session, batch16, min_seconds),
+        }
+        if labels is not None:
+            figures["top1"] = float(np.mean(top1[name] == labels))
+        result[name] = figures
+    result["top1_agreement"] = float(np.mean(top1["fp32"] == top1["int8"]))
+    return result
+
+
+def int8_worth_shipping(report: dict[str, Any], max_top1_drop: float = 0.005) -> bool:
+    """Whether the INT8 model should replace the fp32 one.
+
+    True when it is faster at batch 1 and 16 and top-1 drops by at most
+    ``max_top1_drop`` (a fraction: 0.005 is half a point). Without labels the drop is
+    bounded by the disagreement ``1 - top1_agreement``.
+
+    Args:
+        report: The output of :func:`compare`.
+        max_top1_drop: Largest accepted top-1 loss.
+    """
+    fp32, int8 = report["fp32"], report["int8"]
+    if "top1" in fp32 and "top1" in int8:
+        drop = fp32["top1"] - int8["top1"]
+    else:
+        drop = 1.0 - report["top1_agreement"]
+    faster = all(int8[k] > fp32[k] for k in ("images_per_s_b1", "images_per_s_b16"))
+    return bool(faster and drop <= max_top1_drop)
