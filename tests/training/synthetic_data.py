@@ -1,0 +1,44 @@
+"""Synthetic ImageFolders for the training tests (imported by tests/training/test_*.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import TINY_CLASSES, TINY_COLOURS, noisy
+
+
+def make_imagefolder(
+    root: Path,
+    per_class: int = 8,
+    size: tuple[int, int] = (48, 40),
+    with_tsv: bool = True,
+    classes: dict[str, tuple[int, int, int]] | None = None,
+    nested_images: bool = True,
+) -> Path:
+    """Write ``root/images/<slug>/<i>.jpg`` (or ``root/<slug>/...``) and a classes.tsv."""
+    colours = classes or TINY_COLOURS
+    images = root / "images" if nested_images else root
+    for k, (slug, colour) in enumerate(colours.items()):
+        folder = images / slug
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            noisy(colour, size, seed=1000 * k + i).save(folder / f"{slug}_{i:03d}.jpg", quality=90)
+    if with_tsv:
+        names = {c.slug: c for c in TINY_CLASSES}
+        rows = ["class_slug\tscientific_name\tcommon_name\tnote"]
+        for slug in colours:
+            info = names.get(slug)
+            sci = info.scientific_name if info else slug.capitalize()
+            common = info.common_name if info else ""
+            rows.append(f"{slug}\t{sci}\t{common}\tx")
+        (root / "classes.tsv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def make_ood(root: Path, n: int = 8) -> Path:
+    """A one-class OOD folder of grey-ish noisy images."""
+    folder = root / "images" / "nonleaf"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        noisy((128, 128, 128), (48, 40), seed=5000 + i).save(folder / f"n{i}.jpg", quality=90)
+    return root

@@ -1,0 +1,137 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from synthetic_data import make_imagefolder, make_ood
+
+from leafid.errors import InvalidRequestError
+from leafid.images import ImageLimits, decode
+from leafid.preprocess import preprocess
+from leafid_train.augment import augment
+from leafid_train.config import DATA_DIR_ENV, TrainConfig, resolve_root
+from leafid_train.data import (
+    DatasetError,
+    ImageCache,
+    Sample,
+    Split,
+    label_space,
+    make_split,
+    open_root,
+    samples_of,
+    split_samples,
+)
+
+from conftest import tiny_spec
+
+
+def test_open_root_reads_tsv_and_images(tmp_path: Path) -> None:
+    root = open_root(make_imagefolder(tmp_path / "setA"))
+    assert root.name == "setA"
+    assert root.images == tmp_path / "setA" / "images"
+    assert root.classes["rubra"].scientific_name == "Planta rubra"
+    samples = samples_of(root)
+    assert len(samples) == 24
+    assert {s.label for s in samples} == {"rubra", "viridis", "caerulea"}
+
+
+def test_plain_imagefolder_without_tsv(tmp_path: Path) -> None:
+    root = open_root(make_imagefolder(tmp_path / "mine", with_tsv=False, nested_images=False))
+    assert root.images == tmp_path / "mine"
+    classes = label_space([root], samples_of(root))
+    assert [c.slug for c in classes] == ["caerulea", "rubra", "viridis"]
+    assert classes[0].scientific_name == "Caerulea"
+
+
+def test_bare_name_resolves_under_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_imagefolder(tmp_path / "store" / "setA")
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "store"))
+    monkeypatch.chdir(tmp_path)
+    assert resolve_root("setA") == tmp_path / "store" / "setA"
+    with pytest.raises(InvalidRequestError, match="not found"):
+        resolve_root("nope")
+
+
+def test_empty_root_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "empty" / "images" / "a").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="no images"):
+        samples_of(open_root(tmp_path / "empty"))
+
+
+def test_same_slug_in_two_roots_is_one_class(tmp_path: Path) -> None:
+    a = open_root(make_imagefolder(tmp_path / "a"))
+    b = open_root(make_imagefolder(tmp_path / "b", classes={"viridis": (1, 2, 3), "zeta": (9, 9, 9)}))
+    classes = label_space([a, b], samples_of(a) + samples_of(b))
+    assert [c.slug for c in classes] == ["caerulea", "rubra", "viridis", "zeta"]
+    assert classes[2].scientific_name == "Planta viridis"  # first root's row wins
+
+
+def test_split_is_deterministic_stratified_disjoint() -> None:
+    samples = [Sample("r", f"c{c}/{i}.jpg", f"c{c}") for c in range(3) for i in range(40)]
+    one = split_samples(samples, 7, (0.7, 0.15, 0.15))
+    two = split_samples(list(reversed(samples)), 7, (0.7, 0.15, 0.15))
+    assert one == two
+    sets = [set(one[k]) for k in ("train", "val", "test")]
+    assert not (sets[0] & sets[1]) and not (sets[0] & sets[2]) and not (sets[1] & sets[2])
+    assert set().union(*sets) == set(samples)
+    for part, want in (("train", 28), ("val", 6), ("test", 6)):
+        per_class = {c: sum(s.label == f"c{c}" for s in one[part]) for c in range(3)}
+        assert set(per_class.values()) == {want}, (part, per_class)
+    other_seed = split_samples(samples, 8, (0.7, 0.15, 0.15))
+    assert other_seed["test"] != one["test"]
+
+
+def test_small_class_gets_val_and_test() -> None:
+    samples = [Sample("r", f"a/{i}.jpg", "a") for i in range(4)]
+    split = split_samples(samples, 1, (0.7, 0.15, 0.15))
+    assert [len(split[k]) for k in ("train", "val", "test")] == [2, 1, 1]
+
+
+def test_split_file_round_trip_and_ood_halves(tmp_path: Path) -> None:
+    leaf = open_root(make_imagefolder(tmp_path / "leaf"))
+    ood = open_root(make_ood(tmp_path / "nonleaf", n=9))
+    split = make_split([leaf], [ood], 3, (0.7, 0.15, 0.15))
+    assert sorted(len(v) for v in split.ood.values()) == [4, 5]
+    assert not set(split.ood["val"]) & set(split.ood["test"])
+    split.save(tmp_path / "split.json")
+    assert Split.load(tmp_path / "split.json") == split
+
+
+def test_cache_matches_preprocess_and_disk(tmp_path: Path) -> None:
+    root = open_root(make_imagefolder(tmp_path / "leaf", per_class=1, size=(80, 60)))
+    spec = tiny_spec()
+    path = root.path(samples_of(root)[0].rel)
+    cache = ImageCache(spec, tmp_path / "cache")
+    want = preprocess(decode(path.read_bytes(), ImageLimits(), spec.resize_size), spec)
+    np.testing.assert_array_equal(cache.eval_array(path), want)
+    train = cache.train_array(path)
+    assert train.dtype == np.uint8 and min(train.shape[:2]) == spec.resize_size
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2
+    fresh = ImageCache(spec, tmp_path / "cache")
+    np.testing.assert_array_equal(fresh.train_array(path), train)
+
+
+def test_bad_image_is_a_dataset_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    with pytest.raises(DatasetError, match="bad.jpg"):
+        ImageCache(tiny_spec()).train_array(bad)
+
+
+def test_augment_shape_dtype_and_seeded() -> None:
+    arr = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    a = augment(arr, 32, np.random.default_rng(5))
+    b = augment(arr, 32, np.random.default_rng(5))
+    c = augment(arr, 32, np.random.default_rng(6))
+    assert a.shape == (32, 32, 3) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_config_round_trip_and_validation(tmp_path: Path) -> None:
+    cfg = TrainConfig(data=["a"], out=str(tmp_path), epochs=3, head_epochs=1)
+    cfg.save(tmp_path / "config.json")
+    assert TrainConfig.load(tmp_path / "config.json") == cfg
+    with pytest.raises(InvalidRequestError, match="head_epochs"):
+        TrainConfig(data=["a"], out="x", epochs=1, head_epochs=2)

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from synthetic_data import make_imagefolder
+
+from leafid_train.data import open_root
+from leafid_train.manifest import (
+    ManifestMismatchError,
+    build_manifest,
+    checksum,
+    load_manifest,
+    verify,
+    verify_roots,
+    write_manifest,
+)
+
+
+def _root(tmp_path: Path) -> Path:
+    root = make_imagefolder(tmp_path / "setA", per_class=3)
+    (root / "SOURCE.md").write_text(
+        "# setA: a test set\n\n## What it is\nColoured squares.\n\n"
+        "## Licence\nCC0.\n\n## Original authors / citation\nNobody (2026).\n"
+    )
+    return root
+
+
+def test_manifest_content_and_files(tmp_path: Path) -> None:
+    root = open_root(_root(tmp_path))
+    path = write_manifest(root, tmp_path / "manifests")
+    data = json.loads(path.read_text())
+    assert data["name"] == "setA" and data["image_count"] == 9
+    assert data["title"] == "setA: a test set"
+    assert data["licence"] == "CC0." and data["citation"] == "Nobody (2026)."
+    assert {c["slug"]: c["images"] for c in data["classes"]} == {
+        "caerulea": 3, "rubra": 3, "viridis": 3,
+    }
+    assert data["checksum"]["value"] == checksum(root)[0]
+    md = (tmp_path / "manifests" / "setA.md").read_text()
+    assert "| rubra | Planta rubra | red plant | 3 |" in md
+    assert load_manifest("setA", tmp_path / "manifests") == data
+    assert load_manifest("other", tmp_path / "manifests") is None
+
+
+def test_verify_passes_then_fails_clearly(tmp_path: Path) -> None:
+    folder = _root(tmp_path)
+    root = open_root(folder)
+    manifest = build_manifest(root)
+    verify(root, manifest)
+    extra = folder / "images" / "rubra" / "rubra_000.jpg"
+    (folder / "images" / "rubra" / "copy.jpg").write_bytes(extra.read_bytes())
+    with pytest.raises(ManifestMismatchError) as info:
+        verify(root, manifest)
+    message = str(info.value)
+    assert "setA" in message and "10 images, manifest says 9" in message
+    assert "rubra" in message and "--no-verify" in message
+
+
+def test_changed_file_changes_checksum(tmp_path: Path) -> None:
+    folder = _root(tmp_path)
+    root = open_root(folder)
+    manifest = build_manifest(root)
+    target = folder / "images" / "viridis" / "viridis_001.jpg"
+    target.write_bytes(target.read_bytes() + b"\0")
+    with pytest.raises(ManifestMismatchError, match="checksum differs"):
+        verify(root, manifest)
+
+
+def test_verify_roots_skips_roots_without_manifest(tmp_path: Path) -> None:
+    root = open_root(_root(tmp_path))
+    assert verify_roots([root], tmp_path / "none") == []
+    write_manifest(root, tmp_path / "m")
+    assert verify_roots([root], tmp_path / "m") == ["setA"]

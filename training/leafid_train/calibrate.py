@@ -1,0 +1,173 @@
+"""Temperature scaling, calibration error, the unknown threshold and AUROC (numpy only).
+
+Temperature scaling (Guo et al., 2017, "On Calibration of Modern Neural Networks")
+divides the logits by one scalar ``T`` fitted to minimise the NLL on validation logits.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from leafid.classifier import softmax
+
+ECE_BINS = 15
+
+
+def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
+    """Mean negative log-likelihood of ``softmax(logits / temperature)``."""
+    z = logits.astype(np.float64) / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-log_probs[np.arange(len(labels)), labels].mean())
+
+
+def fit_temperature(
+    logits: np.ndarray, labels: np.ndarray, low: float = 0.05, high: float = 20.0
+) -> float:
+    """The temperature minimising validation NLL (golden-section search on log T).
+
+    NLL is convex in ``1/T``, so a 1-D search over ``log T`` finds the optimum.
+    """
+    if len(labels) == 0:
+        return 1.0
+    a, b = math.log(low), math.log(high)
+    golden = (math.sqrt(5) - 1) / 2
+    c, d = b - golden * (b - a), a + golden * (b - a)
+    fc, fd = nll(logits, labels, math.exp(c)), nll(logits, labels, math.exp(d))
+    for _ in range(80):
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = b - golden * (b - a)
+            fc = nll(logits, labels, math.exp(c))
+        else:
+            a, c, fc = c, d, fd
+            d = a + golden * (b - a)
+            fd = nll(logits, labels, math.exp(d))
+    return float(math.exp((a + b) / 2))
+
+
+def reliability(
+    confidences: np.ndarray, correct: np.ndarray, n_bins: int = ECE_BINS
+) -> list[dict[str, float]]:
+    """Equal-width confidence bins: count, mean confidence and accuracy of each.
+
+    Bin ``i`` holds confidences in ``(i/n, (i+1)/n]`` (the first bin also holds 0).
+    """
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    index = np.clip(np.ceil(confidences * n_bins).astype(int) - 1, 0, n_bins - 1)
+    bins = []
+    for i in range(n_bins):
+        mask = index == i
+        count = int(mask.sum())
+        bins.append(
+            {
+                "low": float(edges[i]),
+                "high": float(edges[i + 1]),
+                "count": count,
+                "confidence": float(confidences[mask].mean()) if count else 0.0,
+                "accuracy": float(correct[mask].mean()) if count else 0.0,
+            }
+        )
+    return bins
+
+
+def ece(confidences: np.ndarray, correct: np.ndarray, n_bins: int = ECE_BINS) -> float:
+    """Expected calibration error: bin-weighted mean ``|accuracy - confidence|``."""
+    n = len(confidences)
+    if n == 0:
+        return 0.0
+    return float(
+        sum(
+            b["count"] / n * abs(b["accuracy"] - b["confidence"])
+            for b in reliability(confidences, correct, n_bins)
+        )
+    )
+
+
+def ece_of_logits(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
+    """ECE of the top-1 answers of ``softmax(logits / temperature)``."""
+    probs = softmax(logits, temperature)
+    return ece(probs.max(axis=1), probs.argmax(axis=1) == labels)
+
+
+def pick_threshold(correct_scores: np.ndarray, keep: float = 0.95) -> float:
+    """The highest unknown threshold that still answers ``keep`` of the correct answers.
+
+    Raising the threshold can only reject more out-of-distribution photos, so the best
+    threshold under the constraint is the largest one that keeps at least ``keep`` of
+    the correct in-distribution answers (scores ``>=`` threshold are answered).
+    """
+    scores = np.sort(np.asarray(correct_scores, dtype=np.float64))
+    if len(scores) == 0:
+        return 0.0
+    k = math.floor((1.0 - keep) * len(scores) + 1e-9)
+    return float(np.clip(scores[min(k, len(scores) - 1)], 0.0, 1.0))
+
+
+def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """Area under the ROC curve: P(score of a positive > score of a negative), ties half."""
+    pos = np.asarray(positive, dtype=np.float64)
+    neg = np.asarray(negative, dtype=np.float64)
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    scores = np.concatenate([pos, neg])
+    order = scores.argsort(kind="mergesort")
+    ranks = np.empty(len(scores), dtype=np.float64)
+    sorted_scores = scores[order]
+    # average ranks over ties
+    start = 0
+    while start < len(scores):
+        stop = start
+        while stop + 1 < len(scores) and sorted_scores[stop + 1] == sorted_scores[start]:
+            stop += 1
+        ranks[order[start : stop + 1]] = (start + stop) / 2 + 1
+        start = stop + 1
+    rank_sum = ranks[: len(pos)].sum()
+    return float((rank_sum - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def calibration_report(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    ood_logits: np.ndarray | None = None,
+    keep: float = 0.95,
+) -> dict[str, float | int | None]:
+    """Fit T and the unknown threshold on validation logits and report the figures.
+
+    Args:
+        logits: Validation logits (N, C).
+        labels: True class indices (N,).
+        ood_logits: Logits of out-of-distribution validation photos, if any.
+        keep: Share of correct answers the threshold must keep.
+
+    Returns:
+        temperature, unknown_threshold, nll/ece before and after, val accuracy and,
+        with OOD logits, the AUROC of leaf vs non-leaf and the OOD rejection rate.
+    """
+    t = fit_temperature(logits, labels)
+    probs = softmax(logits, t)
+    best = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    threshold = pick_threshold(best[correct], keep)
+    report: dict[str, float | int | None] = {
+        "temperature": t,
+        "unknown_threshold": threshold,
+        "val_images": int(len(labels)),
+        "val_top1": float(correct.mean()) if len(labels) else 0.0,
+        "nll_before": nll(logits, labels),
+        "nll_after": nll(logits, labels, t),
+        "ece_before": ece_of_logits(logits, labels),
+        "ece_after": ece_of_logits(logits, labels, t),
+        "val_unknown_rate": float((best < threshold).mean()) if len(labels) else 0.0,
+        "ood_val_images": 0,
+        "ood_auroc": None,
+        "ood_rejected": None,
+    }
+    if ood_logits is not None and len(ood_logits):
+        ood_best = softmax(ood_logits, t).max(axis=1)
+        report["ood_val_images"] = int(len(ood_best))
+        report["ood_auroc"] = auroc(best, ood_best)
+        report["ood_rejected"] = float((ood_best < threshold).mean())
+    return report

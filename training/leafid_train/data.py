@@ -1,0 +1,345 @@
+"""Image folders, the joint label space, the deterministic split and the decode cache.
+
+A dataset root is an ImageFolder (``<root>/<class_slug>/*.jpg``) or a folder with an
+``images/`` ImageFolder inside, optionally with a ``classes.tsv`` (columns
+``class_slug``, ``scientific_name``, ``common_name``, more ignored) in the root.
+Several roots share one label space: the same slug in two roots is the same class.
+Nothing here needs torch.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from leafid.errors import LeafidError
+from leafid.images import ImageLimits, decode, read_bytes
+from leafid.preprocess import preprocess
+from leafid.spec import ClassInfo, ModelSpec
+from leafid_train.config import resolve_root
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".heic", ".heif"}
+)
+SPLITS = ("train", "val", "test")
+OOD_FRACTIONS = (0.0, 0.5, 0.5)
+_RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+class DatasetError(LeafidError):
+    """A dataset folder, split file or manifest is not usable."""
+
+    code = "dataset_error"
+    http_status = 422
+
+
+@dataclass(frozen=True)
+class DataRoot:
+    """One dataset folder.
+
+    Attributes:
+        name: Short name (the folder name, or its parent's when it is ``images/``).
+        root: The folder as given.
+        images: The ImageFolder (``root/images`` when present, else ``root``).
+        classes: Rows of ``classes.tsv`` by slug (empty when there is none).
+    """
+
+    name: str
+    root: Path
+    images: Path
+    classes: dict[str, ClassInfo]
+
+    def path(self, rel: str) -> Path:
+        """Absolute path of a file given relative to :attr:`images`."""
+        return self.images / rel
+
+
+@dataclass(frozen=True, order=True)
+class Sample:
+    """One labelled image: its root's name, its path under the root's images, its class."""
+
+    root: str
+    rel: str
+    label: str
+
+
+def read_classes_tsv(path: Path) -> dict[str, ClassInfo]:
+    """Read ``classes.tsv`` into ClassInfo rows by slug.
+
+    Raises:
+        DatasetError: A needed column is missing or a slug repeats.
+    """
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh, delimiter="\t")
+        need = {"class_slug", "scientific_name", "common_name"}
+        if not need <= set(reader.fieldnames or ()):
+            raise DatasetError(f"{path}: needs the columns {sorted(need)}")
+        out: dict[str, ClassInfo] = {}
+        for row in reader:
+            slug = row["class_slug"].strip()
+            if slug in out:
+                raise DatasetError(f"{path}: class {slug!r} is listed twice")
+            out[slug] = ClassInfo(slug, row["scientific_name"].strip(), row["common_name"].strip())
+    return out
+
+
+def open_root(name_or_path: str | Path) -> DataRoot:
+    """Find a dataset folder (bare names under the data directory) and read its classes."""
+    root = resolve_root(str(name_or_path))
+    images = root / "images" if (root / "images").is_dir() else root
+    tsv = root / "classes.tsv"
+    if not tsv.is_file() and root.name == "images":
+        tsv = root.parent / "classes.tsv"
+    name = root.resolve().parent.name if root.name == "images" else root.resolve().name
+    classes = read_classes_tsv(tsv) if tsv.is_file() else {}
+    return DataRoot(name=name, root=root, images=images, classes=classes)
+
+
+def list_images(images: Path) -> list[tuple[str, str]]:
+    """All images of an ImageFolder as sorted ``(relative path, class slug)`` pairs."""
+    out = []
+    for class_dir in sorted(p for p in images.iterdir() if p.is_dir()):
+        for file in sorted(class_dir.rglob("*")):
+            if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES:
+                out.append((file.relative_to(images).as_posix(), class_dir.name))
+    return out
+
+
+def samples_of(root: DataRoot) -> list[Sample]:
+    """Every image of a root as a :class:`Sample`.
+
+    Raises:
+        DatasetError: The folder holds no images.
+    """
+    found = [Sample(root.name, rel, slug) for rel, slug in list_images(root.images)]
+    if not found:
+        raise DatasetError(f"no images in {root.images} (want <class_slug>/<image> files)")
+    return found
+
+
+def class_info(slug: str, roots: Sequence[DataRoot]) -> ClassInfo:
+    """The first ``classes.tsv`` row for a slug, or a row made from the slug."""
+    for root in roots:
+        if slug in root.classes:
+            return root.classes[slug]
+    return ClassInfo(slug, slug.replace("_", " ").capitalize(), "")
+
+
+def label_space(roots: Sequence[DataRoot], samples: Iterable[Sample]) -> tuple[ClassInfo, ...]:
+    """The joint class list: slugs in order of first root, sorted within a root.
+
+    The same slug in two roots is one class; its names come from the first root whose
+    ``classes.tsv`` lists it (a different scientific name elsewhere is logged).
+
+    Raises:
+        DatasetError: Two roots have the same name.
+    """
+    names = [r.name for r in roots]
+    if len(set(names)) != len(names):
+        raise DatasetError(f"two dataset roots have the same name: {names}")
+    by_root: dict[str, set[str]] = defaultdict(set)
+    for s in samples:
+        by_root[s.root].add(s.label)
+    order: list[str] = []
+    for root in roots:
+        order.extend(slug for slug in sorted(by_root[root.name]) if slug not in order)
+    for slug in order:
+        sci = {r.classes[slug].scientific_name for r in roots if slug in r.classes}
+        if len(sci) > 1:
+            log.warning("class %s has different scientific names across roots: %s", slug, sci)
+    return tuple(class_info(slug, roots) for slug in order)
+
+
+def _rank(seed: int, sample: Sample) -> str:
+    return hashlib.sha256(f"{seed}/{sample.root}/{sample.rel}".encode()).hexdigest()
+
+
+def split_samples(
+    samples: Iterable[Sample], seed: int, fractions: Sequence[float]
+) -> dict[str, list[Sample]]:
+    """Deterministic stratified split into train/val/test.
+
+    Each (root, class) group is ordered by a seeded hash of the file's relative path and
+    cut by ``fractions``; a file's side therefore does not depend on the other files'
+    order. Groups of 3+ images get at least one val and one test image (when their
+    fraction is > 0).
+
+    Returns:
+        ``{"train": [...], "val": [...], "test": [...]}``, each sorted.
+    """
+    f_train, f_val, f_test = fractions
+    groups: dict[tuple[str, str], list[Sample]] = defaultdict(list)
+    for s in samples:
+        groups[(s.root, s.label)].append(s)
+    out: dict[str, list[Sample]] = {name: [] for name in SPLITS}
+    for group in groups.values():
+        group.sort(key=lambda s: _rank(seed, s))
+        n = len(group)
+        n_test = round(n * f_test)
+        n_val = min(round(n * f_val), n - n_test) if f_train > 0 else n - n_test
+        if n >= 3 and f_train > 0:
+            n_test = max(n_test, 1 if f_test > 0 else 0)
+            n_val = max(n_val, 1 if f_val > 0 else 0)
+            while n - n_test - n_val < 1:
+                if n_val >= n_test:
+                    n_val -= 1
+                else:
+                    n_test -= 1
+        out["test"].extend(group[:n_test])
+        out["val"].extend(group[n_test : n_test + n_val])
+        out["train"].extend(group[n_test + n_val :])
+    return {name: sorted(items) for name, items in out.items()}
+
+
+@dataclass
+class Split:
+    """The files of one run: leaf splits and the OOD val/test halves, saved as split.json."""
+
+    seed: int
+    fractions: tuple[float, float, float]
+    roots: dict[str, str]
+    ood_roots: dict[str, str]
+    leaf: dict[str, list[Sample]]
+    ood: dict[str, list[Sample]]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form."""
+
+        def rows(items: list[Sample]) -> list[list[str]]:
+            return [[s.root, s.rel, s.label] for s in items]
+
+        return {
+            "seed": self.seed,
+            "fractions": list(self.fractions),
+            "roots": self.roots,
+            "ood_roots": self.ood_roots,
+            "splits": {k: rows(v) for k, v in self.leaf.items()},
+            "ood": {k: rows(v) for k, v in self.ood.items()},
+        }
+
+    def save(self, path: Path) -> None:
+        """Write ``split.json``."""
+        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> Split:
+        """Read a ``split.json``.
+
+        Raises:
+            DatasetError: The file is missing or malformed.
+        """
+        try:
+            data = json.loads(path.read_text())
+            return cls(
+                seed=int(data["seed"]),
+                fractions=tuple(data["fractions"]),
+                roots=dict(data["roots"]),
+                ood_roots=dict(data["ood_roots"]),
+                leaf={k: [Sample(*row) for row in v] for k, v in data["splits"].items()},
+                ood={k: [Sample(*row) for row in v] for k, v in data["ood"].items()},
+            )
+        except (OSError, KeyError, TypeError, ValueError) as exc:
+            raise DatasetError(f"cannot read split file {path}: {exc}") from exc
+
+
+def make_split(
+    roots: Sequence[DataRoot],
+    ood_roots: Sequence[DataRoot],
+    seed: int,
+    fractions: Sequence[float],
+) -> Split:
+    """Scan the roots and split them (OOD roots into val/test halves only)."""
+    leaf = [s for r in roots for s in samples_of(r)]
+    ood = [s for r in ood_roots for s in samples_of(r)]
+    ood_split = split_samples(ood, seed, OOD_FRACTIONS)
+    return Split(
+        seed=seed,
+        fractions=(float(fractions[0]), float(fractions[1]), float(fractions[2])),
+        roots={r.name: str(r.root.resolve()) for r in roots},
+        ood_roots={r.name: str(r.root.resolve()) for r in ood_roots},
+        leaf=split_samples(leaf, seed, fractions),
+        ood={"val": ood_split["val"], "test": ood_split["test"]},
+    )
+
+
+class ImageCache:
+    """Decoded images, kept in memory and optionally as ``.npy`` files keyed by content.
+
+    Two kinds of array are cached: training arrays (shorter side resized to the spec's
+    ``resize_size``, for augmentation) and evaluation inputs, which are exactly what
+    :meth:`leafid.Classifier.load` makes (``decode`` in draft mode, then ``preprocess``).
+
+    Args:
+        spec: Gives resize/input sizes and the interpolation.
+        cache_dir: Folder for ``.npy`` files (None: memory only).
+        limits: Decode limits.
+    """
+
+    def __init__(
+        self, spec: ModelSpec, cache_dir: Path | None = None, limits: ImageLimits | None = None
+    ) -> None:
+        self.spec = spec
+        self.cache_dir = cache_dir
+        self.limits = limits or ImageLimits()
+        self._memory: dict[tuple[str, str], np.ndarray] = {}
+        if cache_dir is not None:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+
+    def _get(self, path: Path, kind: str) -> np.ndarray:
+        key = (kind, str(path))
+        if key in self._memory:
+            return self._memory[key]
+        try:
+            data = read_bytes(path, self.limits)
+            disk = None
+            if self.cache_dir is not None:
+                digest = hashlib.sha256(data).hexdigest()[:40]
+                s = self.spec
+                tag = f"{kind}-{s.resize_size}-{s.input_size}-{s.interpolation}"
+                disk = self.cache_dir / f"{digest}-{tag}.npy"
+                if disk.is_file():
+                    arr = np.load(disk)
+                    self._memory[key] = arr
+                    return arr
+            img = decode(data, self.limits, min_side=self.spec.resize_size)
+        except LeafidError as exc:
+            raise DatasetError(f"{path}: {exc}") from exc
+        arr = self._train_array(img) if kind == "train" else preprocess(img, self.spec)
+        if disk is not None:
+            tmp = disk.with_suffix(".tmp.npy")
+            np.save(tmp, arr)
+            tmp.replace(disk)
+        self._memory[key] = arr
+        return arr
+
+    def _train_array(self, img: Image.Image) -> np.ndarray:
+        width, height = img.size
+        scale = self.spec.resize_size / min(width, height)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        resized = img.resize(size, _RESAMPLE[self.spec.interpolation])
+        return np.asarray(resized, dtype=np.uint8)
+
+    def train_array(self, path: Path) -> np.ndarray:
+        """uint8 HWC array whose shorter side is ``spec.resize_size``."""
+        return self._get(path, "train")
+
+    def eval_array(self, path: Path) -> np.ndarray:
+        """The model input :func:`leafid.preprocess.preprocess` makes for this file."""
+        return self._get(path, "eval")
