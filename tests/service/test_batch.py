@@ -1,0 +1,127 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import leafid.batch as batch_mod
+from conftest import encode, noisy
+from leafid.batch import classify_paths, find_images, is_image_name, load_file
+from leafid.classifier import Classifier
+from leafid.errors import LeafidError
+from leafid.output import Row
+
+
+def _touch(path: Path, data: bytes = b"x") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def test_is_image_name_is_case_insensitive() -> None:
+    assert is_image_name("a.JPG") and is_image_name("b.HeIc") and is_image_name("c.tiff")
+    assert not is_image_name("notes.txt") and not is_image_name("jpg")
+
+
+def test_find_images_folder_sorted_and_filtered(tmp_path: Path) -> None:
+    for name in ["b.PNG", "a.jpg", "c.txt", ".hidden.jpg", "sub/d.jpeg"]:
+        _touch(tmp_path / name)
+    assert find_images([str(tmp_path)]) == [str(tmp_path / "a.jpg"), str(tmp_path / "b.PNG")]
+
+
+def test_find_images_recursive(tmp_path: Path) -> None:
+    for name in ["z.jpg", "sub/b/x.webp", "sub/a/y.gif", ".git/q.jpg", "sub/a/n.md"]:
+        _touch(tmp_path / name)
+    found = find_images([str(tmp_path)], recursive=True)
+    rel = [os.path.relpath(p, tmp_path) for p in found]
+    assert rel == ["z.jpg", "sub/a/y.gif", "sub/b/x.webp"]
+
+
+def test_find_images_keeps_named_files_and_missing_paths(tmp_path: Path) -> None:
+    odd = _touch(tmp_path / "photo.data")
+    missing = str(tmp_path / "missing.jpg")
+    assert find_images([str(odd), missing, str(odd)]) == [str(odd), missing]
+
+
+def test_find_images_symlink_loop_does_not_hang(tmp_path: Path) -> None:
+    _touch(tmp_path / "a" / "p.jpg")
+    os.symlink(tmp_path / "a", tmp_path / "a" / "loop")
+    found = find_images([str(tmp_path)], recursive=True)
+    assert found == [str(tmp_path / "a" / "p.jpg")]
+
+
+def test_empty_folder_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert find_images([str(tmp_path)]) == []
+    assert "no image files" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (b"", "bad_image"),
+        (b"just some text", "unsupported_type"),
+        (encode(noisy((200, 30, 30), (64, 48)))[:300], "bad_image"),
+    ],
+    ids=["zero-byte", "text", "truncated"],
+)
+def test_load_file_returns_typed_errors(
+    tiny_model: Path, tmp_path: Path, data: bytes, code: str
+) -> None:
+    path = _touch(tmp_path / "bad.jpg", data)
+    item = load_file(Classifier(tiny_model), str(path))
+    assert isinstance(item, LeafidError)
+    assert item.code == code
+
+
+def test_load_file_wraps_unexpected_exceptions(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clf = Classifier(tiny_model)
+
+    def boom(data: bytes) -> np.ndarray:
+        raise IndexError("weird file")
+
+    monkeypatch.setattr(clf, "load", boom)
+    item = load_file(clf, str(_touch(tmp_path / "a.jpg")))
+    assert isinstance(item, LeafidError) and "IndexError" in str(item)
+
+
+def test_classify_paths_keeps_order_and_batches(tiny_model: Path, photo_dir: Path) -> None:
+    paths = find_images([str(photo_dir)])
+    paths.insert(2, str(photo_dir / "missing.jpg"))
+    batches: list[list[Row]] = []
+    summary = classify_paths(
+        Classifier(tiny_model), paths, batches.append, top_k=2, workers=2, batch_size=2
+    )
+    rows = [r for b in batches for r in b]
+    assert [len(b) for b in batches] == [2, 2, 1]
+    assert [r["path"] for r in rows] == paths
+    by_name = {Path(r["path"]).name: r for r in rows}
+    assert by_name["rubra.jpg"]["best_match"] == "rubra"
+    assert by_name["grey.png"]["unknown"] is True
+    assert by_name["missing.jpg"]["error"]["type"] == "bad_image"
+    assert (summary.total, summary.ok, summary.unknown, summary.failed) == (5, 4, 1, 1)
+
+
+def test_classify_paths_reads_ahead_boundedly(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    img = encode(noisy((30, 200, 40)))
+    paths = [str(_touch(tmp_path / f"{i:03d}.jpg", img)) for i in range(40)]
+    started: list[str] = []
+    real = batch_mod.load_file
+
+    def counting(clf: Classifier, path: str) -> np.ndarray | LeafidError:
+        started.append(path)
+        return real(clf, path)
+
+    monkeypatch.setattr(batch_mod, "load_file", counting)
+    seen_at_first_emit: list[int] = []
+
+    def emit(rows: list[Row]) -> None:
+        if not seen_at_first_emit:
+            seen_at_first_emit.append(len(started))
+
+    summary = classify_paths(Classifier(tiny_model), paths, emit, workers=1, batch_size=2)
+    assert summary.ok == 40
+    assert seen_at_first_emit[0] <= 2 * 2 + 1  # read-ahead: two batches + one per worker

@@ -1,0 +1,496 @@
+import argparse
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import leafid.cli as cli
+from conftest import encode, noisy
+from leafid.classifier import Classifier
+from leafid.cli import main
+from leafid.errors import MissingExtraError
+from leafid.results import CAVEAT
+
+Capsys = pytest.CaptureFixture[str]
+
+
+def _jsonl(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _best(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {Path(r["path"]).name: r.get("best_match", "ERROR") for r in rows}
+
+
+EXPECTED = {
+    "rubra.jpg": "rubra",
+    "viridis.jpg": "viridis",
+    "caerulea.jpg": "caerulea",
+    "grey.png": None,
+}
+
+
+def _add_bad_files(folder: Path) -> None:
+    (folder / "truncated.jpg").write_bytes(encode(noisy((200, 30, 30)))[:300])
+    (folder / "text.jpg").write_text("this is not a photo")
+    (folder / "empty.jpg").write_bytes(b"")
+
+
+# --- classify: formats ------------------------------------------------------------------
+
+
+def test_classify_jsonl(tiny_model: Path, photo_dir: Path, capsys: Capsys) -> None:
+    assert main(["classify", str(photo_dir), "--model", str(tiny_model), "--format", "jsonl"]) == 0
+    rows = _jsonl(capsys.readouterr().out)
+    assert _best(rows) == EXPECTED
+    assert [r["path"] for r in rows] == sorted(r["path"] for r in rows)
+    assert all(r["caveat"] == CAVEAT and r["model_version"] == "0.0.1-test" for r in rows)
+
+
+def test_classify_defaults_to_jsonl_when_not_a_terminal(
+    tiny_model: Path, photo_dir: Path, capsys: Capsys
+) -> None:
+    assert main(["classify", str(photo_dir), "--model", str(tiny_model)]) == 0
+    assert _best(_jsonl(capsys.readouterr().out)) == EXPECTED
+
+
+def test_classify_json(tiny_model: Path, photo_dir: Path, capsys: Capsys) -> None:
+    assert (
+        main(
+            [
+                "classify",
+                str(photo_dir),
+                "--model",
+                str(tiny_model),
+                "--format",
+                "json",
+                "--top-k",
+                "2",
+            ]
+        )
+        == 0
+    )
+    rows = json.loads(capsys.readouterr().out)
+    assert _best(rows) == EXPECTED
+    assert all(len(r["results"]) == 2 for r in rows)
+
+
+def test_classify_csv(tiny_model: Path, photo_dir: Path, capsys: Capsys) -> None:
+    assert (
+        main(
+            [
+                "classify",
+                str(photo_dir),
+                "--model",
+                str(tiny_model),
+                "--format",
+                "csv",
+                "--top-k",
+                "3",
+            ]
+        )
+        == 0
+    )
+    records = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    got = {Path(r["path"]).name: (r["best_match"] or None) for r in records}
+    assert got == EXPECTED
+    assert {r["top1_slug"] for r in records} >= {"rubra", "viridis", "caerulea"}
+    assert all(r["caveat"] == CAVEAT and r["model_version"] == "0.0.1-test" for r in records)
+    assert "top3_score" in records[0]
+
+
+def test_classify_table_has_caveat(tiny_model: Path, photo_dir: Path, capsys: Capsys) -> None:
+    assert main(["classify", str(photo_dir), "--model", str(tiny_model), "--format", "table"]) == 0
+    out = capsys.readouterr().out
+    assert CAVEAT in out
+    assert "Planta rubra (red plant)" in out
+    assert "unknown" in [line for line in out.splitlines() if "grey.png" in line][0]
+
+
+def test_classify_output_file_format_from_suffix(
+    tiny_model: Path, photo_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "rows.csv"
+    assert main(["classify", str(photo_dir), "--model", str(tiny_model), "-o", str(out)]) == 0
+    records = list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8"))))
+    assert len(records) == 4
+
+
+def test_threshold_option_changes_unknown(
+    tiny_model: Path, photo_dir: Path, capsys: Capsys
+) -> None:
+    assert (
+        main(
+            [
+                "classify",
+                str(photo_dir / "grey.png"),
+                "--model",
+                str(tiny_model),
+                "--threshold",
+                "0.2",
+            ]
+        )
+        == 0
+    )
+    assert _jsonl(capsys.readouterr().out)[0]["best_match"] is not None
+
+
+# --- classify: errors and exit codes ----------------------------------------------------
+
+
+def test_bad_files_become_error_rows_and_exit_1(
+    tiny_model: Path, photo_dir: Path, capsys: Capsys
+) -> None:
+    _add_bad_files(photo_dir)
+    missing = str(photo_dir / "nope.jpg")
+    assert main(["classify", str(photo_dir), missing, "--model", str(tiny_model)]) == 1
+    captured = capsys.readouterr()
+    rows = _jsonl(captured.out)
+    errors = {Path(r["path"]).name: r["error"]["type"] for r in rows if "error" in r}
+    assert errors == {
+        "truncated.jpg": "bad_image",
+        "text.jpg": "unsupported_type",
+        "empty.jpg": "bad_image",
+        "nope.jpg": "bad_image",
+    }
+    good = {k: v for k, v in _best(rows).items() if k not in errors}
+    assert good == EXPECTED
+    assert "3 failed" not in captured.err and "4 failed" in captured.err
+
+
+def test_recursive(tiny_model: Path, photo_dir: Path, capsys: Capsys) -> None:
+    sub = photo_dir / "deeper" / "still"
+    sub.mkdir(parents=True)
+    noisy((30, 200, 40)).save(sub / "leaf.JPEG", quality=90)
+    assert main(["classify", str(photo_dir), "--model", str(tiny_model)]) == 0
+    assert len(_jsonl(capsys.readouterr().out)) == 4
+    assert main(["classify", str(photo_dir), "-r", "--model", str(tiny_model)]) == 0
+    rows = _jsonl(capsys.readouterr().out)
+    assert _best(rows)["leaf.JPEG"] == "viridis"
+    assert len(rows) == 5
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--top-k", "0"],
+        ["--top-k", "two"],
+        ["--format", "json", "--resume", "-o", "OUT"],
+        ["--format", "table", "--resume", "-o", "OUT"],
+        ["--resume"],
+        ["--threshold", "1.5"],
+        ["--workers", "0"],
+    ],
+)
+def test_usage_errors_exit_2(
+    tiny_model: Path, photo_dir: Path, tmp_path: Path, capsys: Capsys, extra: list[str]
+) -> None:
+    extra = [str(tmp_path / "out") if a == "OUT" else a for a in extra]
+    assert main(["classify", str(photo_dir), "--model", str(tiny_model), *extra]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "Traceback" not in captured.err and captured.err
+
+
+def test_no_images_found_exits_2(tiny_model: Path, tmp_path: Path, capsys: Capsys) -> None:
+    (tmp_path / "notes.txt").write_text("x")
+    assert main(["classify", str(tmp_path), "--model", str(tiny_model)]) == 2
+    assert "no images found" in capsys.readouterr().err
+
+
+def test_no_command_exits_2(capsys: Capsys) -> None:
+    assert main([]) == 2
+    assert "usage" in capsys.readouterr().err
+
+
+def test_help_exits_0_and_documents_exit_codes(capsys: Capsys) -> None:
+    assert main(["classify", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "exit status" in out and "--resume" in out
+
+
+@pytest.mark.parametrize("command", ["classify", "identify", "info"])
+def test_missing_model_is_a_clear_error(
+    tmp_path: Path, photo_dir: Path, capsys: Capsys, command: str
+) -> None:
+    args = [command] + ([] if command == "info" else [str(photo_dir / "rubra.jpg")])
+    assert main([*args, "--model", str(tmp_path / "nope.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "model file not found" in err and "--model" in err
+    assert "Traceback" not in err
+
+
+def test_invalid_model_is_a_clear_error(tmp_path: Path, photo_dir: Path, capsys: Capsys) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_text("not a model")
+    assert main(["classify", str(photo_dir), "--model", str(bad)]) == 2
+    assert "cannot load ONNX model" in capsys.readouterr().err
+
+
+# --- resume -----------------------------------------------------------------------------
+
+
+def _many_photos(folder: Path, n: int) -> None:
+    folder.mkdir()
+    colours = [(220, 30, 30), (30, 200, 40), (30, 40, 210)]
+    for i in range(n):
+        noisy(colours[i % 3], seed=i).save(folder / f"p{i:02d}.jpg", quality=90)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_resume_after_a_crash_every_path_once(tiny_model: Path, tmp_path: Path, fmt: str) -> None:
+    photos = tmp_path / "photos"
+    _many_photos(photos, 9)
+    full = tmp_path / f"full.{fmt}"
+    base = ["classify", str(photos), "--model", str(tiny_model), "--format", fmt]
+    assert main([*base, "-o", str(full)]) == 0
+    lines = full.read_text(encoding="utf-8").splitlines(keepends=True)
+    head = 1 if fmt == "csv" else 0
+    # a crash: four complete rows, then half of the fifth
+    out = tmp_path / f"out.{fmt}"
+    out.write_text("".join(lines[: head + 4]) + lines[head + 4][:25], encoding="utf-8")
+    assert main([*base, "-o", str(out), "--resume"]) == 0
+    text = out.read_text(encoding="utf-8")
+    if fmt == "jsonl":
+        paths = [r["path"] for r in _jsonl(text)]
+    else:
+        records = list(csv.reader(io.StringIO(text)))
+        assert records[0][0] == "path" and records.count(records[0]) == 1
+        paths = [r[0] for r in records[1:]]
+    assert sorted(paths) == sorted(str(p) for p in photos.glob("*.jpg"))
+    assert len(paths) == len(set(paths)) == 9
+    assert text == full.read_text(encoding="utf-8")  # same rows, same order
+    # resuming a finished file does nothing
+    assert main([*base, "-o", str(out), "--resume"]) == 0
+    assert out.read_text(encoding="utf-8") == text
+
+
+def test_resume_of_missing_file_starts_fresh(
+    tiny_model: Path, photo_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "new.csv"
+    assert (
+        main(["classify", str(photo_dir), "--model", str(tiny_model), "-o", str(out), "--resume"])
+        == 0
+    )
+    assert len(list(csv.DictReader(io.StringIO(out.read_text(encoding="utf-8"))))) == 4
+
+
+def test_interrupt_keeps_finished_rows_then_resume_completes(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Capsys
+) -> None:
+    photos = tmp_path / "photos"
+    _many_photos(photos, 6)
+    out = tmp_path / "out.jsonl"
+    base = [
+        "classify",
+        str(photos),
+        "--model",
+        str(tiny_model),
+        "-o",
+        str(out),
+        "--batch-size",
+        "2",
+    ]
+    real = Classifier.classify_arrays
+    calls: list[int] = []
+
+    def interrupted(self: Classifier, batch: np.ndarray, top_k: int = 5) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, batch, top_k)
+
+    monkeypatch.setattr(Classifier, "classify_arrays", interrupted)
+    assert main(base) == 130
+    assert len(_jsonl(out.read_text(encoding="utf-8"))) == 2
+    assert "interrupted" in capsys.readouterr().err
+    monkeypatch.setattr(Classifier, "classify_arrays", real)
+    assert main([*base, "--resume"]) == 0
+    paths = [r["path"] for r in _jsonl(out.read_text(encoding="utf-8"))]
+    assert paths == sorted(str(p) for p in photos.glob("*.jpg"))
+
+
+# --- identify ---------------------------------------------------------------------------
+
+
+def test_identify_fuses_photos(tiny_model: Path, photo_dir: Path, capsys: Capsys) -> None:
+    extra = photo_dir / "rubra2.jpg"
+    noisy((150, 60, 60), seed=3).save(extra, quality=90)
+    files = [str(photo_dir / "rubra.jpg"), str(extra)]
+    assert main(["identify", *files, "--model", str(tiny_model), "--format", "json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["best_match"] == "rubra"
+    assert result["paths"] == files and result["errors"] == []
+    assert result["caveat"] == CAVEAT
+    clf = Classifier(tiny_model)
+    arrays = np.stack([clf.load(Path(f).read_bytes()) for f in files])
+    fused = clf.identify_arrays(arrays).to_dict()
+    single = clf.classify_arrays(arrays[:1])[0].to_dict()
+    assert result["results"] == fused["results"] != single["results"]
+
+
+def test_identify_reports_bad_images_and_uses_the_rest(
+    tiny_model: Path, photo_dir: Path, capsys: Capsys
+) -> None:
+    _add_bad_files(photo_dir)
+    files = [str(photo_dir / "viridis.jpg"), str(photo_dir / "text.jpg")]
+    assert main(["identify", *files, "--model", str(tiny_model), "--format", "jsonl"]) == 1
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert result["best_match"] == "viridis"
+    assert result["paths"] == files[:1]
+    assert result["errors"][0]["path"] == files[1]
+    assert "text.jpg" in captured.err
+
+
+def test_identify_all_bad_exits_1(tiny_model: Path, photo_dir: Path, capsys: Capsys) -> None:
+    _add_bad_files(photo_dir)
+    files = [str(photo_dir / n) for n in ("text.jpg", "empty.jpg")]
+    assert main(["identify", *files, "--model", str(tiny_model), "--format", "table"]) == 1
+    assert "none of the images could be used" in capsys.readouterr().err
+
+
+def test_identify_table(tiny_model: Path, photo_dir: Path, capsys: Capsys) -> None:
+    assert (
+        main(
+            [
+                "identify",
+                str(photo_dir / "caerulea.jpg"),
+                "--model",
+                str(tiny_model),
+                "--format",
+                "table",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "Best match: Planta caerulea (blue plant)" in out and CAVEAT in out
+
+
+# --- info -------------------------------------------------------------------------------
+
+
+def test_info_text(tiny_model: Path, capsys: Capsys) -> None:
+    assert main(["info", "--model", str(tiny_model)]) == 0
+    out = capsys.readouterr().out
+    for text in (
+        "tiny-test",
+        "0.0.1-test",
+        "Planta viridis",
+        "green plant",
+        "0.5",
+        CAVEAT,
+        str(tiny_model),
+    ):
+        assert text in out
+
+
+def test_info_json(tiny_model: Path, capsys: Capsys) -> None:
+    assert main(["info", "--model", str(tiny_model), "--format", "json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert [c["slug"] for c in info["classes"]] == ["rubra", "viridis", "caerulea"]
+    assert info["unknown_threshold"] == 0.5 and info["input_size"] == 32
+    assert info["caveat"] == CAVEAT and "metrics" in info and "training_data" in info
+
+
+# --- plugins ----------------------------------------------------------------------------
+
+
+class _FakeEntryPoint:
+    def __init__(self, name: str, target: Any) -> None:
+        self.name = name
+        self.value = f"fake.{name}:register"
+        self._target = target
+
+    def load(self) -> Any:
+        if isinstance(self._target, Exception):
+            raise self._target
+        return self._target
+
+
+def _register_train(subparsers: Any) -> None:
+    p = subparsers.add_parser("train", help="train a model")
+
+    def handler(args: argparse.Namespace) -> int:
+        raise MissingExtraError("train", "torch")
+
+    p.set_defaults(func=handler)
+
+
+def _register_hello(subparsers: Any) -> None:
+    p = subparsers.add_parser("hello", help="say hello")
+    p.add_argument("--name", default="world")
+    p.set_defaults(func=lambda args: 0 if args.name == "world" else 3)
+
+
+def _register_clash(subparsers: Any) -> None:
+    subparsers.add_parser("classify")
+
+
+@pytest.fixture
+def plugins(monkeypatch: pytest.MonkeyPatch) -> None:
+    eps = [
+        _FakeEntryPoint("broken", ModuleNotFoundError("No module named 'leafid_train.commands'")),
+        _FakeEntryPoint("clash", _register_clash),
+        _FakeEntryPoint("hello", _register_hello),
+        _FakeEntryPoint("train", _register_train),
+    ]
+
+    def fake_entry_points(*, group: str) -> list[_FakeEntryPoint]:
+        assert group == "leafid.commands"
+        return eps
+
+    monkeypatch.setattr(cli, "entry_points", fake_entry_points)
+
+
+@pytest.mark.usefixtures("plugins")
+def test_plugins_load_and_broken_ones_are_skipped(capsys: Capsys) -> None:
+    assert main(["hello"]) == 0
+    assert main(["hello", "--name", "x"]) == 3
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "hello" in out and "classify" in out and "broken" not in out
+    assert main(["classify", "--help"]) == 0  # the clashing plugin did not replace it
+    assert "--resume" in capsys.readouterr().out
+
+
+@pytest.mark.usefixtures("plugins")
+def test_missing_extra_message_and_exit_2(capsys: Capsys) -> None:
+    assert main(["train"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'leafid[train]'" in err and "Traceback" not in err
+
+
+def test_real_entry_points_do_not_break_the_cli(capsys: Capsys) -> None:
+    assert main(["--help"]) == 0
+    assert "classify" in capsys.readouterr().out
+
+
+# --- end to end -------------------------------------------------------------------------
+
+
+def test_python_dash_m_leafid_end_to_end(tiny_model: Path, photo_dir: Path) -> None:
+    _add_bad_files(photo_dir)
+    env = {**os.environ, "LEAFID_MODEL": str(tiny_model)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "leafid", "classify", str(photo_dir), "--format", "jsonl"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1, proc.stderr
+    rows = _jsonl(proc.stdout)
+    assert len(rows) == 7
+    assert {k: v for k, v in _best(rows).items() if k in EXPECTED} == EXPECTED
+    assert "Traceback" not in proc.stderr
