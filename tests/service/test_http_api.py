@@ -1,0 +1,225 @@
+"""The HTTP service's routes, answered with the tiny test model."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import TINY_COLOURS, encode, noisy, solid
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from leafid.classifier import Classifier  # noqa: E402
+from leafid.http.app import STATIC_DIR, create_app, get_classifier  # noqa: E402
+from leafid.http.settings import Settings  # noqa: E402
+from leafid.results import CAVEAT  # noqa: E402
+
+
+@pytest.fixture
+def client(tiny_model: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(Settings(model=tiny_model))) as c:
+        yield c
+
+
+@pytest.fixture
+def clf(tiny_model: Path) -> Classifier:
+    return Classifier(tiny_model)
+
+
+def jpeg(slug: str, seed: int = 0) -> bytes:
+    return encode(noisy(TINY_COLOURS[slug], seed=seed))
+
+
+def files(*items: tuple[str, bytes]) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [("images", (name, data, "image/jpeg")) for name, data in items]
+
+
+def test_identify_one_photo(client: TestClient, clf: Classifier) -> None:
+    data = jpeg("viridis")
+    r = client.post("/v1/identify", files=files(("leaf.jpg", data)))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    want = clf.identify_arrays(np.stack([clf.load(data)]), 3).to_dict()
+    assert body["best_match"] == "viridis" == want["best_match"]
+    assert body["unknown"] is False and body["reason"] is None
+    assert [c["slug"] for c in body["results"]] == [c["slug"] for c in want["results"]]
+    for got, exp in zip(body["results"], want["results"], strict=True):
+        assert got["score"] == pytest.approx(exp["score"], abs=1e-6)
+        assert 0.0 <= got["score"] <= 1.0
+    assert body["model"] == {"name": "tiny-test", "version": "0.0.1-test"}
+    assert body["caveat"] == CAVEAT
+    assert len(body["images"]) == 1
+    assert body["images"][0]["filename"] == "leaf.jpg"
+    assert body["images"][0]["best_match"] == "viridis"
+    assert set(body["timing"]) == {"decode_ms", "inference_ms", "total_ms"}
+    assert body["timing"]["total_ms"] >= body["timing"]["inference_ms"] >= 0
+
+
+def test_identify_fuses_several_photos(client: TestClient, clf: Classifier) -> None:
+    datas = [jpeg("rubra", 1), jpeg("rubra", 2), encode(solid((128, 128, 128)), "PNG")]
+    r = client.post(
+        "/v1/identify",
+        params={"top_k": 2},
+        files=files(("a.jpg", datas[0]), ("b.jpg", datas[1]), ("grey.png", datas[2])),
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    batch = np.stack([clf.load(d) for d in datas])
+    fused = clf.identify_arrays(batch, 2).to_dict()
+    own = [p.to_dict() for p in clf.classify_arrays(batch, 2)]
+    assert len(body["results"]) == 2
+    assert body["best_match"] == fused["best_match"] == "rubra"
+    assert [c["score"] for c in body["results"]] == pytest.approx(
+        [c["score"] for c in fused["results"]], abs=1e-6
+    )
+    assert [i["filename"] for i in body["images"]] == ["a.jpg", "b.jpg", "grey.png"]
+    for got, exp in zip(body["images"], own, strict=True):
+        assert got["best_match"] == exp["best_match"]
+        assert got["unknown"] == exp["unknown"]
+        assert [c["score"] for c in got["results"]] == pytest.approx(
+            [c["score"] for c in exp["results"]], abs=1e-6
+        )
+    assert body["images"][2]["unknown"] is True  # the grey photo alone is unknown
+
+
+def test_identify_unknown_has_reason(client: TestClient) -> None:
+    grey = encode(solid((128, 128, 128)), "PNG")
+    body = client.post("/v1/identify", files=files(("grey.png", grey))).json()
+    assert body["unknown"] is True
+    assert body["best_match"] is None
+    assert "threshold" in body["reason"]
+    assert len(body["results"]) == 3  # default 5, capped at the number of classes
+
+
+def test_classify_batch_with_a_bad_item(client: TestClient, clf: Classifier) -> None:
+    datas = [jpeg("rubra"), b"this is not an image", jpeg("caerulea")]
+    r = client.post(
+        "/v1/classify", files=files(("r.jpg", datas[0]), ("bad.jpg", datas[1]), ("c.jpg", datas[2]))
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [item["filename"] for item in body["results"]] == ["r.jpg", "bad.jpg", "c.jpg"]
+    bad = body["results"][1]
+    assert bad["error"]["type"] == "unsupported_type" and bad["error"]["message"]
+    want = clf.classify_arrays(np.stack([clf.load(datas[0]), clf.load(datas[2])]), 3)
+    for got, exp in zip([body["results"][0], body["results"][2]], want, strict=True):
+        assert got["best_match"] == exp.best_match
+        assert [c["score"] for c in got["results"]] == pytest.approx(
+            [c.score for c in exp.results], abs=1e-6
+        )
+    assert body["caveat"] == CAVEAT
+
+
+def test_species_and_model(client: TestClient, clf: Classifier) -> None:
+    species = client.get("/v1/species").json()
+    assert [s["slug"] for s in species] == clf.spec.labels
+    assert species[0] == {
+        "index": 0,
+        "slug": clf.spec.classes[0].slug,
+        "scientific_name": clf.spec.classes[0].scientific_name,
+        "common_name": clf.spec.classes[0].common_name,
+    }
+    model = client.get("/v1/model").json()
+    assert model["name"] == clf.spec.model_name
+    assert model["version"] == clf.model_version
+    assert model["input_size"] == clf.spec.input_size
+    assert model["threshold"] == clf.threshold
+    assert model["temperature"] == clf.spec.temperature
+    assert model["num_classes"] == len(clf.spec.classes)
+    assert "training_data" in model and "metrics" in model
+
+
+def test_health_ready_docs(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+    schema = client.get("/openapi.json").json()
+    assert {"/v1/identify", "/v1/classify", "/v1/species", "/v1/model"} <= set(schema["paths"])
+    assert client.get("/docs").status_code == 200
+
+
+def test_metrics_count_requests_images_and_unknowns(client: TestClient) -> None:
+    client.post("/v1/identify", files=files(("a.jpg", jpeg("rubra"))))
+    client.post("/v1/identify", files=files(("g.png", encode(solid((128, 128, 128)), "PNG"))))
+    client.post("/v1/classify", files=files(("a.jpg", jpeg("rubra")), ("b.jpg", jpeg("viridis"))))
+    client.post("/v1/identify", files=files(("t.jpg", b"text")))
+    text = client.get("/metrics").text
+
+    def value(pattern: str) -> float:
+        match = re.search(pattern + r" ([0-9.e+]+)", text)
+        assert match, f"{pattern} not in metrics"
+        return float(match.group(1))
+
+    ok = r'leafid_http_requests_total\{method="POST",route="/v1/identify",status="200"\}'
+    assert value(ok) == 2
+    bad = r'leafid_http_requests_total\{method="POST",route="/v1/identify",status="415"\}'
+    assert value(bad) == 1
+    assert value("leafid_images_classified_total") == 4
+    assert value("leafid_unknown_answers_total") == 1
+    assert value("leafid_inference_duration_seconds_count") == 3
+    assert (
+        value(
+            r'leafid_http_request_duration_seconds_count\{method="POST",'
+            r'route="/v1/classify",status="200"\}'
+        )
+        == 1
+    )
+
+
+def test_each_app_has_its_own_registry(tiny_model: Path) -> None:
+    a = create_app(Settings(model=tiny_model))
+    b = create_app(Settings(model=tiny_model))
+    assert a.state.metrics.registry is not b.state.metrics.registry
+
+
+def test_dependency_override(tiny_model: Path, clf: Classifier) -> None:
+    # The settings name a missing model: start-up must not load it when overridden.
+    app = create_app(Settings(model=tiny_model.parent / "missing.onnx"))
+    app.dependency_overrides[get_classifier] = lambda: clf
+    with TestClient(app) as c:
+        assert c.get("/readyz").status_code == 200
+        r = c.post("/v1/identify", files=files(("a.jpg", jpeg("caerulea"))))
+        assert r.json()["best_match"] == "caerulea"
+
+
+def test_upload_page_is_served_without_cdn(client: TestClient) -> None:
+    r = client.get("/")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/html")
+    html = r.text
+    assert 'name="viewport"' in html
+    assert " ".join(CAVEAT.split()) in " ".join(html.split())
+    for asset in ("/static/app.js", "/static/app.css"):
+        assert asset in html
+        assert client.get(asset).status_code == 200
+    for path in STATIC_DIR.iterdir():
+        text = path.read_text(encoding="utf-8")
+        assert not re.search(r"(src|href)=[\"']?(https?:)?//", text), path.name
+        assert "https://" not in text and "http://" not in text, path.name
+
+
+def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("LEAFID_MODEL", str(tmp_path / "m.onnx"))
+    monkeypatch.setenv("LEAFID_API_KEYS", "one, two")
+    monkeypatch.setenv("LEAFID_CORS_ORIGINS", "https://example.org")
+    monkeypatch.setenv("LEAFID_MAX_IMAGES", "3")
+    s = Settings()
+    assert s.model == tmp_path / "m.onnx"
+    assert s.api_keys == ["one", "two"]
+    assert s.cors_origins == ["https://example.org"]
+    assert s.max_images == 3
+    assert "one" not in repr(s)
+
+
+def test_cors_when_configured(tiny_model: Path) -> None:
+    app = create_app(Settings(model=tiny_model, cors_origins=["https://leaf.example"]))
+    with TestClient(app) as c:
+        r = c.get("/v1/species", headers={"Origin": "https://leaf.example"})
+        assert r.headers["access-control-allow-origin"] == "https://leaf.example"
+        r = c.get("/v1/species", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in r.headers
