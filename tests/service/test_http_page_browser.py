@@ -1,0 +1,125 @@
+"""The upload page in a real headless browser (Debian chromium driven by playwright).
+
+Skipped when playwright or a chromium binary is not installed. Install for CI with
+``apt-get install chromium`` and ``pip install playwright`` (no ``playwright install``:
+the system chromium is used).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import TINY_COLOURS, encode, noisy, solid
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+from http_testserver import running_server  # noqa: E402
+
+from leafid.http.app import create_app  # noqa: E402
+from leafid.http.settings import Settings  # noqa: E402
+from leafid.results import CAVEAT  # noqa: E402
+
+CHROMIUM = os.environ.get("LEAFID_CHROMIUM") or next(
+    (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None
+)
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="no chromium binary (apt-get install chromium)"
+)
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    from conftest import make_tiny_model
+
+    model = make_tiny_model(tmp_path_factory.mktemp("browser") / "tiny.onnx")
+    with running_server(create_app(Settings(model=model))) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 375, "height": 740})  # a phone
+    pg = context.new_page()
+    external: list[str] = []
+    pg.on(
+        "request",
+        lambda r: (
+            external.append(r.url)
+            if not r.url.startswith(("http://127.0.0.1", "blob:", "data:"))
+            else None
+        ),
+    )
+    yield pg
+    context.close()
+    assert external == [], f"the page fetched outside resources: {external}"
+
+
+def caveat_shown(pg: Any) -> str:
+    return " ".join(pg.locator("#caveat").inner_text().split())
+
+
+def test_identify_in_the_browser(server: str, page: Any, tmp_path: Path) -> None:
+    page.goto(server + "/")
+    assert caveat_shown(page) == CAVEAT  # visible before any upload
+    assert page.locator("#caveat").is_visible()
+    photo = tmp_path / "leaf.jpg"
+    photo.write_bytes(encode(noisy(TINY_COLOURS["caerulea"], size=(160, 120))))
+    page.set_input_files("#file-input", str(photo))
+    page.wait_for_selector("#previews img")
+    page.click("#submit")
+    page.wait_for_selector("#result:not([hidden])", timeout=10_000)
+    assert page.locator("#result-title").inner_text() == "Planta caerulea"
+    assert "blue plant" in page.locator("#result-names").inner_text()
+    width = page.eval_on_selector("#result-bar", "e => parseFloat(e.style.width)")
+    assert 50 <= width <= 100
+    assert page.locator("#candidates li").count() == 2
+    assert caveat_shown(page) == CAVEAT
+    # fits a phone screen: no horizontal scrolling
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+
+
+def test_unknown_and_errors_in_the_browser(server: str, page: Any, tmp_path: Path) -> None:
+    page.goto(server + "/")
+    grey = tmp_path / "grey.png"
+    grey.write_bytes(encode(solid((128, 128, 128)), "PNG"))
+    page.set_input_files("#file-input", str(grey))
+    page.click("#submit")
+    page.wait_for_selector("#result:not([hidden])", timeout=10_000)
+    assert "Unknown" in page.locator("#result-title").inner_text()
+    assert "threshold" in page.locator("#result-reason").inner_text()
+
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"I am text, not a photo")
+    page.set_input_files(
+        "#file-input",
+        {"name": "broken.jpg", "mimeType": "image/jpeg", "buffer": broken.read_bytes()},
+    )
+    page.click("#submit")
+    page.wait_for_selector("#error:not([hidden])", timeout=10_000)
+    error = page.locator("#error").inner_text()
+    assert "not a recognised image file" in error and "415" in error
+    assert page.locator("#result").is_hidden()
+    assert caveat_shown(page) == CAVEAT
