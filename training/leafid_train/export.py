@@ -143,7 +143,7 @@ def max_abs_diff(model: LeafNet, onnx_path: Path, batch: np.ndarray) -> float:
     """
     model.eval()
     with torch.no_grad():
-        expected = model(torch.from_numpy(np.ascontiguousarray(batch))).numpy()
+        expected = model(torch.tensor(batch)).numpy()
     session = ort_session(onnx_path)
     (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: batch})
     return float(np.max(np.abs(expected - got)))
