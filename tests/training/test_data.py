@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from synthetic_data import make_imagefolder, make_ood
 
+from conftest import tiny_spec
 from leafid.errors import InvalidRequestError
 from leafid.images import ImageLimits, decode
 from leafid.preprocess import preprocess
@@ -22,8 +23,6 @@ from leafid_train.data import (
     samples_of,
     split_samples,
 )
-
-from conftest import tiny_spec
 
 
 def test_open_root_reads_tsv_and_images(tmp_path: Path) -> None:
@@ -61,7 +60,9 @@ def test_empty_root_is_an_error(tmp_path: Path) -> None:
 
 def test_same_slug_in_two_roots_is_one_class(tmp_path: Path) -> None:
     a = open_root(make_imagefolder(tmp_path / "a"))
-    b = open_root(make_imagefolder(tmp_path / "b", classes={"viridis": (1, 2, 3), "zeta": (9, 9, 9)}))
+    b = open_root(
+        make_imagefolder(tmp_path / "b", classes={"viridis": (1, 2, 3), "zeta": (9, 9, 9)})
+    )
     classes = label_space([a, b], samples_of(a) + samples_of(b))
     assert [c.slug for c in classes] == ["caerulea", "rubra", "viridis", "zeta"]
     assert classes[2].scientific_name == "Planta viridis"  # first root's row wins

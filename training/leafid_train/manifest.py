@@ -50,10 +50,14 @@ def source_sections(root: DataRoot) -> dict[str, str]:
         return {}
     text = path.read_text(encoding="utf-8")
     title = text.splitlines()[0].lstrip("# ").strip() if text else ""
+    title = title.removeprefix(f"{root.name}:").strip()
+    intro = re.match(r"[^\n]*\n(.*?)(?=^## |\Z)", text, flags=re.M | re.S)
     sections = {
         m.group(1).strip().lower(): m.group(2).strip()
         for m in re.finditer(r"^## (.+?)\n(.*?)(?=^## |\Z)", text, flags=re.M | re.S)
     }
+    if intro and intro.group(1).strip():
+        sections.setdefault("what it is", intro.group(1).strip())
     out = {"title": title}
     for key, headings in _SECTIONS.items():
         for heading in headings:
@@ -99,6 +103,7 @@ def render_markdown(manifest: dict[str, Any]) -> str:
         f"- Checksum ({manifest['checksum']['algorithm']}): `{manifest['checksum']['value']}`",
         "",
     ]
+    shown: list[str] = []
     for key, heading in (
         ("what_it_is", "What it is"),
         ("citation", "Citation"),
@@ -106,8 +111,10 @@ def render_markdown(manifest: dict[str, Any]) -> str:
         ("source", "Source"),
         ("caveats", "Caveats"),
     ):
-        if manifest.get(key):
-            lines += [f"## {heading}", "", manifest[key], ""]
+        text = manifest.get(key)
+        if text and text not in shown:
+            lines += [f"## {heading}", "", text, ""]
+            shown.append(text)
     lines += [
         "## Classes",
         "",

@@ -1,0 +1,221 @@
+"""``leafid evaluate``: score an ONNX model on ImageFolders through :class:`leafid.Classifier`.
+
+The images go through exactly the code users run (``Classifier.load`` then
+``classify_arrays``), so the figures describe the shipped behaviour, threshold included.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from leafid.classifier import Classifier
+from leafid.errors import LeafidError
+from leafid.results import Prediction
+from leafid_train.calibrate import auroc, ece, reliability
+from leafid_train.data import DataRoot, DatasetError, Sample, Split, open_root, samples_of
+from leafid_train.plots import confusion_png, reliability_png
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One evaluated image."""
+
+    sample: Sample
+    prediction: Prediction
+
+
+def select(
+    data: Sequence[str],
+    ood: Sequence[str],
+    split_file: Path | None,
+    split: str,
+) -> tuple[list[DataRoot], list[Sample], list[DataRoot], list[Sample]]:
+    """The leaf and OOD samples to evaluate.
+
+    Without a split file every image of every root is used. With one, the leaf images
+    are those of part ``split`` for the given roots (all of the file's roots when
+    ``data`` is empty), and an OOD root that the file split uses the same part.
+
+    Raises:
+        DatasetError: The split file has no such part, or a root is not in it.
+    """
+    if split_file is None:
+        roots = [open_root(d) for d in data]
+        ood_roots = [open_root(d) for d in ood]
+        leaf = [s for r in roots for s in samples_of(r)]
+        return roots, leaf, ood_roots, [s for r in ood_roots for s in samples_of(r)]
+    saved = Split.load(split_file)
+    if split not in saved.leaf:
+        raise DatasetError(f"{split_file} has no part {split!r} (has {sorted(saved.leaf)})")
+    roots = [open_root(d) for d in data] or [open_root(p) for p in saved.roots.values()]
+    unknown = [r.name for r in roots if r.name not in saved.roots]
+    if unknown:
+        raise DatasetError(f"roots {unknown} are not in {split_file} ({sorted(saved.roots)})")
+    names = {r.name for r in roots}
+    leaf = [s for s in saved.leaf[split] if s.root in names]
+    ood_roots = [open_root(d) for d in ood]
+    ood_samples = []
+    for r in ood_roots:
+        if r.name in saved.ood_roots and split in saved.ood:
+            ood_samples += [s for s in saved.ood[split] if s.root == r.name]
+        else:
+            ood_samples += samples_of(r)
+    return roots, leaf, ood_roots, ood_samples
+
+
+def score(
+    clf: Classifier,
+    roots: Sequence[DataRoot],
+    samples: Sequence[Sample],
+    batch_size: int = 32,
+) -> tuple[list[Scored], list[dict[str, str]]]:
+    """Run the classifier over samples in batches; unreadable images are listed, not fatal."""
+    by_name = {r.name: r for r in roots}
+    scored: list[Scored] = []
+    failed: list[dict[str, str]] = []
+    top_k = min(5, len(clf.spec.classes))
+    for start in range(0, len(samples), batch_size):
+        chunk, arrays = [], []
+        for s in samples[start : start + batch_size]:
+            path = by_name[s.root].path(s.rel)
+            try:
+                arrays.append(clf.load(path.read_bytes()))
+                chunk.append(s)
+            except (OSError, LeafidError) as exc:
+                failed.append({"file": str(path), "error": str(exc)})
+        if arrays:
+            predictions = clf.classify_arrays(np.stack(arrays), top_k=top_k)
+            scored += [Scored(s, p) for s, p in zip(chunk, predictions, strict=True)]
+    return scored, failed
+
+
+def _rates(items: Sequence[Scored]) -> dict[str, Any]:
+    n = len(items)
+    if n == 0:
+        return {"images": 0}
+    top1 = [i.prediction.results[0].slug == i.sample.label for i in items]
+    top5 = [any(c.slug == i.sample.label for c in i.prediction.results) for i in items]
+    unknown = [i.prediction.unknown for i in items]
+    answered = [t for t, u in zip(top1, unknown, strict=True) if not u]
+    return {
+        "images": n,
+        "top1": float(np.mean(top1)),
+        "top5": float(np.mean(top5)),
+        "unknown_rate": float(np.mean(unknown)),
+        "answered_top1": float(np.mean(answered)) if answered else None,
+    }
+
+
+def compute_metrics(
+    labels: Sequence[str], leaf: Sequence[Scored], ood: Sequence[Scored]
+) -> dict[str, Any]:
+    """Top-1/5, per-class precision/recall, per-dataset rates, ECE, confusion and OOD figures.
+
+    Args:
+        labels: The model's class slugs, in output order.
+        leaf: Scored in-distribution images.
+        ood: Scored out-of-distribution images.
+    """
+    index = {slug: i for i, slug in enumerate(labels)}
+    missing = sorted({s.sample.label for s in leaf} - set(index))
+    if missing:
+        raise DatasetError(f"classes not known to the model: {missing}")
+    truth = np.array([index[s.sample.label] for s in leaf], dtype=int)
+    guess = np.array([index[s.prediction.results[0].slug] for s in leaf], dtype=int)
+    conf = np.array([s.prediction.results[0].score for s in leaf])
+    matrix = np.zeros((len(labels), len(labels)), dtype=int)
+    np.add.at(matrix, (truth, guess), 1)
+    per_class = {}
+    for slug, i in index.items():
+        support, predicted = int(matrix[i].sum()), int(matrix[:, i].sum())
+        per_class[slug] = {
+            "support": support,
+            "recall": matrix[i, i] / support if support else None,
+            "precision": matrix[i, i] / predicted if predicted else None,
+        }
+    bins = reliability(conf, truth == guess)
+    metrics: dict[str, Any] = _rates(leaf)
+    metrics["ece"] = ece(conf, truth == guess)
+    metrics["reliability"] = bins
+    metrics["per_class"] = per_class
+    metrics["per_dataset"] = {
+        name: _rates([s for s in leaf if s.sample.root == name])
+        for name in sorted({s.sample.root for s in leaf})
+    }
+    metrics["labels"] = list(labels)
+    metrics["confusion"] = matrix.tolist()
+    if ood:
+        ood_conf = np.array([s.prediction.results[0].score for s in ood])
+        metrics["ood"] = {
+            "images": len(ood),
+            "auroc": auroc(conf, ood_conf),
+            "rejected": float(np.mean([s.prediction.unknown for s in ood])),
+            "per_dataset": {
+                name: float(np.mean([s.prediction.unknown for s in ood if s.sample.root == name]))
+                for name in sorted({s.sample.root for s in ood})
+            },
+        }
+    return metrics
+
+
+def evaluate_model(
+    model: Path,
+    data: Sequence[str],
+    out: Path,
+    *,
+    ood: Sequence[str] = (),
+    split_file: Path | None = None,
+    split: str = "test",
+    threshold: float | None = None,
+    batch_size: int = 32,
+    threads: int = 0,
+) -> dict[str, Any]:
+    """Evaluate an ONNX model; writes ``metrics.json``, ``confusion.png``, ``reliability.png``.
+
+    Args:
+        model: The ONNX model.
+        data: Leaf dataset roots (names or paths); may be empty with ``split_file``.
+        out: Output folder.
+        ood: Out-of-distribution roots.
+        split_file: A run's ``split.json`` to take one part of.
+        split: The part of ``split_file`` to use.
+        threshold: Overrides the model's unknown threshold.
+        batch_size: Images per model call.
+        threads: onnxruntime threads (0: its choice).
+
+    Returns:
+        The metrics written to ``metrics.json``.
+    """
+    clf = Classifier(model, threads=threads, threshold=threshold)
+    roots, leaf, ood_roots, ood_samples = select(data, ood, split_file, split)
+    if not leaf:
+        raise DatasetError("nothing to evaluate: no leaf images selected")
+    leaf_scored, failed = score(clf, roots, leaf, batch_size)
+    ood_scored, ood_failed = score(clf, ood_roots, ood_samples, batch_size)
+    metrics = compute_metrics(clf.spec.labels, leaf_scored, ood_scored)
+    metrics.update(
+        model=str(model),
+        model_version=clf.model_version,
+        threshold=clf.threshold,
+        temperature=clf.spec.temperature,
+        split=split if split_file else "all",
+        split_file=str(split_file) if split_file else None,
+        datasets=[r.name for r in roots],
+        ood_datasets=[r.name for r in ood_roots],
+        failed=failed + ood_failed,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    title = f"{clf.spec.model_name} {clf.model_version} ({metrics['split']})"
+    confusion_png(np.array(metrics["confusion"]), clf.spec.labels, out / "confusion.png", title)
+    reliability_png(metrics["reliability"], metrics["ece"], out / "reliability.png", title)
+    return metrics
