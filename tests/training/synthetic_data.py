@@ -42,3 +42,29 @@ def make_ood(root: Path, n: int = 8) -> Path:
     for i in range(n):
         noisy((128, 128, 128), (48, 40), seed=5000 + i).save(folder / f"n{i}.jpg", quality=90)
     return root
+
+
+def tiny_config(tmp_path: Path, out: str = "run", **changes: object) -> object:
+    """A fast TrainConfig on a synthetic root (made if missing): tiny arch, 32 px."""
+    from leafid_train.config import TrainConfig
+
+    leaf = tmp_path / "leaf"
+    if not leaf.exists():
+        make_imagefolder(leaf)
+    options: dict[str, object] = dict(
+        data=[str(leaf)],
+        out=str(tmp_path / out),
+        arch="test_efficientnet",
+        pretrained=False,
+        input_size=32,
+        resize_size=36,
+        epochs=2,
+        head_epochs=1,
+        batch_size=8,
+        lr=3e-3,
+        verify=False,
+        patience=0,
+        threads=1,
+    )
+    options.update(changes)
+    return TrainConfig(**options)  # type: ignore[arg-type]

@@ -32,10 +32,13 @@ def test_manifest_content_and_files(tmp_path: Path) -> None:
     path = write_manifest(root, tmp_path / "manifests")
     data = json.loads(path.read_text())
     assert data["name"] == "setA" and data["image_count"] == 9
-    assert data["title"] == "setA: a test set"
+    assert data["title"] == "a test set"
+    assert data["what_it_is"] == "Coloured squares."
     assert data["licence"] == "CC0." and data["citation"] == "Nobody (2026)."
     assert {c["slug"]: c["images"] for c in data["classes"]} == {
-        "caerulea": 3, "rubra": 3, "viridis": 3,
+        "caerulea": 3,
+        "rubra": 3,
+        "viridis": 3,
     }
     assert data["checksum"]["value"] == checksum(root)[0]
     md = (tmp_path / "manifests" / "setA.md").read_text()

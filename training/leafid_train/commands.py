@@ -262,14 +262,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_datasets(args: argparse.Namespace) -> int:
     """``leafid datasets manifest|verify``."""
     data, manifest = load("data"), load("manifest")
-    kwargs = {"manifest_dir": args.manifest_dir} if args.manifest_dir else {}
     for name in args.roots:
         root = data.open_root(name)
         if args.action == "manifest":
-            out = {"out_dir": args.manifest_dir} if args.manifest_dir else {}
-            echo(f"wrote {manifest.write_manifest(root, **out)}")
+            echo(f"wrote {manifest.write_manifest(root, args.manifest_dir)}")
         else:
-            found = manifest.load_manifest(root.name, **kwargs)
+            found = manifest.load_manifest(root.name, args.manifest_dir)
             if found is None:
                 raise data.DatasetError(f"no manifest for {root.name!r}")
             manifest.verify(root, found)

@@ -12,8 +12,14 @@ from leafid.errors import InvalidRequestError
 
 DATA_DIR_ENV = "LEAFID_DATA_DIR"
 DEFAULT_DATA_DIR = "../shared/datasets"
+MANIFEST_DIR_ENV = "LEAFID_MANIFEST_DIR"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MANIFEST_DIR = REPO_ROOT / "datasets"
+
+
+def manifest_dir() -> Path:
+    """Where dataset manifests live: ``$LEAFID_MANIFEST_DIR`` or the repository's ``datasets/``."""
+    return Path(os.environ.get(MANIFEST_DIR_ENV) or MANIFEST_DIR)
 
 
 def data_dir() -> Path:

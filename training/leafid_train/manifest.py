@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from leafid_train.config import MANIFEST_DIR
+from leafid_train.config import manifest_dir
 from leafid_train.data import DataRoot, DatasetError, class_info, list_images
 
 MANIFEST_VERSION = 1
@@ -128,9 +128,10 @@ def render_markdown(manifest: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_manifest(root: DataRoot, out_dir: Path = MANIFEST_DIR) -> Path:
+def write_manifest(root: DataRoot, out_dir: Path | None = None) -> Path:
     """Write ``<out_dir>/<name>.json`` and ``<name>.md``; returns the JSON path."""
     manifest = build_manifest(root)
+    out_dir = out_dir or manifest_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{root.name}.json"
     path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -138,9 +139,9 @@ def write_manifest(root: DataRoot, out_dir: Path = MANIFEST_DIR) -> Path:
     return path
 
 
-def load_manifest(name: str, manifest_dir: Path = MANIFEST_DIR) -> dict[str, Any] | None:
-    """The manifest stored for a dataset name, or None when there is none."""
-    path = manifest_dir / f"{name}.json"
+def load_manifest(name: str, folder: Path | None = None) -> dict[str, Any] | None:
+    """The manifest stored for a dataset name (in ``folder`` or the default), or None."""
+    path = (folder or manifest_dir()) / f"{name}.json"
     if not path.is_file():
         return None
     data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
@@ -176,11 +177,11 @@ def verify(root: DataRoot, manifest: dict[str, Any]) -> None:
         )
 
 
-def verify_roots(roots: list[DataRoot], manifest_dir: Path = MANIFEST_DIR) -> list[str]:
+def verify_roots(roots: list[DataRoot], folder: Path | None = None) -> list[str]:
     """Verify every root that has a manifest; returns the names that were checked."""
     checked = []
     for root in roots:
-        manifest = load_manifest(root.name, manifest_dir)
+        manifest = load_manifest(root.name, folder)
         if manifest is not None:
             verify(root, manifest)
             checked.append(root.name)

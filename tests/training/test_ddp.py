@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from synthetic_data import make_imagefolder
+
+pytest.importorskip("torch")
+pytestmark = pytest.mark.train
+
+
+def test_torchrun_two_processes(tmp_path: Path) -> None:
+    make_imagefolder(tmp_path / "leaf")
+    run = tmp_path / "run"
+    options = (
+        "--arch test_efficientnet --no-pretrained --input-size 32 --resize-size 36 --epochs 2 "
+        "--head-epochs 1 --batch-size 4 --no-verify --threads 1 --patience 0"
+    ).split()
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    cmd = [*launch, "-m", "leafid", "train", "--data", str(tmp_path / "leaf"), "--out", str(run)]
+    cmd += options
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all(r["world_size"] == 2 for r in rows)
+    # each process trains on its half of the 18 training images (4 per batch, last dropped)
+    assert all(r["train_images"] == 8 for r in rows)
+    assert (run / "best.pt").is_file() and (run / "calibration.json").is_file()
+    assert proc.stderr.count("epoch 2/2") == 1  # only rank 0 reports

@@ -1,0 +1,161 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from synthetic_data import make_imagefolder, make_ood, tiny_config
+
+pytest.importorskip("torch")
+pytestmark = pytest.mark.train
+
+import torch  # noqa: E402
+
+from leafid.classifier import Classifier  # noqa: E402
+from leafid.errors import InvalidRequestError  # noqa: E402
+from leafid_train.config import MANIFEST_DIR_ENV  # noqa: E402
+from leafid_train.data import open_root  # noqa: E402
+from leafid_train.export_run import export_run  # noqa: E402
+from leafid_train.manifest import ManifestMismatchError, write_manifest  # noqa: E402
+from leafid_train.train import (  # noqa: E402
+    build_data,
+    build_model,
+    build_optimizer,
+    build_scheduler,
+    load_best,
+    load_train_set,
+    run_training,
+    set_phase,
+    train_one_epoch,
+)
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_calibrate_export_matches_torch(tmp_path: Path) -> None:
+    make_ood(tmp_path / "nonleaf")
+    cfg = tiny_config(tmp_path, ood=[str(tmp_path / "nonleaf")])
+    result = run_training(cfg, quiet=True)
+    run = tmp_path / "run"
+    for name in (
+        "config.json",
+        "split.json",
+        "checkpoint.pt",
+        "best.pt",
+        "calibration.json",
+        "summary.json",
+    ):
+        assert (run / name).is_file(), name
+    assert [m["epoch"] for m in _metrics(run)] == [1, 2]
+    assert [m["phase"] for m in _metrics(run)] == ["head", "full"]
+    calibration = json.loads((run / "calibration.json").read_text())
+    assert calibration == result.calibration
+    assert calibration["temperature"] > 0 and calibration["ood_val_images"] == 4
+    assert calibration["nll_after"] <= calibration["nll_before"] + 1e-9
+
+    report = export_run(run, tmp_path / "model.onnx")
+    assert report["parity_max_abs_diff"] <= 1e-3
+    clf = Classifier(tmp_path / "model.onnx")
+    assert clf.spec.temperature == pytest.approx(calibration["temperature"])
+    assert clf.threshold == pytest.approx(calibration["unknown_threshold"])
+    assert clf.spec.labels == ["caerulea", "rubra", "viridis"]
+    assert clf.spec.classes[1].scientific_name == "Planta rubra"
+    assert clf.spec.training_data["split"]["train"] == 18
+    assert "val" in clf.spec.metrics
+
+    model, _ = load_best(run, cfg)
+    files = sorted((tmp_path / "leaf" / "images").rglob("*.jpg"))
+    batch = np.stack([clf.load(f.read_bytes()) for f in files])
+    with torch.no_grad():
+        torch_top1 = model(torch.from_numpy(batch)).argmax(1).numpy()
+    onnx_top1 = [clf.spec.labels.index(p.results[0].slug) for p in clf.classify_arrays(batch)]
+    np.testing.assert_array_equal(torch_top1, onnx_top1)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_after_interrupted_epoch_matches_uninterrupted(tmp_path: Path) -> None:
+    straight = run_training(tiny_config(tmp_path, out="straight", epochs=3), quiet=True)
+    assert straight.epochs_run == 3
+
+    def kill_in_epoch_2(epoch: int, step: int) -> None:
+        if epoch == 2 and step == 1:
+            raise Interrupt
+
+    cfg = tiny_config(tmp_path, out="killed", epochs=3)
+    with pytest.raises(Interrupt):
+        run_training(cfg, hook=kill_in_epoch_2, quiet=True)
+    killed = tmp_path / "killed"
+    assert [m["epoch"] for m in _metrics(killed)] == [1]
+    assert torch.load(killed / "checkpoint.pt", weights_only=False)["state"]["epoch"] == 1
+    with pytest.raises(InvalidRequestError, match="--resume"):
+        run_training(cfg, quiet=True)
+
+    resumed = run_training(cfg, resume=True, quiet=True)
+    assert resumed.epochs_run == 3
+    got, want = _metrics(killed), _metrics(tmp_path / "straight")
+    assert [m["epoch"] for m in got] == [1, 2, 3]
+    for a, b in zip(got, want, strict=True):
+        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-5)
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
+    assert (killed / "calibration.json").is_file()
+
+
+def test_resume_without_checkpoint_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(InvalidRequestError, match="nothing to resume"):
+        run_training(tiny_config(tmp_path), resume=True, quiet=True)
+
+
+def test_head_only_epoch_changes_only_the_head(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path)
+    data = build_data(cfg)
+    train_set = load_train_set(data, cfg.seed)
+    loader = torch.utils.data.DataLoader(train_set, batch_size=6)
+    model = build_model(cfg, data.spec)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, len(loader), 0.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    steps: list[int] = []
+    set_phase(model, head_only=True)
+    stats = train_one_epoch(
+        model,
+        loader,
+        optimizer,
+        scheduler,
+        torch.nn.CrossEntropyLoss(),
+        head_only=True,
+        hook=lambda epoch, step: steps.append(step),
+    )
+    assert steps == [0, 1, 2] and stats["train_images"] == 18
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"backbone.classifier.weight", "backbone.classifier.bias"}
+
+
+def test_manifest_mismatch_stops_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tiny_config(tmp_path, verify=True)
+    write_manifest(open_root(tmp_path / "leaf"), tmp_path / "manifests")
+    monkeypatch.setenv(MANIFEST_DIR_ENV, str(tmp_path / "manifests"))
+    (tmp_path / "leaf" / "images" / "rubra" / "rubra_000.jpg").unlink()
+    with pytest.raises(ManifestMismatchError, match="'leaf'.*does not match its manifest"):
+        run_training(cfg, quiet=True)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_own_species_folder_joins_the_label_space(tmp_path: Path) -> None:
+    mine = make_imagefolder(
+        tmp_path / "my_photos",
+        classes={"mitragyna_speciosa": (120, 90, 20)},
+        with_tsv=False,
+        nested_images=False,
+    )
+    cfg = tiny_config(tmp_path, data=[str(tmp_path / "leaf"), str(mine)], epochs=1)
+    run_training(cfg, quiet=True)
+    _, spec = load_best(tmp_path / "run", cfg)
+    assert spec.labels == ["caerulea", "rubra", "viridis", "mitragyna_speciosa"]
+    assert spec.classes[3].scientific_name == "Mitragyna speciosa"
