@@ -16,8 +16,9 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ from leafid.classifier import Classifier
 from leafid.console import echo
 from leafid.errors import EXIT_OK, EXIT_SOME_FAILED, InvalidRequestError
 from leafid.images import ImageLimits, read_bytes
-from leafid.output import Row, Writer
+from leafid.output import Writer
 
 SIZES = {"12mp": (4000, 3000), "1mp": (1152, 864)}
 DISTINCT_PHOTOS = 4  # different images per size; the rest are copies under other names
@@ -66,53 +67,57 @@ def write_photos(folder: Path, n: int, size: tuple[int, int]) -> list[str]:
 
 @dataclass
 class Result:
-    """One line of the benchmark table."""
+    """One line of the benchmark table: images/s and CPU use of each repeat."""
 
     case: str
     images: int
     batch_size: int
     workers: int | None
-    rates: list[float]
+    threads: int
+    rates: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
 
     @property
     def median(self) -> float:
         """Median images/s over the repeats."""
         return statistics.median(self.rates)
 
+    def measure(self, run: Callable[[], int]) -> None:
+        """Time ``run`` (which returns the number of images it did) once."""
+        t0 = os.times()
+        start = time.perf_counter()
+        n = run()
+        elapsed = time.perf_counter() - start
+        t1 = os.times()
+        self.rates.append(n / elapsed)
+        self.cpu.append((t1.user + t1.system - t0.user - t0.system) / elapsed)
+
 
 def time_pipeline(
     classifier: Classifier, paths: Sequence[str], workers: int, batch_size: int
-) -> float:
-    """Images/s of the ``classify`` pipeline over ``paths``, rows written as JSON lines."""
+) -> int:
+    """Run the ``classify`` pipeline over ``paths``, rows written as JSON lines; return n."""
     with open(os.devnull, "w", encoding="utf-8") as sink:
         writer = Writer(sink, "jsonl", top_k=5, model_version=classifier.model_version)
-
-        def emit(rows: list[Row]) -> None:
-            writer.write(rows)
-
-        start = time.perf_counter()
         summary = classify_paths(
-            classifier, paths, emit, workers=workers, batch_size=batch_size, progress=False
+            classifier, paths, writer.write, workers=workers, batch_size=batch_size, progress=False
         )
-        elapsed = time.perf_counter() - start
     if summary.failed:
         raise RuntimeError(f"{summary.failed} benchmark images failed to classify")
-    return len(paths) / elapsed
+    return summary.total
 
 
-def time_model(classifier: Classifier, sample: np.ndarray, batch_size: int, images: int) -> float:
-    """Images/s of the model alone on preprocessed arrays, after one warm-up call."""
-    batch = np.stack([sample] * batch_size)
-    classifier.classify_arrays(batch)
-    calls = max(1, images // batch_size)
-    start = time.perf_counter()
+def time_model(classifier: Classifier, batch: np.ndarray, images: int) -> int:
+    """Run the model alone on a preprocessed batch, about ``images`` images; return n."""
+    calls = max(1, images // len(batch))
     for _ in range(calls):
         classifier.classify_arrays(batch)
-    return calls * batch_size / (time.perf_counter() - start)
+    return calls * len(batch)
 
 
 def run_bench(
-    classifier: Classifier,
+    pipeline_classifier: Classifier,
+    model_classifier: Classifier,
     folder: Path,
     *,
     n12: int,
@@ -121,7 +126,19 @@ def run_bench(
     batch_size: int,
     repeat: int,
 ) -> list[Result]:
-    """Generate the photos in ``folder`` and run every measurement ``repeat`` times."""
+    """Generate the photos in ``folder`` and run every measurement ``repeat`` times.
+
+    Args:
+        pipeline_classifier: Used end-to-end, next to the decoding threads.
+        model_classifier: Used for the model-only figures (may have more threads).
+        folder: Empty folder for the synthetic photos.
+        n12: Number of 12 MP photos (0 skips the case).
+        n1: Number of 1 MP photos (0 skips the case).
+        workers: Decoding threads.
+        batch_size: Images per model call end-to-end.
+        repeat: Runs per case.
+    """
+    clf = pipeline_classifier
     results = []
     sample: np.ndarray | None = None
     for name, n in (("12mp", n12), ("1mp", n1)):
@@ -129,32 +146,46 @@ def run_bench(
             continue
         paths = write_photos(folder / name, n, SIZES[name])
         if sample is None:
-            sample = classifier.load(read_bytes(paths[0], classifier.limits))
-        time_pipeline(classifier, paths[: min(n, batch_size)], workers, batch_size)  # warm-up
-        rates = [time_pipeline(classifier, paths, workers, batch_size) for _ in range(repeat)]
-        results.append(Result(f"end-to-end {name} JPEG", n, batch_size, workers, rates))
+            sample = clf.load(read_bytes(paths[0], clf.limits))
+        time_pipeline(clf, paths[: min(n, batch_size)], workers, batch_size)  # warm-up
+        result = Result(f"end-to-end {name} JPEG", n, batch_size, workers, _threads(clf))
+        for _ in range(repeat):
+            result.measure(partial(time_pipeline, clf, paths, workers, batch_size))
+        results.append(result)
     if sample is None:
-        sample = classifier.prepare(Image.new("RGB", (640, 480), (60, 140, 50)))
+        sample = clf.prepare(Image.new("RGB", (640, 480), (60, 140, 50)))
     n_model = max(n12, n1, 64)
     for bs in (1, 16):
-        rates = [time_model(classifier, sample, bs, n_model) for _ in range(repeat)]
-        results.append(Result("model only", n_model, bs, None, rates))
+        batch = np.stack([sample] * bs)
+        model_classifier.classify_arrays(batch)  # warm-up
+        result = Result("model only", n_model, bs, None, _threads(model_classifier))
+        for _ in range(repeat):
+            result.measure(partial(time_model, model_classifier, batch, n_model))
+        results.append(result)
     return results
+
+
+def _threads(classifier: Classifier) -> int:
+    return int(classifier.session.get_session_options().intra_op_num_threads)
 
 
 def format_table(results: Sequence[Result]) -> list[str]:
     """The benchmark table, one string per line."""
-    lines = [f"{'case':<24} {'images':>6} {'batch':>5} {'workers':>7} {'img/s':>8} {'best':>8}"]
+    lines = [
+        f"{'case':<20} {'images':>6} {'batch':>5} {'workers':>7} {'ort_thr':>7} "
+        f"{'img/s':>7} {'best':>7} {'cpu%':>5}"
+    ]
     for r in results:
         workers = "-" if r.workers is None else str(r.workers)
+        threads = str(r.threads) if r.threads else "auto"
         lines.append(
-            f"{r.case:<24} {r.images:>6} {r.batch_size:>5} {workers:>7} "
-            f"{r.median:>8.1f} {max(r.rates):>8.1f}"
+            f"{r.case:<20} {r.images:>6} {r.batch_size:>5} {workers:>7} {threads:>7} "
+            f"{r.median:>7.1f} {max(r.rates):>7.1f} {statistics.median(r.cpu) * 100:>5.0f}"
         )
     return lines
 
 
-def machine_info(classifier: Classifier, threads: int) -> list[str]:
+def machine_info(classifier: Classifier) -> list[str]:
     """Lines describing the machine and software the figures come from."""
     import PIL
 
@@ -162,8 +193,7 @@ def machine_info(classifier: Classifier, threads: int) -> list[str]:
         f"cpus: {os.cpu_count()}  platform: {platform.platform()}",
         f"python {platform.python_version()}  onnxruntime {ort.__version__}  "
         f"pillow {PIL.__version__}  numpy {np.__version__}",
-        f"model: {classifier.spec.model_name} {classifier.model_version} ({classifier.path}), "
-        f"onnxruntime threads: {threads or 'automatic'}",
+        f"model: {classifier.spec.model_name} {classifier.model_version} ({classifier.path})",
     ]
 
 
@@ -185,19 +215,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help=f"onnxruntime threads, 0 = automatic ({DEFAULT_THREADS})",
     )
+    parser.add_argument(
+        "--model-threads",
+        type=int,
+        default=0,
+        metavar="N",
+        help="onnxruntime threads of the model-only figures, 0 = automatic (0)",
+    )
     parser.add_argument("--repeat", type=int, default=3, metavar="R", help="runs per case (3)")
 
 
 def run_command(args: argparse.Namespace) -> int:
     """Handler of ``leafid bench``: measure and print the table."""
-    if args.batch_size < 1 or (args.workers is not None and args.workers < 1) or args.threads < 0:
-        raise InvalidRequestError("--batch-size and --workers must be >= 1, --threads >= 0")
+    if args.batch_size < 1 or (args.workers is not None and args.workers < 1):
+        raise InvalidRequestError("--batch-size and --workers must be >= 1")
+    if args.threads < 0 or args.model_threads < 0:
+        raise InvalidRequestError("--threads and --model-threads must be >= 0")
     workers = args.workers or default_workers()
     classifier = Classifier(args.model, threads=args.threads, limits=ImageLimits())
+    model_classifier = (
+        classifier
+        if args.model_threads == args.threads
+        else Classifier(args.model, threads=args.model_threads)
+    )
     with tempfile.TemporaryDirectory(prefix="leafid-bench-") as tmp:
         echo("leafid bench: writing synthetic photos (not timed)...", err=True)
         results = run_bench(
             classifier,
+            model_classifier,
             Path(tmp),
             n12=args.n12,
             n1=args.n1,
@@ -205,12 +250,15 @@ def run_command(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             repeat=max(1, args.repeat),
         )
-    for line in machine_info(classifier, args.threads):
+    for line in machine_info(classifier):
         echo(line)
     echo()
     for line in format_table(results):
         echo(line)
-    echo("img/s: median of the repeats; best: the fastest repeat")
+    echo(
+        "img/s: median of the repeats; best: the fastest repeat; cpu%: CPU time used / wall "
+        f"time (at most {100 * (os.cpu_count() or 1)}%; less means the machine was shared)"
+    )
     return EXIT_OK if results else EXIT_SOME_FAILED
 
 
