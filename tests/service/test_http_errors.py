@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import struct
 import threading
 import time
@@ -223,7 +224,8 @@ def test_queue_full_answers_503_with_retry_after(tiny_model: Path) -> None:
                 assert r.headers["Retry-After"] == "2"
         slow.delay = 0.0
         assert c.post("/v1/identify", files=files(data)).status_code == 200
-        assert c.get("/metrics").text.count("leafid_queue_rejections_total") >= 1
+        rejected = re.search(r"^leafid_queue_rejections_total (\S+)$", c.get("/metrics").text, re.M)
+        assert rejected and float(rejected.group(1)) == statuses.count(503)
 
 
 def test_unexpected_exception_is_a_plain_500(

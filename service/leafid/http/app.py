@@ -25,7 +25,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
@@ -233,19 +233,24 @@ class InferenceGate:
     """At most ``concurrency`` requests in decode+inference, at most ``queue_size`` waiting.
 
     A request arriving when all slots are busy and the queue is full is refused at
-    once with :class:`ServiceBusyError` (503 + ``Retry-After``).
+    once with :class:`ServiceBusyError` (503 + ``Retry-After``) and counted in
+    ``rejected``.
     """
 
-    def __init__(self, concurrency: int, queue_size: int, retry_after_s: int) -> None:
+    def __init__(
+        self, concurrency: int, queue_size: int, retry_after_s: int, rejected: Counter
+    ) -> None:
         self._semaphore = anyio.Semaphore(concurrency)
         self.queue_size = queue_size
         self.retry_after_s = retry_after_s
+        self.rejected = rejected
         self.waiting = 0
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         """Hold one inference slot for the duration of the block."""
         if self._semaphore.value == 0 and self.waiting >= self.queue_size:
+            self.rejected.inc()
             raise ServiceBusyError(
                 f"the service is busy ({self.waiting} requests waiting); retry shortly",
                 self.retry_after_s,
@@ -601,7 +606,10 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
                 (time.perf_counter() - started) * 1000,
             )
         app.state.gate = InferenceGate(
-            settings.inference_concurrency, settings.queue_size, settings.retry_after_s
+            settings.inference_concurrency,
+            settings.queue_size,
+            settings.retry_after_s,
+            app.state.metrics.rejected,
         )
         yield
 
