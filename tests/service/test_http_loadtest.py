@@ -122,4 +122,5 @@ def test_loadtest_spawn_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
     report = json.loads(capsys.readouterr().out)
     assert report["errors"] == 0 and report["requests"] == 10
     assert report["server_rss_mb"] > 10
+    assert report["server_cpu_ms_per_request"] > 0 and report["client_cpu_ms_per_request"] > 0
     assert 0 < report["startup_to_ready_s"] < 30

@@ -57,6 +57,9 @@ class Report:
         server_rss_mb: Server resident memory after the run (process and children), if known.
         server_peak_rss_mb: Server peak resident memory (VmHWM, summed), if known.
         startup_to_ready_s: With ``--spawn``: process start until ``/readyz`` answered 200.
+        server_cpu_ms_per_request: Server CPU time (user + system, process and children)
+            per request sent, warm-up included, if the server's pid is known.
+        client_cpu_ms_per_request: This load generator's own CPU time per request sent.
     """
 
     url: str
@@ -74,6 +77,8 @@ class Report:
     server_rss_mb: float | None = None
     server_peak_rss_mb: float | None = None
     startup_to_ready_s: float | None = None
+    server_cpu_ms_per_request: float | None = None
+    client_cpu_ms_per_request: float | None = None
 
     def lines(self) -> list[str]:
         """The report as human-readable lines."""
@@ -93,6 +98,13 @@ class Report:
             out.append(f"server RSS     {self.server_rss_mb:.1f} MB (peak {peak:.1f} MB)")
         if self.startup_to_ready_s is not None:
             out.append(f"start-up       {self.startup_to_ready_s:.2f} s to ready")
+        if self.client_cpu_ms_per_request is not None:
+            server = self.server_cpu_ms_per_request
+            out.append(
+                "CPU/request    "
+                + (f"server {server:.1f} ms, " if server is not None else "")
+                + f"load generator {self.client_cpu_ms_per_request:.1f} ms"
+            )
         return out
 
 
@@ -201,6 +213,19 @@ def _process_tree(pid: int) -> list[int]:
     return out
 
 
+def server_cpu_s(pid: int) -> float:
+    """User + system CPU seconds used so far by a process and its children."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for p in _process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
+
+
 def server_memory_mb(pid: int) -> tuple[float, float]:
     """(RSS, peak RSS) in MB of a process and its children, summed."""
     tree = _process_tree(pid)
@@ -301,6 +326,7 @@ def run_load(
     warmup: int = 16,
     image_size: tuple[int, int] = (1155, 866),
     allow_remote: bool = False,
+    server_pid: int | None = None,
 ) -> Report:
     """Load-test a running service.
 
@@ -312,6 +338,7 @@ def run_load(
         warmup: Untimed requests sent first (by the same clients).
         image_size: Size of the generated JPEG.
         allow_remote: Allow a URL that is not a loopback address.
+        server_pid: The server's process id, to measure its CPU time per request.
 
     Returns:
         The measured report (server memory is not filled in here).
@@ -321,16 +348,21 @@ def run_load(
     run = _Run(url, body, content_type, allow_remote)
     run.start(warmup, requests, duration_s)
     clients = [_Client(run) for _ in range(concurrency)]
+    cpu_before = server_cpu_s(server_pid) if server_pid else 0.0
+    own_before = time.process_time()
     for c in clients:
         c.start()
     for c in clients:
         c.join()
     ended = time.perf_counter()
+    own_cpu = time.process_time() - own_before
+    server_cpu = server_cpu_s(server_pid) - cpu_before if server_pid else None
     latencies = sorted(x * 1000.0 for c in clients for x in c.latencies)
     errors: Counter[str] = Counter()
     for c in clients:
         errors.update(c.errors)
     elapsed = ended - run.timed_started if run.timed_started else 0.0
+    sent = len(latencies) + sum(errors.values()) + warmup
     return Report(
         url=url,
         concurrency=concurrency,
@@ -344,6 +376,8 @@ def run_load(
         p95_ms=percentile(latencies, 95),
         p99_ms=percentile(latencies, 99),
         max_ms=latencies[-1] if latencies else 0.0,
+        server_cpu_ms_per_request=None if server_cpu is None else server_cpu * 1000 / sent,
+        client_cpu_ms_per_request=own_cpu * 1000 / sent,
     )
 
 
@@ -425,6 +459,7 @@ def run_from_args(args: argparse.Namespace) -> int:
             warmup=args.warmup,
             image_size=size,
             allow_remote=args.allow_remote,
+            server_pid=pid,
         )
         report.startup_to_ready_s = startup
         if pid is not None:
