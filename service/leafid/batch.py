@@ -194,8 +194,11 @@ def classify_paths(
                     summary.ok += 1
                     summary.unknown += by_index[i].unknown
             summary.total += len(rows)
-            emit(rows)
-            if bar is not None:
+            if bar is None:
+                emit(rows)
+            else:
+                with type(bar).external_write_mode():  # rows on a terminal: clear the bar first
+                    emit(rows)
                 bar.update(len(rows))
     finally:
         if bar is not None:

@@ -1,4 +1,5 @@
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -125,3 +126,20 @@ def test_classify_paths_reads_ahead_boundedly(
     summary = classify_paths(Classifier(tiny_model), paths, emit, workers=1, batch_size=2)
     assert summary.ok == 40
     assert seen_at_first_emit[0] <= 2 * 2 + 1  # read-ahead: two batches + one per worker
+
+
+@pytest.mark.parametrize("have_tqdm", [True, False])
+def test_progress_bar_optional(
+    tiny_model: Path,
+    photo_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    have_tqdm: bool,
+) -> None:
+    if not have_tqdm:
+        monkeypatch.setitem(sys.modules, "tqdm", None)  # import fails as if not installed
+    rows: list[Row] = []
+    paths = find_images([str(photo_dir)])
+    summary = classify_paths(Classifier(tiny_model), paths, rows.extend, progress=True)
+    assert summary.ok == 4 and len(rows) == 4
+    assert ("img" in capsys.readouterr().err) is have_tqdm
