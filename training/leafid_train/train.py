@@ -580,6 +580,7 @@ def run_training(
             "best_val_loss": state["best_val_loss"],
             "train_seconds": state["seconds"],
             "world_size": info.world_size,
+            "labels": data.spec.labels,
             "split_sizes": {k: len(v) for k, v in data.split.leaf.items()},
             "ood_sizes": {k: len(v) for k, v in data.split.ood.items()},
             "training_data": training_data_summary(data),

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from synthetic_data import make_imagefolder, make_ood
+
+from conftest import make_tiny_model, tiny_spec
+from leafid.results import Candidate, Prediction
+from leafid_train.data import DatasetError, Sample, make_split, open_root
+from leafid_train.evaluate import Scored, compute_metrics, evaluate_model
+
+pytest.importorskip("matplotlib")
+
+
+def _pred(slug_scores: list[tuple[str, float]], unknown: bool = False) -> Prediction:
+    results = tuple(Candidate(s, s, s, p) for s, p in slug_scores)
+    return Prediction(results, unknown, None, "t")
+
+
+def test_compute_metrics_by_hand() -> None:
+    labels = ["a", "b"]
+    leaf = [
+        Scored(Sample("x", "a/1", "a"), _pred([("a", 0.9), ("b", 0.1)])),
+        Scored(Sample("x", "a/2", "a"), _pred([("b", 0.6), ("a", 0.4)])),
+        Scored(Sample("y", "b/1", "b"), _pred([("b", 0.3), ("a", 0.2)], unknown=True)),
+    ]
+    ood = [Scored(Sample("n", "n/1", "nonleaf"), _pred([("a", 0.3), ("b", 0.1)], unknown=True))]
+    m = compute_metrics(labels, leaf, ood)
+    assert m["top1"] == pytest.approx(2 / 3) and m["top5"] == 1.0
+    assert m["unknown_rate"] == pytest.approx(1 / 3)
+    assert m["confusion"] == [[1, 1], [0, 1]]
+    assert m["per_class"]["a"] == {"support": 2, "recall": 0.5, "precision": 1.0}
+    assert m["per_class"]["b"]["precision"] == 0.5
+    assert m["per_dataset"]["x"]["top1"] == 0.5 and m["per_dataset"]["y"]["top1"] == 1.0
+    assert m["ood"]["rejected"] == 1.0
+    assert m["ood"]["auroc"] == pytest.approx(2.5 / 3)  # 0.9 and 0.6 beat 0.3, 0.3 ties
+    # |1-0.9|, |0-0.6|, |1-0.3| each weighted 1/3
+    assert m["ece"] == pytest.approx((0.1 + 0.6 + 0.7) / 3)
+
+
+def test_unknown_class_is_an_error() -> None:
+    leaf = [Scored(Sample("x", "z/1", "zeta"), _pred([("a", 0.9)]))]
+    with pytest.raises(DatasetError, match="zeta"):
+        compute_metrics(["a"], leaf, [])
+
+
+def test_evaluate_writes_metrics_and_plots(tmp_path: Path) -> None:
+    model = make_tiny_model(tmp_path / "tiny.onnx", tiny_spec(unknown_threshold=0.6))
+    make_imagefolder(tmp_path / "setA", per_class=4)
+    make_imagefolder(tmp_path / "setB", per_class=2, classes={"rubra": (230, 20, 20)})
+    make_ood(tmp_path / "grey", n=4)
+    out = tmp_path / "eval"
+    m = evaluate_model(
+        model, [str(tmp_path / "setA"), str(tmp_path / "setB")], out, ood=[str(tmp_path / "grey")]
+    )
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["top1"] == m["top1"] == 1.0  # the tiny model reads colour
+    assert saved["images"] == 14 and set(saved["per_dataset"]) == {"setA", "setB"}
+    assert saved["ood"]["images"] == 4 and saved["ood"]["rejected"] == 1.0
+    assert saved["ood"]["auroc"] == 1.0 and saved["unknown_rate"] == 0.0
+    assert len(saved["reliability"]) == 15 and saved["failed"] == []
+    for png in ("confusion.png", "reliability.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_uses_one_part_of_a_split_file(tmp_path: Path) -> None:
+    model = make_tiny_model(tmp_path / "tiny.onnx")
+    root = open_root(make_imagefolder(tmp_path / "setA", per_class=10))
+    ood = open_root(make_ood(tmp_path / "nonleaf", n=6))
+    split = make_split([root], [ood], 1, (0.7, 0.15, 0.15))
+    split.save(tmp_path / "split.json")
+    m = evaluate_model(
+        model,
+        [],
+        tmp_path / "eval",
+        ood=[str(tmp_path / "nonleaf")],
+        split_file=tmp_path / "split.json",
+        split="test",
+    )
+    assert m["images"] == len(split.leaf["test"]) == 6
+    assert m["ood"]["images"] == len(split.ood["test"]) == 3
+    assert m["split"] == "test"
+    with pytest.raises(DatasetError, match="not in"):
+        evaluate_model(
+            model, [str(tmp_path / "nonleaf")], tmp_path / "e2", split_file=tmp_path / "split.json"
+        )
+
+
+def test_unreadable_image_is_listed_not_fatal(tmp_path: Path) -> None:
+    model = make_tiny_model(tmp_path / "tiny.onnx")
+    make_imagefolder(tmp_path / "setA", per_class=2)
+    (tmp_path / "setA" / "images" / "rubra" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    m = evaluate_model(model, [str(tmp_path / "setA")], tmp_path / "eval")
+    assert m["images"] == 6 and len(m["failed"]) == 1
+    assert np.isclose(m["top1"], 1.0)

@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from synthetic_data import make_imagefolder, make_ood
+
+from leafid.cli import main
+from leafid.errors import MissingExtraError
+from leafid.results import CAVEAT
+from leafid_train import commands
+
+TINY = (
+    "--arch test_efficientnet --no-pretrained --input-size 32 --resize-size 36 --epochs 2 "
+    "--head-epochs 1 --batch-size 8 --no-verify --threads 1 --patience 0"
+).split()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="leafid")
+    commands.register(parser.add_subparsers(dest="command"))
+    return parser
+
+
+def test_register_adds_commands_with_handlers() -> None:
+    parser = _parser()
+    args = parser.parse_args(["train", "--data", "a", "--data", "b", "--out", "r"])
+    assert args.func is commands.cmd_train and args.data == ["a", "b"] and args.verify
+    args = parser.parse_args(["evaluate", "m.onnx", "--out", "e", "--split-file", "s.json"])
+    assert args.func is commands.cmd_evaluate and args.split == "test"
+    assert parser.parse_args(["export", "run", "--out", "m.onnx"]).func is commands.cmd_export
+    assert parser.parse_args(["datasets", "manifest", "x"]).func is commands.cmd_datasets
+
+
+def test_missing_torch_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(sys.modules):
+        if name == "torch" or name.startswith(("torch.", "leafid_train.")):
+            if name != "leafid_train.commands":
+                monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "torch", None)  # makes "import torch" fail
+    args = _parser().parse_args(["train", "--data", "a", "--out", "r"])
+    with pytest.raises(MissingExtraError, match=r"pip install 'leafid\[train\]'"):
+        args.func(args)
+
+
+def test_cli_train_own_species_export_evaluate_card(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("torch")
+    monkeypatch.chdir(tmp_path)
+    make_imagefolder(tmp_path / "setA")
+    make_imagefolder(
+        tmp_path / "my_photos",
+        classes={"mitragyna_speciosa": (150, 110, 30)},
+        with_tsv=False,
+        nested_images=False,
+    )
+    make_ood(tmp_path / "nonleaf")
+    rc = main(
+        [
+            "train",
+            "--data",
+            "setA",
+            "--data",
+            "./my_photos",
+            "--ood",
+            "./nonleaf",
+            "--out",
+            "run",
+            "--export",
+            "run/model.onnx",
+            *TINY,
+        ]
+    )
+    assert rc == 0, capsys.readouterr().err
+    assert (tmp_path / "run" / "model.onnx").is_file()
+
+    rc = main(
+        [
+            "evaluate",
+            "run/model.onnx",
+            "--split-file",
+            "run/split.json",
+            "--ood",
+            "./nonleaf",
+            "--out",
+            "run/eval",
+        ]
+    )
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "top-1" in text and "OOD" in text
+    metrics = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
+    assert set(metrics["per_dataset"]) == {"setA", "my_photos"}
+
+    rc = main(["export", "run", "--out", "run/model.onnx", "--card", "card"])
+    assert rc == 0
+    card = (tmp_path / "card" / "MODEL_CARD.md").read_text()
+    assert CAVEAT in card
+    assert "| my_photos |" in card and "mitragyna_speciosa" in card
+    assert "leafid train --data setA --data ./my_photos --ood ./nonleaf --out run" in card
+    assert "--arch test_efficientnet" in card and "Test results (test split" in card
+    assert (tmp_path / "card" / "confusion.png").is_file()
+    assert (tmp_path / "card" / "reliability.png").is_file()
+
+    rc = main(["train", "--data", "setA", "--out", "run", *TINY])
+    assert rc == 2 and "--resume" in capsys.readouterr().err
+
+
+def test_datasets_manifest_and_verify_commands(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = make_imagefolder(tmp_path / "setA", per_class=2)
+    out = tmp_path / "manifests"
+    assert main(["datasets", "manifest", str(root), "--manifest-dir", str(out)]) == 0
+    assert (out / "setA.json").is_file() and (out / "setA.md").is_file()
+    assert main(["datasets", "verify", str(root), "--manifest-dir", str(out)]) == 0
+    (root / "images" / "rubra" / "rubra_000.jpg").unlink()
+    assert main(["datasets", "verify", str(root), "--manifest-dir", str(out)]) == 1
+    assert "does not match its manifest" in capsys.readouterr().err
