@@ -76,6 +76,7 @@ class Result:
     threads: int
     rates: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
+    cpu_ms: list[float] = field(default_factory=list)
 
     @property
     def median(self) -> float:
@@ -89,8 +90,10 @@ class Result:
         n = run()
         elapsed = time.perf_counter() - start
         t1 = os.times()
+        cpu_s = t1.user + t1.system - t0.user - t0.system
         self.rates.append(n / elapsed)
-        self.cpu.append((t1.user + t1.system - t0.user - t0.system) / elapsed)
+        self.cpu.append(cpu_s / elapsed)
+        self.cpu_ms.append(1000 * cpu_s / n)
 
 
 def time_pipeline(
@@ -173,14 +176,15 @@ def format_table(results: Sequence[Result]) -> list[str]:
     """The benchmark table, one string per line."""
     lines = [
         f"{'case':<20} {'images':>6} {'batch':>5} {'workers':>7} {'ort_thr':>7} "
-        f"{'img/s':>7} {'best':>7} {'cpu%':>5}"
+        f"{'img/s':>7} {'best':>7} {'cpu%':>5} {'cpu_ms/img':>10}"
     ]
     for r in results:
         workers = "-" if r.workers is None else str(r.workers)
         threads = str(r.threads) if r.threads else "auto"
         lines.append(
             f"{r.case:<20} {r.images:>6} {r.batch_size:>5} {workers:>7} {threads:>7} "
-            f"{r.median:>7.1f} {max(r.rates):>7.1f} {statistics.median(r.cpu) * 100:>5.0f}"
+            f"{r.median:>7.1f} {max(r.rates):>7.1f} {statistics.median(r.cpu) * 100:>5.0f} "
+            f"{statistics.median(r.cpu_ms):>10.1f}"
         )
     return lines
 
@@ -257,7 +261,8 @@ def run_command(args: argparse.Namespace) -> int:
         echo(line)
     echo(
         "img/s: median of the repeats; best: the fastest repeat; cpu%: CPU time used / wall "
-        f"time (at most {100 * (os.cpu_count() or 1)}%; less means the machine was shared)"
+        f"time (at most {100 * (os.cpu_count() or 1)}%; less means the machine was shared); "
+        "cpu_ms/img: CPU time per image, all threads (medians)"
     )
     return EXIT_OK if results else EXIT_SOME_FAILED
 

@@ -52,9 +52,9 @@ def test_bench_prints_table(tiny_model: Path, capsys: Capsys) -> None:
         ["model", "only", "64"],
         ["model", "only", "64"],
     ]
-    assert [row[-6] for row in table] == ["2", "2", "1", "16"]  # batch column
-    assert [row[-5] for row in table] == ["2", "2", "-", "-"]  # decode workers
-    assert all(float(row[-3]) > 0 for row in table)  # img/s
+    assert [row[-7] for row in table] == ["2", "2", "1", "16"]  # batch column
+    assert [row[-6] for row in table] == ["2", "2", "-", "-"]  # decode workers
+    assert all(float(row[-4]) > 0 for row in table)  # img/s
 
 
 def test_python_dash_m_bench_uses_the_cli(tiny_model: Path, capsys: Capsys) -> None:
