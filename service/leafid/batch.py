@@ -12,8 +12,9 @@ import logging
 import os
 import sys
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,7 +123,7 @@ class Summary:
 
 def _batches(
     classifier: Classifier, paths: Sequence[str], workers: int, batch_size: int
-) -> Iterator[list[tuple[str, np.ndarray | LeafidError]]]:
+) -> Generator[list[tuple[str, np.ndarray | LeafidError]], None, None]:
     """Decoded batches in input order, decoding ahead at most a couple of batches."""
     read_ahead = 2 * batch_size + workers
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="leafid-decode")
@@ -144,6 +145,29 @@ def _batches(
             yield batch
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _classify_batch(
+    classifier: Classifier,
+    batch: list[tuple[str, np.ndarray | LeafidError]],
+    top_k: int,
+    summary: Summary,
+) -> list[Row]:
+    """Rows of one decoded batch, in order; the good images go to the model together."""
+    good = [(i, arr) for i, (_, arr) in enumerate(batch) if isinstance(arr, np.ndarray)]
+    preds = classifier.classify_arrays(np.stack([a for _, a in good]), top_k) if good else []
+    by_index = {i: pred for (i, _), pred in zip(good, preds, strict=True)}
+    rows: list[Row] = []
+    for i, (path, item) in enumerate(batch):
+        if isinstance(item, LeafidError):
+            rows.append(error_row(path, item))
+            summary.failed += 1
+        else:
+            rows.append(success_row(path, by_index[i]))
+            summary.ok += 1
+            summary.unknown += by_index[i].unknown
+    summary.total += len(rows)
+    return rows
 
 
 def classify_paths(
@@ -175,31 +199,17 @@ def classify_paths(
     summary = Summary()
     show = sys.stderr.isatty() if progress is None else progress
     bar = _progress_bar(len(paths)) if show else None
+    # closing(): on an error or Ctrl-C, pending decodes are cancelled at once.
     try:
-        for batch in _batches(classifier, paths, workers, batch_size):
-            good = [(i, arr) for i, (_, arr) in enumerate(batch) if isinstance(arr, np.ndarray)]
-            preds = (
-                classifier.classify_arrays(np.stack([arr for _, arr in good]), top_k)
-                if good
-                else []
-            )
-            by_index = {i: pred for (i, _), pred in zip(good, preds, strict=True)}
-            rows: list[Row] = []
-            for i, (path, item) in enumerate(batch):
-                if isinstance(item, LeafidError):
-                    rows.append(error_row(path, item))
-                    summary.failed += 1
-                else:
-                    rows.append(success_row(path, by_index[i]))
-                    summary.ok += 1
-                    summary.unknown += by_index[i].unknown
-            summary.total += len(rows)
-            if bar is None:
-                emit(rows)
-            else:
-                with type(bar).external_write_mode():  # rows on a terminal: clear the bar first
+        with closing(_batches(classifier, paths, workers, batch_size)) as batches:
+            for batch in batches:
+                rows = _classify_batch(classifier, batch, top_k, summary)
+                if bar is None:
                     emit(rows)
-                bar.update(len(rows))
+                else:
+                    with type(bar).external_write_mode():  # clear the bar while rows print
+                        emit(rows)
+                    bar.update(len(rows))
     finally:
         if bar is not None:
             bar.close()
