@@ -459,6 +459,7 @@ def run_training(
             cfg = saved
         elif ckpt_path.is_file() or (out / "config.json").is_file():
             raise InvalidRequestError(f"{out} already holds a run: use --resume or another --out")
+        ddp.barrier(info)  # every process has checked before rank 0 writes anything
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         seed_everything(cfg.seed + info.rank)
