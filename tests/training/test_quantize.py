@@ -86,7 +86,9 @@ def test_compare_reports_agreement_and_speed(
 ) -> None:
     spec, fp32 = fp32_model
     batch, labels = colour_batch(spec, 9, seed=0)
-    int8 = quantize_int8(fp32, tmp_path / "int8.onnx", batch, per_channel=False)
+    int8 = quantize_int8(
+        fp32, tmp_path / "int8.onnx", batch, per_channel=False, unsigned_activations=False
+    )
     report = compare(fp32, int8, batch, labels, threads=1, min_seconds=0.05)
     assert report["n"] == 9
     assert 0.0 <= report["top1_agreement"] <= 1.0
