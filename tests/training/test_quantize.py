@@ -7,6 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxscript")
 
 from conftest import TINY_COLOURS, noisy, tiny_spec  # noqa: E402
 from leafid import Classifier  # noqa: E402
