@@ -177,16 +177,21 @@ class Classifier:
             return []
         return self.classify_arrays(np.stack([self.prepare(im) for im in images]), top_k)
 
-    def identify_arrays(self, batch: np.ndarray, top_k: int = 5) -> Prediction:
-        """One fused answer for several preprocessed photos of the same plant.
+    def fuse(self, probs: np.ndarray, top_k: int = 5) -> Prediction:
+        """One answer from the calibrated probabilities of several photos of one plant.
 
-        The photos' calibrated log-probabilities are averaged and renormalised.
+        The photos' log-probabilities are averaged and renormalised.
         """
-        if batch.shape[0] == 0:
+        if probs.shape[0] == 0:
             raise InvalidRequestError("identify needs at least one image")
-        probs = self.probabilities(batch)
         mean_log = np.log(np.clip(probs, 1e-12, 1.0)).mean(axis=0, keepdims=True)
         return self.predictions(softmax(mean_log), top_k)[0]
+
+    def identify_arrays(self, batch: np.ndarray, top_k: int = 5) -> Prediction:
+        """One fused answer for several preprocessed photos of the same plant."""
+        if batch.shape[0] == 0:
+            raise InvalidRequestError("identify needs at least one image")
+        return self.fuse(self.probabilities(batch), top_k)
 
     def identify(self, images: Sequence[Image.Image], top_k: int = 5) -> Prediction:
         """One fused answer for several decoded photos of the same plant."""

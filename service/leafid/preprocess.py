@@ -41,7 +41,7 @@ def preprocess(img: Image.Image, spec: ModelSpec) -> np.ndarray:
     """
     if img.mode != "RGB":
         raise ValueError(f"preprocess needs an RGB image, got mode {img.mode}")
-    arr = np.asarray(resize_and_crop(img, spec), dtype=np.uint8)
+    arr = np.array(resize_and_crop(img, spec), dtype=np.uint8)  # writable copy
     if spec.input_format == "uint8_nhwc":
         return arr
     mean = np.asarray(spec.mean, dtype=np.float32) * 255.0

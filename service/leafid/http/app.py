@@ -539,9 +539,9 @@ def _identify_work(
             raise _named(exc, upload.filename) from exc
     batch = np.stack(arrays)
     decoded = time.perf_counter()
-    fused = classifier.identify_arrays(batch, top_k)
-    # One photo: its own answer is the fused answer, so one onnxruntime call is enough.
-    own = [fused] if len(uploads) == 1 else classifier.classify_arrays(batch, top_k)
+    probs = classifier.probabilities(batch)  # one onnxruntime call for all photos
+    fused = classifier.fuse(probs, top_k)
+    own = classifier.predictions(probs, top_k)
     return fused, own, decoded - start, time.perf_counter() - decoded
 
 
