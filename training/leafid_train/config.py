@@ -90,8 +90,8 @@ class TrainConfig:
     epochs: int = 10
     head_epochs: int = 1
     batch_size: int = 32
-    lr: float = 5e-4
-    head_lr_scale: float = 4.0
+    lr: float = 1e-3
+    head_lr_scale: float = 10.0
     weight_decay: float = 0.05
     warmup_steps_frac: float = 0.05
     label_smoothing: float = 0.1
