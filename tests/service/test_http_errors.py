@@ -24,7 +24,6 @@ from leafid.classifier import Classifier  # noqa: E402
 from leafid.errors import InvalidModelError, ModelNotFoundError  # noqa: E402
 from leafid.http.app import create_app, get_classifier  # noqa: E402
 from leafid.http.settings import Settings  # noqa: E402
-from leafid.results import Prediction  # noqa: E402
 
 
 def jpeg(slug: str = "rubra", size: tuple[int, int] = (64, 48)) -> bytes:
@@ -189,13 +188,15 @@ def test_api_keys(tiny_model: Path, headers: dict[str, str], status: int) -> Non
 
 
 class SlowClassifier(Classifier):
-    """The tiny model, with every identify call taking ``delay`` seconds."""
+    """The tiny model, with every model call taking ``delay`` seconds."""
 
     delay = 0.3
+    calls = 0
 
-    def identify_arrays(self, batch: np.ndarray, top_k: int = 5) -> Prediction:
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        self.calls += 1
         time.sleep(self.delay)
-        return super().identify_arrays(batch, top_k)
+        return super().probabilities(batch)
 
 
 def test_queue_full_answers_503_with_retry_after(tiny_model: Path) -> None:
@@ -215,6 +216,7 @@ def test_queue_full_answers_503_with_retry_after(tiny_model: Path) -> None:
         with ThreadPoolExecutor(6) as pool:
             answers = list(pool.map(post, range(6)))
         statuses = sorted(r.status_code for r in answers)
+        assert slow.calls == statuses.count(200)  # the delay was really in the request path
         assert 200 in statuses and 503 in statuses, statuses
         assert set(statuses) <= {200, 503}
         assert statuses.count(200) <= 3  # at most 1 running + 1 waiting, plus timing slack
@@ -232,7 +234,7 @@ def test_unexpected_exception_is_a_plain_500(
     tiny_model: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     class Broken(Classifier):
-        def identify_arrays(self, batch: np.ndarray, top_k: int = 5) -> Prediction:
+        def probabilities(self, batch: np.ndarray) -> np.ndarray:
             raise RuntimeError("secret internal detail")
 
     app = create_app(Settings(model=tiny_model))
@@ -243,6 +245,9 @@ def test_unexpected_exception_is_a_plain_500(
         err = assert_error(r, 500, "internal_error")
         assert "secret" not in r.text and "RuntimeError" not in r.text
         assert err["message"] == "internal server error"
+        r = c.post("/v1/classify", files=files(jpeg()))
+        assert_error(r, 500, "internal_error")
+        assert "secret" not in r.text
         assert c.get("/healthz").status_code == 200
     assert "secret internal detail" in caplog.text  # logged for the operator
 
