@@ -12,6 +12,7 @@ from leafid.cli import main
 from leafid.errors import MissingExtraError
 from leafid.results import CAVEAT
 from leafid_train import commands
+from leafid_train.config import TrainConfig
 
 TINY = (
     "--arch test_efficientnet --no-pretrained --input-size 32 --resize-size 36 --epochs 2 "
@@ -33,6 +34,21 @@ def test_register_adds_commands_with_handlers() -> None:
     assert args.func is commands.cmd_evaluate and args.split == "test"
     assert parser.parse_args(["export", "run", "--out", "m.onnx"]).func is commands.cmd_export
     assert parser.parse_args(["datasets", "manifest", "x"]).func is commands.cmd_datasets
+
+
+def test_resume_keeps_the_runs_epochs_and_patience(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    TrainConfig(data=["a"], out=str(run), epochs=7, patience=2).save(run / "config.json")
+    resume = ["train", "--data", "a", "--out", str(run), "--resume"]
+    cfg = commands._config(_parser().parse_args(resume))
+    assert (cfg.epochs, cfg.patience) == (7, 2)
+    cfg = commands._config(_parser().parse_args([*resume, "--epochs", "9", "--patience", "0"]))
+    assert (cfg.epochs, cfg.patience) == (9, 0)
+    default = TrainConfig(data=["-"], out="-")
+    fresh = ["train", "--data", "a", "--out", str(tmp_path / "new")]
+    cfg = commands._config(_parser().parse_args(fresh))
+    assert (cfg.epochs, cfg.patience) == (default.epochs, default.patience) != (7, 2)
 
 
 def test_missing_torch_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:

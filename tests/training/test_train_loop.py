@@ -111,6 +111,16 @@ def test_resume_without_checkpoint_is_an_error(tmp_path: Path) -> None:
         run_training(tiny_config(tmp_path), resume=True, quiet=True)
 
 
+def test_resume_validates_the_changed_epoch_count(tmp_path: Path) -> None:
+    saved = tiny_config(tmp_path, epochs=3, head_epochs=2)
+    run = tmp_path / "run"
+    run.mkdir()
+    saved.save(run / "config.json")
+    (run / "checkpoint.pt").write_bytes(b"")  # never read: the config is refused first
+    with pytest.raises(InvalidRequestError, match="head_epochs <= epochs"):
+        run_training(tiny_config(tmp_path, epochs=1, head_epochs=1), resume=True, quiet=True)
+
+
 def test_head_only_epoch_changes_only_the_head(tmp_path: Path) -> None:
     cfg = tiny_config(tmp_path)
     data = build_data(cfg)

@@ -90,7 +90,11 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--input-size", type=int, default=d.input_size, metavar="PX")
     p.add_argument("--resize-size", type=int, default=d.resize_size, metavar="PX")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="total epochs incl. head warm-up")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        help=f"total epochs incl. head warm-up (default {d.epochs}; with --resume: the run's)",
+    )
     p.add_argument(
         "--head-epochs", type=int, default=d.head_epochs, help="first epochs train only the head"
     )
@@ -103,8 +107,10 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--patience",
         type=int,
-        default=d.patience,
-        help="early stop after N epochs without better val loss (0: never)",
+        help=(
+            "early stop after N epochs without better val loss (0: never; "
+            f"default {d.patience}; with --resume: the run's)"
+        ),
     )
     p.add_argument(
         "--split", type=float, nargs=3, default=list(d.split), metavar=("TRAIN", "VAL", "TEST")
@@ -170,7 +176,18 @@ def register(subparsers: Any) -> None:
 
 
 def _config(args: argparse.Namespace) -> Any:
+    """The TrainConfig of the command line.
+
+    ``--epochs`` and ``--patience`` are the only settings a resumed run takes from the
+    command line; when they are not given, a resumed run keeps its own.
+    """
     config = load("config")
+    base = config.TrainConfig(data=["-"], out="-")
+    saved = Path(args.out) / "config.json"
+    if args.resume and saved.is_file():
+        base = config.TrainConfig.load(saved)
+    epochs = base.epochs if args.epochs is None else args.epochs
+    patience = base.patience if args.patience is None else args.patience
     return config.TrainConfig(
         data=args.data,
         ood=args.ood,
@@ -180,7 +197,7 @@ def _config(args: argparse.Namespace) -> Any:
         checkpoint=args.checkpoint,
         input_size=args.input_size,
         resize_size=args.resize_size,
-        epochs=args.epochs,
+        epochs=epochs,
         head_epochs=args.head_epochs,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -188,7 +205,7 @@ def _config(args: argparse.Namespace) -> Any:
         weight_decay=args.weight_decay,
         label_smoothing=args.label_smoothing,
         drop_rate=args.drop_rate,
-        patience=args.patience,
+        patience=patience,
         split=tuple(args.split),
         seed=args.seed,
         workers=args.workers,

@@ -16,7 +16,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -454,9 +454,9 @@ def run_training(
         if resume:
             if not ckpt_path.is_file():
                 raise InvalidRequestError(f"nothing to resume: {ckpt_path} does not exist")
+            # only the epoch count and patience may change (e.g. to extend a run)
             saved = TrainConfig.load(out / "config.json")
-            saved.epochs, saved.patience = cfg.epochs, cfg.patience  # may be extended
-            cfg = saved
+            cfg = replace(saved, epochs=cfg.epochs, patience=cfg.patience)  # re-validated
         elif ckpt_path.is_file() or (out / "config.json").is_file():
             raise InvalidRequestError(f"{out} already holds a run: use --resume or another --out")
         ddp.barrier(info)  # every process has checked before rank 0 writes anything
