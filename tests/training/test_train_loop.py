@@ -14,7 +14,9 @@ import torch  # noqa: E402
 
 from leafid.classifier import Classifier  # noqa: E402
 from leafid.errors import InvalidRequestError  # noqa: E402
-from leafid_train.config import MANIFEST_DIR_ENV  # noqa: E402
+from leafid.spec import ClassInfo, ModelSpec  # noqa: E402
+from leafid_train.backbone import PRETRAINED_MEAN, PRETRAINED_STD  # noqa: E402
+from leafid_train.config import MANIFEST_DIR_ENV, TrainConfig  # noqa: E402
 from leafid_train.data import open_root  # noqa: E402
 from leafid_train.export_run import export_run  # noqa: E402
 from leafid_train.manifest import ManifestMismatchError, write_manifest  # noqa: E402
@@ -23,6 +25,7 @@ from leafid_train.train import (  # noqa: E402
     build_model,
     build_optimizer,
     build_scheduler,
+    build_spec,
     load_best,
     load_train_set,
     run_training,
@@ -73,6 +76,15 @@ def test_train_calibrate_export_matches_torch(tmp_path: Path) -> None:
         torch_top1 = model(torch.from_numpy(batch)).argmax(1).numpy()
     onnx_top1 = [clf.spec.labels.index(p.results[0].slug) for p in clf.classify_arrays(batch)]
     np.testing.assert_array_equal(torch_top1, onnx_top1)
+
+
+def test_spec_normalisation_follows_the_weights() -> None:
+    classes = (ClassInfo("a", "Planta a", "a plant"),)
+    lite = build_spec(TrainConfig(data=["x"], out="y", arch="efficientnet_lite0"), classes)
+    assert (lite.mean, lite.std) == (PRETRAINED_MEAN, PRETRAINED_STD)
+    other = build_spec(TrainConfig(data=["x"], out="y", arch="resnet18"), classes)
+    default = ModelSpec(model_name="m", model_version="0", classes=classes)
+    assert (other.mean, other.std) == (default.mean, default.std) != (lite.mean, lite.std)
 
 
 class Interrupt(Exception):

@@ -55,8 +55,6 @@ from leafid_train.manifest import checksum, verify_roots  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 StepHook = Callable[[int, int], None]  # (epoch, step) -> None
 
 
@@ -104,25 +102,22 @@ class RunData:
         return np.stack([self.cache.eval_array(p) for p in paths])
 
 
-def model_mean_std(cfg: TrainConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Input normalisation: what the shipped lite0 weights expect, else ImageNet's."""
-    if cfg.arch in PRETRAINED_ARCHS:
-        return PRETRAINED_MEAN, PRETRAINED_STD
-    return IMAGENET_MEAN, IMAGENET_STD
-
-
 def build_spec(cfg: TrainConfig, classes: Sequence[ClassInfo]) -> ModelSpec:
-    """The model spec of a run (temperature and threshold are set after calibration)."""
-    mean, std = model_mean_std(cfg)
-    return ModelSpec(
+    """The model spec of a run (temperature and threshold are set after calibration).
+
+    The input normalisation is what the shipped lite0 weights expect, else the spec's
+    default (ImageNet's).
+    """
+    spec = ModelSpec(
         model_name=f"leafid-{cfg.arch.replace('_', '-')}",
         model_version=cfg.model_version,
         classes=tuple(classes),
         input_size=cfg.input_size,
         resize_size=cfg.resize_size,
-        mean=(mean[0], mean[1], mean[2]),
-        std=(std[0], std[1], std[2]),
     )
+    if cfg.arch in PRETRAINED_ARCHS:
+        spec = spec.replace(mean=PRETRAINED_MEAN, std=PRETRAINED_STD)
+    return spec
 
 
 def build_data(cfg: TrainConfig, split_file: Path | None = None) -> RunData:
