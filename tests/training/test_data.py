@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from synthetic_data import make_imagefolder, make_ood
 
-from conftest import tiny_spec
+from conftest import noisy, tiny_spec
 from leafid.errors import InvalidRequestError
 from leafid.images import ImageLimits, decode
 from leafid.preprocess import preprocess
@@ -111,6 +114,29 @@ def test_cache_matches_preprocess_and_disk(tmp_path: Path) -> None:
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 2
     fresh = ImageCache(spec, tmp_path / "cache")
     np.testing.assert_array_equal(fresh.train_array(path), train)
+
+
+def test_caches_sharing_a_folder_write_at_the_same_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # torchrun ranks decode the same files into one cache folder at the same time
+    path = tmp_path / "leaf.jpg"
+    noisy((20, 160, 40), (80, 60), seed=3).save(path)
+    want = ImageCache(tiny_spec()).train_array(path)
+    both_saved = threading.Barrier(2, timeout=10)
+    real_save = np.save
+
+    def save_then_wait(file: Any, arr: np.ndarray) -> None:
+        real_save(file, arr)
+        both_saved.wait()  # both writers have saved before either renames
+
+    monkeypatch.setattr(np, "save", save_then_wait)
+    folder = tmp_path / "cache"
+    with ThreadPoolExecutor(2) as pool:
+        got = list(pool.map(lambda _: ImageCache(tiny_spec(), folder).train_array(path), range(2)))
+    for arr in got:
+        np.testing.assert_array_equal(arr, want)
+    assert [p.suffix for p in folder.iterdir()] == [".npy"]  # one file, no leftovers
 
 
 def test_bad_image_is_a_dataset_error(tmp_path: Path) -> None:

@@ -13,6 +13,8 @@ import csv
 import hashlib
 import json
 import logging
+import os
+import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -322,10 +324,11 @@ class ImageCache:
         except LeafidError as exc:
             raise DatasetError(f"{path}: {exc}") from exc
         arr = self._train_array(img) if kind == "train" else preprocess(img, self.spec)
-        if disk is not None:
-            tmp = disk.with_suffix(".tmp.npy")
-            np.save(tmp, arr)
-            tmp.replace(disk)
+        if disk is not None:  # a temporary file of its own: torchrun ranks share the folder
+            fd, tmp = tempfile.mkstemp(dir=disk.parent, prefix=f".{disk.stem}.", suffix=".tmp")
+            with os.fdopen(fd, "wb") as fh:
+                np.save(fh, arr)
+            os.replace(tmp, disk)
         self._memory[key] = arr
         return arr
 
