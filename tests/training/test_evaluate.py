@@ -8,6 +8,7 @@ import pytest
 from synthetic_data import make_imagefolder, make_ood
 
 from conftest import make_tiny_model, tiny_spec
+from leafid.errors import InvalidRequestError
 from leafid.results import Candidate, Prediction
 from leafid_train.data import DatasetError, Sample, make_split, open_root
 from leafid_train.evaluate import Scored, compute_metrics, evaluate_model
@@ -96,3 +97,10 @@ def test_unreadable_image_is_listed_not_fatal(tmp_path: Path) -> None:
     m = evaluate_model(model, [str(tmp_path / "setA")], tmp_path / "eval")
     assert m["images"] == 6 and len(m["failed"]) == 1
     assert np.isclose(m["top1"], 1.0)
+
+
+def test_batch_size_under_one_is_refused(tmp_path: Path) -> None:
+    model = make_tiny_model(tmp_path / "tiny.onnx")
+    make_imagefolder(tmp_path / "setA", per_class=1)
+    with pytest.raises(InvalidRequestError, match="batch size"):
+        evaluate_model(model, [str(tmp_path / "setA")], tmp_path / "eval", batch_size=0)

@@ -117,6 +117,8 @@ class TrainConfig:
             problems.append("need epochs >= 1 and 0 <= head_epochs <= epochs")
         if self.batch_size < 1 or self.lr <= 0:
             problems.append("batch_size and lr must be > 0")
+        if min(self.workers, self.threads, self.patience) < 0:
+            problems.append("workers, threads and patience must be >= 0")
         if not 0 < self.input_size <= self.resize_size:
             problems.append("need 0 < input_size <= resize_size")
         if not 0.5 <= self.keep_fraction <= 1.0:

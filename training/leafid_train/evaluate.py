@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from leafid.classifier import Classifier
-from leafid.errors import LeafidError
+from leafid.errors import InvalidRequestError, LeafidError
 from leafid.results import Prediction
 from leafid_train.calibrate import auroc, ece, reliability
 from leafid_train.data import DataRoot, DatasetError, Sample, Split, open_root, samples_of
@@ -194,7 +194,13 @@ def evaluate_model(
 
     Returns:
         The metrics written to ``metrics.json``.
+
+    Raises:
+        InvalidRequestError: ``batch_size`` is under 1.
+        DatasetError: No leaf images are selected, or a split part or root is unknown.
     """
+    if batch_size < 1:
+        raise InvalidRequestError(f"batch size must be >= 1, got {batch_size}")
     clf = Classifier(model, threads=threads, threshold=threshold)
     roots, leaf, ood_roots, ood_samples = select(data, ood, split_file, split)
     if not leaf:
