@@ -13,7 +13,7 @@ pytestmark = pytest.mark.train
 import torch  # noqa: E402
 
 from leafid.classifier import Classifier  # noqa: E402
-from leafid.errors import InvalidRequestError  # noqa: E402
+from leafid.errors import InvalidRequestError, ModelError  # noqa: E402
 from leafid.spec import ClassInfo, ModelSpec  # noqa: E402
 from leafid_train.backbone import PRETRAINED_MEAN, PRETRAINED_STD  # noqa: E402
 from leafid_train.config import MANIFEST_DIR_ENV, TrainConfig  # noqa: E402
@@ -85,6 +85,19 @@ def test_spec_normalisation_follows_the_weights() -> None:
     other = build_spec(TrainConfig(data=["x"], out="y", arch="resnet18"), classes)
     default = ModelSpec(model_name="m", model_version="0", classes=classes)
     assert (other.mean, other.std) == (default.mean, default.std) != (lite.mean, lite.std)
+
+
+def test_export_failing_parity_leaves_the_old_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_training(tiny_config(tmp_path, epochs=1), quiet=True)
+    shipped = tmp_path / "leafid.onnx"
+    shipped.write_bytes(b"the model in service")
+    monkeypatch.setattr("leafid_train.export_run.max_abs_diff", lambda *a: 1.0)
+    with pytest.raises(ModelError, match="differ"):
+        export_run(tmp_path / "run", shipped)
+    assert shipped.read_bytes() == b"the model in service"
+    assert sorted(p.name for p in tmp_path.iterdir() if "onnx" in p.name) == ["leafid.onnx"]
 
 
 class Interrupt(Exception):

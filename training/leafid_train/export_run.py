@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -91,14 +92,19 @@ def export_run(run_dir: Path, out: Path, int8: bool = False) -> dict[str, Any]:
     cfg = TrainConfig.load(run_dir / "config.json")
     model, base = load_best(run_dir, cfg)
     spec = run_spec(run_dir, base, cfg)
-    export_onnx(model, spec, out)
     cfg.verify = False  # the run was verified when it trained
     data = build_data(cfg, run_dir / "split.json")
     val = data.eval_arrays("val")
     parity_batch = val[_spread(len(val), PARITY_IMAGES)]
-    diff = max_abs_diff(model, out, parity_batch)
-    if diff > PARITY_TOLERANCE:
-        raise ModelError(f"ONNX logits differ from torch by {diff:.2e} (> {PARITY_TOLERANCE})")
+    unchecked = out.with_name(f".{out.name}.unchecked")  # ``out`` is replaced only if it passes
+    try:
+        export_onnx(model, spec, unchecked)
+        diff = max_abs_diff(model, unchecked, parity_batch)
+        if diff > PARITY_TOLERANCE:
+            raise ModelError(f"ONNX logits differ from torch by {diff:.2e} (> {PARITY_TOLERANCE})")
+        os.replace(unchecked, out)
+    finally:
+        unchecked.unlink(missing_ok=True)
     report: dict[str, Any] = {
         "onnx": str(out),
         "parity_max_abs_diff": diff,
