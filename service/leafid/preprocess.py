@@ -7,7 +7,8 @@ from PIL import Image
 
 from leafid.spec import ModelSpec
 
-_RESAMPLE = {
+#: Pillow resampling filter for each ``ModelSpec.interpolation`` name.
+RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
@@ -24,7 +25,7 @@ def resize_and_crop(img: Image.Image, spec: ModelSpec) -> Image.Image:
     box = (left, top, left + crop, top + crop)
     # Resizing straight to the crop box does resize + centre crop in one pass.
     return img.resize(
-        (spec.input_size, spec.input_size), _RESAMPLE[spec.interpolation], box=box
+        (spec.input_size, spec.input_size), RESAMPLE[spec.interpolation], box=box
     )
 
 

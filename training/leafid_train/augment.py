@@ -12,12 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-_RESAMPLE = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-}
+from leafid.preprocess import RESAMPLE
 
 
 @dataclass(frozen=True)
@@ -90,7 +85,7 @@ def augment(
     cfg = cfg or AugmentConfig()
     img = Image.fromarray(arr)
     box = random_crop_box(img.width, img.height, rng, cfg)
-    out = np.asarray(img.resize((size, size), _RESAMPLE[interpolation], box=box))
+    out = np.asarray(img.resize((size, size), RESAMPLE[interpolation], box=box))
     if rng.random() < 0.5:
         out = out[:, ::-1]
     if rng.random() < 0.5:

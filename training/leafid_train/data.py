@@ -24,25 +24,17 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from leafid.batch import IMAGE_EXTENSIONS
 from leafid.errors import LeafidError
 from leafid.images import ImageLimits, decode, read_bytes
-from leafid.preprocess import preprocess
+from leafid.preprocess import RESAMPLE, preprocess
 from leafid.spec import ClassInfo, ModelSpec
 from leafid_train.config import resolve_root
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".heic", ".heif"}
-)
 SPLITS = ("train", "val", "test")
 OOD_FRACTIONS = (0.0, 0.5, 0.5)
-_RESAMPLE = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-}
 
 
 class DatasetError(LeafidError):
@@ -119,7 +111,7 @@ def list_images(images: Path) -> list[tuple[str, str]]:
     out = []
     for class_dir in sorted(p for p in images.iterdir() if p.is_dir()):
         for file in sorted(class_dir.rglob("*")):
-            if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES:
+            if file.is_file() and file.suffix.lower() in IMAGE_EXTENSIONS:
                 out.append((file.relative_to(images).as_posix(), class_dir.name))
     return out
 
@@ -336,7 +328,7 @@ class ImageCache:
         width, height = img.size
         scale = self.spec.resize_size / min(width, height)
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        resized = img.resize(size, _RESAMPLE[self.spec.interpolation])
+        resized = img.resize(size, RESAMPLE[self.spec.interpolation])
         return np.asarray(resized, dtype=np.uint8)
 
     def train_array(self, path: Path) -> np.ndarray:
