@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from pathlib import Path
 
@@ -28,8 +29,9 @@ from leafid_train.backbone import (  # noqa: E402
 
 pytestmark = pytest.mark.train
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+_SPEC_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelSpec)}
+IMAGENET_MEAN = _SPEC_DEFAULTS["mean"]  # ModelSpec's default normalisation is ImageNet's
+IMAGENET_STD = _SPEC_DEFAULTS["std"]
 # Real photos shipped inside the scikit-image wheel, and their acceptable ImageNet classes.
 KNOWN_PHOTOS = {
     "chelsea.png": {281, 282, 285},  # tabby cat, tiger cat, Egyptian cat
