@@ -60,11 +60,3 @@ def all_gather(info: DistInfo, obj: Any) -> list[Any]:
     dist.all_gather_object(out, obj)
     return out
 
-
-def broadcast(info: DistInfo, obj: Any) -> Any:
-    """Rank 0's ``obj`` on every process."""
-    if not info.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
