@@ -111,9 +111,17 @@ def test_cache_matches_preprocess_and_disk(tmp_path: Path) -> None:
     np.testing.assert_array_equal(cache.eval_array(path), want)
     train = cache.train_array(path)
     assert train.dtype == np.uint8 and min(train.shape[:2]) == spec.resize_size
-    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2
+    files = sorted((tmp_path / "cache").glob("*.npy"))
+    assert len(files) == 2
+    # a fresh cache reads the .npy files instead of decoding again
+    marked = {f: np.full_like(np.load(f), 7) for f in files}
+    for f, arr in marked.items():
+        np.save(f, arr)
     fresh = ImageCache(spec, tmp_path / "cache")
-    np.testing.assert_array_equal(fresh.train_array(path), train)
+    got = [fresh.train_array(path), fresh.eval_array(path)]
+    for arr in got:
+        assert (arr == 7).all()
+    assert sorted(a.shape for a in got) == sorted(a.shape for a in marked.values())
 
 
 def test_caches_sharing_a_folder_write_at_the_same_time(
