@@ -124,6 +124,24 @@ def test_cache_matches_preprocess_and_disk(tmp_path: Path) -> None:
     assert sorted(a.shape for a in got) == sorted(a.shape for a in marked.values())
 
 
+def test_cache_files_are_kept_apart_by_input_format_mean_and_std(tmp_path: Path) -> None:
+    path = tmp_path / "leaf.jpg"
+    noisy((20, 160, 40), (80, 60), seed=3).save(path)
+    specs = [
+        tiny_spec(),
+        tiny_spec(input_format="float32_nchw"),
+        tiny_spec(input_format="float32_nchw", mean=(0.5, 0.5, 0.5)),
+        tiny_spec(input_format="float32_nchw", std=(0.5, 0.5, 0.5)),
+    ]
+    for spec in specs:  # one folder: each spec must find its own array there
+        ImageCache(spec, tmp_path / "cache").eval_array(path)
+    for spec in specs:
+        want = preprocess(decode(path.read_bytes(), ImageLimits(), spec.resize_size), spec)
+        got = ImageCache(spec, tmp_path / "cache").eval_array(path)
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+
+
 def test_caches_sharing_a_folder_write_at_the_same_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -305,9 +305,7 @@ class ImageCache:
             disk = None
             if self.cache_dir is not None:
                 digest = hashlib.sha256(data).hexdigest()[:40]
-                s = self.spec
-                tag = f"{kind}-{s.resize_size}-{s.input_size}-{s.interpolation}"
-                disk = self.cache_dir / f"{digest}-{tag}.npy"
+                disk = self.cache_dir / f"{digest}-{self._tag(kind)}.npy"
                 if disk.is_file():
                     arr = np.load(disk)
                     self._memory[key] = arr
@@ -323,6 +321,19 @@ class ImageCache:
             os.replace(tmp, disk)
         self._memory[key] = arr
         return arr
+
+    def _tag(self, kind: str) -> str:
+        """The part of a ``.npy`` name that names every spec field the array depends on.
+
+        Training arrays depend on the decode size and the resize; evaluation inputs also
+        on the crop size, the input format and, for ``float32_nchw``, mean and std.
+        """
+        s = self.spec
+        tag = f"{kind}-{s.resize_size}-{s.input_size}-{s.interpolation}"
+        if kind == "train":
+            return tag
+        norm = json.dumps([s.input_format, list(s.mean), list(s.std)])
+        return f"{tag}-{hashlib.sha256(norm.encode()).hexdigest()[:12]}"
 
     def _train_array(self, img: Image.Image) -> np.ndarray:
         width, height = img.size
