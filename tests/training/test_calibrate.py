@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
 from leafid_train.calibrate import (
+    MAX_TEMPERATURE,
+    MIN_TEMPERATURE,
     auroc,
     calibration_report,
     ece,
@@ -31,6 +35,26 @@ def test_temperature_lowers_nll_on_overconfident_logits() -> None:
     assert nll(logits, labels, t) < nll(logits, labels) - 0.5
     # it is the minimum: nearby temperatures are no better
     assert nll(logits, labels, t) <= min(nll(logits, labels, t * 0.9), nll(logits, labels, t * 1.1))
+
+
+def test_temperature_of_error_free_val_stops_at_the_lower_bound(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # no mistakes: the NLL keeps falling as T -> 0, which would make every score ~1
+    labels = np.arange(30) % 3
+    logits = np.eye(3)[labels] * 4.0
+    with caplog.at_level(logging.WARNING, logger="leafid_train.calibrate"):
+        t = fit_temperature(logits, labels)
+    assert t == pytest.approx(MIN_TEMPERATURE, rel=1e-3)
+    assert "at the bound" in caplog.text
+
+
+def test_temperature_inside_the_bounds_is_not_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    logits, labels = overconfident()
+    with caplog.at_level(logging.WARNING, logger="leafid_train.calibrate"):
+        t = fit_temperature(logits, labels)
+    assert MIN_TEMPERATURE < t < MAX_TEMPERATURE
+    assert caplog.text == ""
 
 
 def test_ece_hand_example() -> None:

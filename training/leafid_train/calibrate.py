@@ -6,13 +6,21 @@ divides the logits by one scalar ``T`` fitted to minimise the NLL on validation 
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
 
 from leafid.classifier import softmax
 
+log = logging.getLogger(__name__)
+
 ECE_BINS = 15
+# Temperatures below 1 sharpen the scores. When val holds no mistakes, the NLL keeps
+# falling as T -> 0 and every score goes to ~1, which leaves the unknown threshold
+# nothing to separate; so T is kept in [0.5, 10]: at most 2x sharper or 10x softer.
+MIN_TEMPERATURE = 0.5
+MAX_TEMPERATURE = 10.0
 
 
 def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
@@ -24,11 +32,16 @@ def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> flo
 
 
 def fit_temperature(
-    logits: np.ndarray, labels: np.ndarray, low: float = 0.05, high: float = 20.0
+    logits: np.ndarray,
+    labels: np.ndarray,
+    low: float = MIN_TEMPERATURE,
+    high: float = MAX_TEMPERATURE,
 ) -> float:
-    """The temperature minimising validation NLL (golden-section search on log T).
+    """The temperature in ``[low, high]`` minimising validation NLL (golden-section on log T).
 
-    NLL is convex in ``1/T``, so a 1-D search over ``log T`` finds the optimum.
+    NLL is convex in ``1/T``, so a 1-D search over ``log T`` finds the optimum. A result
+    at a bound is logged as a warning: the val set (often too small or error-free)
+    did not pin T down.
     """
     if len(labels) == 0:
         return 1.0
@@ -45,7 +58,17 @@ def fit_temperature(
             a, c, fc = c, d, fd
             d = a + golden * (b - a)
             fd = nll(logits, labels, math.exp(d))
-    return float(math.exp((a + b) / 2))
+    t = float(math.exp((a + b) / 2))
+    if min(abs(math.log(t / low)), abs(math.log(t / high))) < 1e-3:
+        log.warning(
+            "temperature %.3g is at the bound of [%g, %g] on %d val images: the val set "
+            "does not pin it down (too few images or no mistakes)",
+            t,
+            low,
+            high,
+            len(labels),
+        )
+    return t
 
 
 def reliability(
