@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,12 +16,14 @@ import torch  # noqa: E402
 from leafid.classifier import Classifier  # noqa: E402
 from leafid.errors import InvalidRequestError, ModelError  # noqa: E402
 from leafid.spec import ClassInfo, ModelSpec  # noqa: E402
+from leafid_train import train  # noqa: E402
 from leafid_train.backbone import PRETRAINED_MEAN, PRETRAINED_STD  # noqa: E402
 from leafid_train.config import MANIFEST_DIR_ENV, TrainConfig  # noqa: E402
 from leafid_train.data import open_root  # noqa: E402
 from leafid_train.export_run import export_run  # noqa: E402
 from leafid_train.manifest import ManifestMismatchError, write_manifest  # noqa: E402
 from leafid_train.train import (  # noqa: E402
+    TrainingFailedError,
     build_data,
     build_model,
     build_optimizer,
@@ -129,6 +132,21 @@ def test_resume_after_interrupted_epoch_matches_uninterrupted(tmp_path: Path) ->
         assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-5)
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
     assert (killed / "calibration.json").is_file()
+
+
+def test_no_finite_val_loss_is_a_typed_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = train.evaluate
+
+    def nan_loss(*args: Any, **kwargs: Any) -> tuple[np.ndarray, dict[str, float]]:
+        logits, val = real(*args, **kwargs)
+        return logits, {**val, "val_loss": float("nan")}
+
+    monkeypatch.setattr(train, "evaluate", nan_loss)
+    with pytest.raises(TrainingFailedError, match="finite val loss"):
+        run_training(tiny_config(tmp_path), quiet=True)
+    assert not (tmp_path / "run" / "best.pt").exists()
 
 
 def test_resume_without_checkpoint_is_an_error(tmp_path: Path) -> None:

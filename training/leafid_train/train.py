@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from leafid.console import echo
-from leafid.errors import InvalidRequestError
+from leafid.errors import InvalidRequestError, LeafidError
 from leafid.spec import ClassInfo, ModelSpec
 from leafid_train._torch import require_torch
 
@@ -56,6 +56,13 @@ from leafid_train.manifest import checksum, verify_roots  # noqa: E402
 log = logging.getLogger(__name__)
 
 StepHook = Callable[[int, int], None]  # (epoch, step) -> None
+
+
+class TrainingFailedError(LeafidError):
+    """Training finished without a model to keep (no epoch had a finite val loss)."""
+
+    code = "training_failed"
+    http_status = 500
 
 
 # --- data ---------------------------------------------------------------------------------
@@ -435,6 +442,7 @@ def run_training(
     Raises:
         InvalidRequestError: The run folder already holds a run and ``resume`` is false,
             or ``resume`` is true and there is no checkpoint.
+        TrainingFailedError: No epoch had a finite val loss (no ``best.pt``).
     """
     out = Path(cfg.out)
     info = ddp.init_from_env()
@@ -562,6 +570,11 @@ def run_training(
         ddp.barrier(info)
     finally:
         ddp.shutdown(info)
+    if state["best_epoch"] == 0:  # every val loss was nan (nan < inf is false): no best.pt
+        raise TrainingFailedError(
+            f"no epoch of {out} had a finite val loss, so there is no best.pt to calibrate "
+            "or export; the training diverged (try a lower --lr)"
+        )
     calibration = None
     if info.is_main:
         calibration = calibrate_run(out, data)
