@@ -8,10 +8,13 @@ import pytest
 from synthetic_data import make_imagefolder, make_ood
 
 from conftest import make_tiny_model, tiny_spec
+from leafid.classifier import Classifier
 from leafid.errors import InvalidRequestError
+from leafid.images import ImageLimits, read_bytes
 from leafid.results import Candidate, Prediction
-from leafid_train.data import DatasetError, Sample, make_split, open_root
-from leafid_train.evaluate import Scored, compute_metrics, evaluate_model
+from leafid_train import evaluate
+from leafid_train.data import DatasetError, Sample, make_split, open_root, samples_of
+from leafid_train.evaluate import Scored, compute_metrics, evaluate_model, score
 
 pytest.importorskip("matplotlib")
 
@@ -97,6 +100,39 @@ def test_unreadable_image_is_listed_not_fatal(tmp_path: Path) -> None:
     m = evaluate_model(model, [str(tmp_path / "setA")], tmp_path / "eval")
     assert m["images"] == 6 and len(m["failed"]) == 1
     assert np.isclose(m["top1"], 1.0)
+
+
+def test_no_readable_leaf_image_is_a_dataset_error(tmp_path: Path) -> None:
+    model = make_tiny_model(tmp_path / "tiny.onnx")
+    folder = tmp_path / "setA" / "images" / "rubra"
+    folder.mkdir(parents=True)
+    for i in range(2):
+        (folder / f"broken{i}.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    with pytest.raises(DatasetError, match="none of the 2 leaf images could be read"):
+        evaluate_model(model, [str(tmp_path / "setA")], tmp_path / "eval")
+
+
+def test_score_reads_files_like_users_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # through leafid.images.read_bytes, which refuses big files before reading them
+    root = open_root(make_imagefolder(tmp_path / "setA", per_class=1))
+    samples = samples_of(root)
+    sizes = sorted(root.path(s.rel).stat().st_size for s in samples)
+    assert sizes[-1] > sizes[0]
+    limits = ImageLimits(max_bytes=sizes[0])  # the smallest file fits, bigger ones do not
+    clf = Classifier(make_tiny_model(tmp_path / "tiny.onnx"), limits=limits)
+    seen = []
+
+    def spy(path: Path, limits: ImageLimits) -> bytes:
+        seen.append(limits)
+        return read_bytes(path, limits)
+
+    monkeypatch.setattr(evaluate, "read_bytes", spy)
+    scored, failed = score(clf, [root], samples)
+    assert seen == [limits] * len(samples)
+    assert len(scored) + len(failed) == len(samples) and scored and failed
+    assert all("over the limit" in f["error"] for f in failed)
 
 
 def test_batch_size_under_one_is_refused(tmp_path: Path) -> None:

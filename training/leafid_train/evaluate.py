@@ -17,6 +17,7 @@ import numpy as np
 
 from leafid.classifier import Classifier
 from leafid.errors import InvalidRequestError, LeafidError
+from leafid.images import read_bytes
 from leafid.results import Prediction
 from leafid_train.calibrate import auroc, ece, reliability
 from leafid_train.data import DataRoot, DatasetError, Sample, Split, open_root, samples_of
@@ -78,7 +79,11 @@ def score(
     samples: Sequence[Sample],
     batch_size: int = 32,
 ) -> tuple[list[Scored], list[dict[str, str]]]:
-    """Run the classifier over samples in batches; unreadable images are listed, not fatal."""
+    """Run the classifier over samples in batches; unreadable images are listed, not fatal.
+
+    Files are read and decoded as users' files are (``read_bytes`` with the
+    classifier's limits, then :meth:`Classifier.load`).
+    """
     by_name = {r.name: r for r in roots}
     scored: list[Scored] = []
     failed: list[dict[str, str]] = []
@@ -88,7 +93,7 @@ def score(
         for s in samples[start : start + batch_size]:
             path = by_name[s.root].path(s.rel)
             try:
-                arrays.append(clf.load(path.read_bytes()))
+                arrays.append(clf.load(read_bytes(path, clf.limits)))
                 chunk.append(s)
             except (OSError, LeafidError) as exc:
                 failed.append({"file": str(path), "error": str(exc)})
@@ -197,7 +202,8 @@ def evaluate_model(
 
     Raises:
         InvalidRequestError: ``batch_size`` is under 1.
-        DatasetError: No leaf images are selected, or a split part or root is unknown.
+        DatasetError: No leaf images are selected or none of them can be read, or a
+            split part or root is unknown.
     """
     if batch_size < 1:
         raise InvalidRequestError(f"batch size must be >= 1, got {batch_size}")
@@ -206,6 +212,12 @@ def evaluate_model(
     if not leaf:
         raise DatasetError("nothing to evaluate: no leaf images selected")
     leaf_scored, failed = score(clf, roots, leaf, batch_size)
+    if not leaf_scored:
+        first = failed[0]
+        raise DatasetError(
+            f"none of the {len(leaf)} leaf images could be read "
+            f"(first: {first['file']}: {first['error']})"
+        )
     ood_scored, ood_failed = score(clf, ood_roots, ood_samples, batch_size)
     metrics = compute_metrics(clf.spec.labels, leaf_scored, ood_scored)
     metrics.update(
