@@ -16,9 +16,10 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +29,15 @@ from PIL import Image
 from leafid.batch import DEFAULT_BATCH_SIZE, DEFAULT_THREADS, classify_paths, default_workers
 from leafid.classifier import Classifier
 from leafid.console import echo
-from leafid.errors import EXIT_OK, EXIT_SOME_FAILED, InvalidRequestError
+from leafid.errors import EXIT_OK, EXIT_SOME_FAILED, InvalidRequestError, MissingExtraError
 from leafid.images import ImageLimits, read_bytes
 from leafid.output import Writer
 
 SIZES = {"12mp": (4000, 3000), "1mp": (1152, 864)}
 DISTINCT_PHOTOS = 4  # different images per size; the rest are copies under other names
+# ``--compare`` (torch next to leafid) comes from this entry-point group, so this module
+# never imports torch or leafid_train: training depends on the service, not back.
+COMPARE_GROUP = "leafid.bench"
 
 
 def synthetic_photo(width: int, height: int, seed: int) -> bytes:
@@ -118,54 +122,90 @@ def time_model(classifier: Classifier, batch: np.ndarray, images: int) -> int:
     return calls * len(batch)
 
 
+def write_photo_sets(
+    folder: Path, counts: Mapping[str, int], sizes: Mapping[str, tuple[int, int]] = SIZES
+) -> dict[str, list[str]]:
+    """Write the synthetic photos of each size into ``folder/<size name>`` (not timed).
+
+    Args:
+        folder: Empty folder for the photos.
+        counts: Photos per size name, e.g. ``{"12mp": 64, "1mp": 64}``; 0 skips a size.
+        sizes: (width, height) per size name.
+
+    Returns:
+        The photo paths per size name, for the sizes with at least one photo.
+    """
+    return {
+        name: write_photos(folder / name, n, sizes[name]) for name, n in counts.items() if n > 0
+    }
+
+
+def pipeline_result(
+    classifier: Classifier,
+    name: str,
+    paths: Sequence[str],
+    workers: int,
+    batch_size: int,
+    repeat: int,
+) -> Result:
+    """Measure the ``classify`` pipeline on ``paths`` ``repeat`` times, after a warm-up."""
+    time_pipeline(classifier, paths[: min(len(paths), batch_size)], workers, batch_size)
+    result = Result(
+        f"end-to-end {name} JPEG", len(paths), batch_size, workers, _threads(classifier)
+    )
+    for _ in range(repeat):
+        result.measure(partial(time_pipeline, classifier, paths, workers, batch_size))
+    return result
+
+
+def model_results(
+    classifier: Classifier, sample: np.ndarray, images: int, repeat: int, case: str = "model only"
+) -> list[Result]:
+    """Measure the model alone at batch 1 and 16 on copies of one preprocessed ``sample``."""
+    results = []
+    for bs in (1, 16):
+        batch = np.stack([sample] * bs)
+        classifier.classify_arrays(batch)  # warm-up
+        result = Result(case, images, bs, None, _threads(classifier))
+        for _ in range(repeat):
+            result.measure(partial(time_model, classifier, batch, images))
+        results.append(result)
+    return results
+
+
+def first_sample(classifier: Classifier, photos: Mapping[str, Sequence[str]]) -> np.ndarray:
+    """The preprocessed first photo, or a plain generated image when there are none."""
+    for paths in photos.values():
+        return classifier.load(read_bytes(paths[0], classifier.limits))
+    return classifier.prepare(Image.new("RGB", (640, 480), (60, 140, 50)))
+
+
 def run_bench(
     pipeline_classifier: Classifier,
     model_classifier: Classifier,
-    folder: Path,
+    photos: Mapping[str, Sequence[str]],
     *,
-    n12: int,
-    n1: int,
     workers: int,
     batch_size: int,
     repeat: int,
 ) -> list[Result]:
-    """Generate the photos in ``folder`` and run every measurement ``repeat`` times.
+    """Run every measurement ``repeat`` times on photos from :func:`write_photo_sets`.
 
     Args:
         pipeline_classifier: Used end-to-end, next to the decoding threads.
         model_classifier: Used for the model-only figures (may have more threads).
-        folder: Empty folder for the synthetic photos.
-        n12: Number of 12 MP photos (0 skips the case).
-        n1: Number of 1 MP photos (0 skips the case).
+        photos: Photo paths per size name.
         workers: Decoding threads.
         batch_size: Images per model call end-to-end.
         repeat: Runs per case.
     """
     clf = pipeline_classifier
-    results = []
-    sample: np.ndarray | None = None
-    for name, n in (("12mp", n12), ("1mp", n1)):
-        if n < 1:
-            continue
-        paths = write_photos(folder / name, n, SIZES[name])
-        if sample is None:
-            sample = clf.load(read_bytes(paths[0], clf.limits))
-        time_pipeline(clf, paths[: min(n, batch_size)], workers, batch_size)  # warm-up
-        result = Result(f"end-to-end {name} JPEG", n, batch_size, workers, _threads(clf))
-        for _ in range(repeat):
-            result.measure(partial(time_pipeline, clf, paths, workers, batch_size))
-        results.append(result)
-    if sample is None:
-        sample = clf.prepare(Image.new("RGB", (640, 480), (60, 140, 50)))
-    n_model = max(n12, n1, 64)
-    for bs in (1, 16):
-        batch = np.stack([sample] * bs)
-        model_classifier.classify_arrays(batch)  # warm-up
-        result = Result("model only", n_model, bs, None, _threads(model_classifier))
-        for _ in range(repeat):
-            result.measure(partial(time_model, model_classifier, batch, n_model))
-        results.append(result)
-    return results
+    results = [
+        pipeline_result(clf, name, paths, workers, batch_size, repeat)
+        for name, paths in photos.items()
+    ]
+    n_model = max([len(p) for p in photos.values()] + [64])
+    return results + model_results(model_classifier, first_sample(clf, photos), n_model, repeat)
 
 
 def _threads(classifier: Classifier) -> int:
@@ -227,6 +267,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="onnxruntime threads of the model-only figures, 0 = automatic (0)",
     )
     parser.add_argument("--repeat", type=int, default=3, metavar="R", help="runs per case (3)")
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="also measure the usual torch + torchvision approach on the same photos and "
+        "print leafid's speed-up over it (needs the [train] extra)",
+    )
+    parser.add_argument(
+        "--int8",
+        metavar="M",
+        help="with --compare: int8 model for model-only rows (default: <model>.int8.onnx "
+        "next to the model, when it exists)",
+    )
+
+
+def load_compare() -> Callable[[argparse.Namespace], int]:
+    """The ``--compare`` handler from the ``leafid.bench`` entry-point group.
+
+    Raises:
+        MissingExtraError: The handler or torch is not installed.
+    """
+    found = entry_points(group=COMPARE_GROUP, name="compare")
+    if not found:
+        raise MissingExtraError("train", "torch")
+    try:
+        handler: Callable[[argparse.Namespace], int] = next(iter(found)).load()
+    except ImportError as exc:
+        raise MissingExtraError("train", exc.name or "torch") from exc
+    return handler
+
+
+COLUMNS_NOTE = (
+    "img/s: median of the repeats; best: the fastest repeat; cpu%: CPU time used / wall "
+    f"time (at most {100 * (os.cpu_count() or 1)}%; less means the machine was shared); "
+    "cpu_ms/img: CPU time per image, all threads (medians)"
+)
+
+
+def make_classifiers(args: argparse.Namespace) -> tuple[Classifier, Classifier]:
+    """The end-to-end classifier (``--threads``) and the model-only one (``--model-threads``)."""
+    classifier = Classifier(args.model, threads=args.threads, limits=ImageLimits())
+    model_classifier = (
+        classifier
+        if args.model_threads == args.threads
+        else Classifier(args.model, threads=args.model_threads)
+    )
+    return classifier, model_classifier
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -235,21 +321,17 @@ def run_command(args: argparse.Namespace) -> int:
         raise InvalidRequestError("--batch-size and --workers must be >= 1")
     if args.threads < 0 or args.model_threads < 0:
         raise InvalidRequestError("--threads and --model-threads must be >= 0")
+    if args.compare:
+        return load_compare()(args)
     workers = args.workers or default_workers()
-    classifier = Classifier(args.model, threads=args.threads, limits=ImageLimits())
-    model_classifier = (
-        classifier
-        if args.model_threads == args.threads
-        else Classifier(args.model, threads=args.model_threads)
-    )
+    classifier, model_classifier = make_classifiers(args)
     with tempfile.TemporaryDirectory(prefix="leafid-bench-") as tmp:
         echo("leafid bench: writing synthetic photos (not timed)...", err=True)
+        photos = write_photo_sets(Path(tmp), {"12mp": args.n12, "1mp": args.n1})
         results = run_bench(
             classifier,
             model_classifier,
-            Path(tmp),
-            n12=args.n12,
-            n1=args.n1,
+            photos,
             workers=workers,
             batch_size=args.batch_size,
             repeat=max(1, args.repeat),
@@ -259,11 +341,7 @@ def run_command(args: argparse.Namespace) -> int:
     echo()
     for line in format_table(results):
         echo(line)
-    echo(
-        "img/s: median of the repeats; best: the fastest repeat; cpu%: CPU time used / wall "
-        f"time (at most {100 * (os.cpu_count() or 1)}%; less means the machine was shared); "
-        "cpu_ms/img: CPU time per image, all threads (medians)"
-    )
+    echo(COLUMNS_NOTE)
     return EXIT_OK if results else EXIT_SOME_FAILED
 
 

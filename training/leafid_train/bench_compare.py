@@ -1,0 +1,301 @@
+"""``leafid bench --compare``: leafid next to the usual PyTorch approach, in one run.
+
+The usual approach is what a typical PyTorch script does: ``Image.open().convert("RGB")``
+(full-size decode), torchvision ``Resize``, ``CenterCrop``, ``ToTensor``, ``Normalize``,
+and an eager-mode torch model, one image at a time. Its model is the same architecture
+as the leafid model (timm, same number of classes) with random weights: weights do not
+change the speed. leafid's rows are those of ``leafid bench`` (:mod:`leafid.bench`),
+measured on the same generated photos, plus the int8 model's model-only rows when one
+is given. Every leafid row is divided by the usual row of the same case.
+
+Registered in the ``leafid.bench`` entry-point group (``leafid`` never imports this).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch  # first: without torch, importing this module is an ImportError naming it
+from PIL import Image
+from torch import nn
+from torchvision import transforms
+
+from leafid.batch import default_workers
+from leafid.bench import (
+    COLUMNS_NOTE,
+    Result,
+    first_sample,
+    machine_info,
+    make_classifiers,
+    model_results,
+    pipeline_result,
+    write_photo_sets,
+)
+from leafid.classifier import Classifier
+from leafid.console import echo
+from leafid.errors import EXIT_OK, InvalidRequestError, ModelNotFoundError
+from leafid.spec import ModelSpec
+from leafid_train.backbone import PRETRAINED_ARCH, build_backbone
+
+USUAL = "usual: torch eager"
+LEAFID = "leafid fp32"
+LEAFID_INT8 = "leafid int8"
+TARGET_SPEEDUP = 5.0
+TARGET_CASES = ("end-to-end 12mp JPEG", "model only, batch 1")
+
+
+@dataclass
+class Measured:
+    """One measured row: which approach, and its :class:`leafid.bench.Result`."""
+
+    approach: str
+    result: Result
+
+    @property
+    def case(self) -> str:
+        """What the row measures, equal for rows that are compared with each other.
+
+        End-to-end rows are compared whatever their batch size (the usual approach
+        takes one image at a time); model-only rows at the same batch size.
+        """
+        r = self.result
+        return r.case if r.case.startswith("end-to-end") else f"{r.case}, batch {r.batch_size}"
+
+
+def speedups(rows: Sequence[Measured]) -> list[tuple[Measured, float | None]]:
+    """Each row with its median images/s divided by that of the usual row of its case.
+
+    Returns:
+        (row, ratio) pairs in the order given; the ratio is None when the case has no
+        usual row.
+    """
+    usual = {m.case: m.result.median for m in rows if m.approach == USUAL}
+    return [(m, m.result.median / usual[m.case] if m.case in usual else None) for m in rows]
+
+
+def format_compare(rows: Sequence[Measured]) -> list[str]:
+    """The comparison table, one string per line."""
+    lines = [
+        f"{'case':<22} {'approach':<20} {'images':>6} {'batch':>5} {'threads':>7} "
+        f"{'img/s':>7} {'best':>7} {'cpu_ms/img':>10} {'vs usual':>8}"
+    ]
+    for m, ratio in speedups(rows):
+        r = m.result
+        threads = str(r.threads) if r.threads else "auto"
+        if r.workers is not None:
+            threads += f"+{r.workers}d"
+        vs = "-" if ratio is None else f"{ratio:.2f}x"
+        lines.append(
+            f"{m.case:<22} {m.approach:<20} {r.images:>6} {r.batch_size:>5} {threads:>7} "
+            f"{r.median:>7.1f} {max(r.rates):>7.1f} {statistics.median(r.cpu_ms):>10.1f} "
+            f"{vs:>8}"
+        )
+    return lines
+
+
+def target_lines(rows: Sequence[Measured]) -> list[str]:
+    """Whether leafid fp32 reached :data:`TARGET_SPEEDUP` in :data:`TARGET_CASES`."""
+    lines = []
+    for m, ratio in speedups(rows):
+        if m.approach == LEAFID and m.case in TARGET_CASES and ratio is not None:
+            verdict = "met" if ratio >= TARGET_SPEEDUP else "NOT met"
+            lines.append(
+                f"target {m.case}: leafid >= {TARGET_SPEEDUP:g}x usual: {verdict} ({ratio:.2f}x)"
+            )
+    return lines
+
+
+# --- the usual approach ----------------------------------------------------------------
+
+
+def usual_transform(spec: ModelSpec) -> transforms.Compose:
+    """The usual torchvision preprocessing, with the spec's sizes and normalisation."""
+    return transforms.Compose(
+        [
+            transforms.Resize(spec.resize_size),
+            transforms.CenterCrop(spec.input_size),
+            transforms.ToTensor(),
+            transforms.Normalize(spec.mean, spec.std),
+        ]
+    )
+
+
+def usual_model(spec: ModelSpec) -> tuple[nn.Module, str]:
+    """The spec's architecture in eval mode, random weights; returns (model, arch).
+
+    The arch comes from the model name (``leafid-efficientnet-lite0``), or is
+    :data:`PRETRAINED_ARCH` when timm does not know that name.
+    """
+    arch = spec.model_name.removeprefix("leafid-").replace("-", "_")
+    try:
+        model = build_backbone(arch, len(spec.classes), pretrained=False, drop_rate=0.0)
+    except InvalidRequestError:
+        arch = PRETRAINED_ARCH
+        model = build_backbone(arch, len(spec.classes), pretrained=False, drop_rate=0.0)
+    return model.eval(), arch
+
+
+def usual_files(model: nn.Module, transform: transforms.Compose, paths: Sequence[str]) -> int:
+    """Classify files one at a time the usual way; return how many."""
+    with torch.no_grad():
+        for path in paths:
+            with Image.open(path) as im:
+                img = im.convert("RGB")
+            model(transform(img).unsqueeze(0)).softmax(dim=1)
+    return len(paths)
+
+
+def usual_model_only(model: nn.Module, batch: torch.Tensor, images: int) -> int:
+    """Run the torch model alone on a batch, about ``images`` images; return n."""
+    calls = max(1, images // len(batch))
+    with torch.no_grad():
+        for _ in range(calls):
+            model(batch).softmax(dim=1)
+    return calls * len(batch)
+
+
+def usual_pipeline_result(
+    model: nn.Module, transform: transforms.Compose, name: str, paths: Sequence[str], repeat: int
+) -> Result:
+    """Measure :func:`usual_files` on ``paths`` ``repeat`` times, after a warm-up."""
+    usual_files(model, transform, paths[:1])
+    result = Result(f"end-to-end {name} JPEG", len(paths), 1, 1, torch.get_num_threads())
+    for _ in range(repeat):
+        result.measure(partial(usual_files, model, transform, paths))
+    return result
+
+
+def usual_model_results(
+    model: nn.Module, sample: torch.Tensor, images: int, repeat: int
+) -> list[Result]:
+    """Measure the torch model alone at batch 1 and 16 (the cases of the leafid rows)."""
+    results = []
+    for bs in (1, 16):
+        batch = sample.unsqueeze(0).repeat(bs, 1, 1, 1)
+        usual_model_only(model, batch, bs)  # warm-up
+        result = Result("model only", images, bs, None, torch.get_num_threads())
+        for _ in range(repeat):
+            result.measure(partial(usual_model_only, model, batch, images))
+        results.append(result)
+    return results
+
+
+# --- one run -----------------------------------------------------------------------------
+
+
+def run_compare(
+    model: nn.Module,
+    classifier: Classifier,
+    model_classifier: Classifier,
+    int8_classifier: Classifier | None,
+    photos: Mapping[str, Sequence[str]],
+    *,
+    workers: int,
+    batch_size: int,
+    repeat: int,
+    model_images: int = 64,
+) -> list[Measured]:
+    """Measure the usual approach and leafid on the same photos, case by case.
+
+    Args:
+        model: The usual approach's torch model (:func:`usual_model`).
+        classifier: leafid end-to-end (next to ``workers`` decoding threads).
+        model_classifier: leafid fp32 model-only rows.
+        int8_classifier: leafid int8 model-only rows, if any.
+        photos: Photo paths per size name (:func:`leafid.bench.write_photo_sets`).
+        workers: leafid decoding threads.
+        batch_size: leafid images per model call end-to-end.
+        repeat: Runs per row.
+        model_images: Images per model-only run.
+
+    Returns:
+        The rows, each leafid row after the usual row of its case.
+    """
+    transform = usual_transform(classifier.spec)
+    rows: list[Measured] = []
+    for name, paths in photos.items():
+        rows.append(Measured(USUAL, usual_pipeline_result(model, transform, name, paths, repeat)))
+        rows.append(
+            Measured(LEAFID, pipeline_result(classifier, name, paths, workers, batch_size, repeat))
+        )
+    sample_paths = next(iter(photos.values()), [])
+    if sample_paths:
+        with Image.open(sample_paths[0]) as im:
+            tensor = transform(im.convert("RGB"))
+    else:
+        tensor = transform(Image.new("RGB", (640, 480), (60, 140, 50)))
+    sample = first_sample(classifier, photos)
+    rows += [Measured(USUAL, r) for r in usual_model_results(model, tensor, model_images, repeat)]
+    rows += [
+        Measured(LEAFID, r) for r in model_results(model_classifier, sample, model_images, repeat)
+    ]
+    if int8_classifier is not None:
+        rows += [
+            Measured(LEAFID_INT8, r)
+            for r in model_results(int8_classifier, sample, model_images, repeat)
+        ]
+    return rows
+
+
+def int8_path(args: argparse.Namespace, fp32: Classifier) -> Path | None:
+    """``--int8``, else ``<model>.int8.onnx`` next to the fp32 model if it exists.
+
+    Raises:
+        ModelNotFoundError: ``--int8`` names a missing file.
+    """
+    if args.int8:
+        path = Path(args.int8)
+        if not path.is_file():
+            raise ModelNotFoundError(f"int8 model not found: {path}")
+        return path
+    sibling = Path(fp32.path).with_name(Path(fp32.path).stem + ".int8.onnx")
+    return sibling if sibling.is_file() else None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Handler of ``leafid bench --compare`` (options of :func:`leafid.bench.add_arguments`)."""
+    classifier, model_classifier = make_classifiers(args)
+    int8 = int8_path(args, classifier)
+    int8_classifier = Classifier(int8, threads=args.model_threads) if int8 else None
+    model, arch = usual_model(classifier.spec)
+    with tempfile.TemporaryDirectory(prefix="leafid-bench-") as tmp:
+        echo("leafid bench --compare: writing synthetic photos (not timed)...", err=True)
+        photos = write_photo_sets(Path(tmp), {"12mp": args.n12, "1mp": args.n1})
+        rows = run_compare(
+            model,
+            classifier,
+            model_classifier,
+            int8_classifier,
+            photos,
+            workers=args.workers or default_workers(),
+            batch_size=args.batch_size,
+            repeat=max(1, args.repeat),
+            model_images=max([args.n12, args.n1, 64]),
+        )
+    for line in machine_info(classifier):
+        echo(line)
+    if int8_classifier is not None:
+        echo(f"int8 model: {int8_classifier.path}")
+    echo(
+        f"usual approach: torch {torch.__version__} eager, {torch.get_num_threads()} threads, "
+        f"timm {arch} with {len(classifier.spec.classes)} classes and random weights "
+        "(weights do not change the speed); PIL full-size decode; torchvision Resize("
+        f"{classifier.spec.resize_size}), CenterCrop({classifier.spec.input_size}), ToTensor, "
+        "Normalize; one image at a time"
+    )
+    echo()
+    for line in format_compare(rows):
+        echo(line)
+    echo(
+        "threads: torch or onnxruntime threads (+Nd: decoding threads); vs usual: img/s "
+        "divided by the usual row of the same case. " + COLUMNS_NOTE
+    )
+    for line in target_lines(rows):
+        echo(line)
+    return EXIT_OK
