@@ -87,6 +87,16 @@ def test_evaluate_uses_one_part_of_a_split_file(tmp_path: Path) -> None:
     assert m["images"] == len(split.leaf["test"]) == 6
     assert m["ood"]["images"] == len(split.ood["test"]) == 3
     assert m["split"] == "test"
+    kwargs = {"ood": [str(tmp_path / "nonleaf")], "split_file": tmp_path / "split.json"}
+    m = evaluate_model(model, [], tmp_path / "eval-val", split="val", **kwargs)
+    assert m["ood"]["images"] == len(split.ood["val"]) == 3
+    # the OOD root has no train part: its val half picked the threshold
+    with pytest.raises(DatasetError, match="no 'train' part"):
+        evaluate_model(model, [], tmp_path / "eval-train", split="train", **kwargs)
+    m = evaluate_model(
+        model, [], tmp_path / "eval-train", split="train", split_file=tmp_path / "split.json"
+    )
+    assert m["images"] == len(split.leaf["train"]) and "ood" not in m
     with pytest.raises(DatasetError, match="not in"):
         evaluate_model(
             model, [str(tmp_path / "nonleaf")], tmp_path / "e2", split_file=tmp_path / "split.json"

@@ -145,7 +145,16 @@ def register(subparsers: Any) -> None:
         metavar="ROOT",
         help="leaf dataset (repeat); default with --split-file: the run's datasets",
     )
-    p.add_argument("--ood", action="append", default=[], metavar="ROOT", help="non-leaf photos")
+    p.add_argument(
+        "--ood",
+        action="append",
+        default=[],
+        metavar="ROOT",
+        help=(
+            "non-leaf photos (repeat); with --split-file, a root the run used gives its "
+            "--split half (val or test; none for train), any other root all its images"
+        ),
+    )
     p.add_argument("--split-file", type=Path, metavar="SPLIT.json", help="a run's split.json")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--out", type=Path, required=True, metavar="DIR")

@@ -44,10 +44,14 @@ def select(
 
     Without a split file every image of every root is used. With one, the leaf images
     are those of part ``split`` for the given roots (all of the file's roots when
-    ``data`` is empty), and an OOD root that the file split uses the same part.
+    ``data`` is empty). An OOD root that the run used is split into val (which picked
+    the unknown threshold) and test halves: ``val`` and ``test`` take that half, and
+    ``train`` has none, so asking for it is an error. An OOD root the run did not use
+    contributes all its images.
 
     Raises:
-        DatasetError: The split file has no such part, or a root is not in it.
+        DatasetError: The split file has no such part, a root is not in it, or a run's
+            OOD root is asked for with ``split="train"``.
     """
     if split_file is None:
         roots = [open_root(d) for d in data]
@@ -66,10 +70,15 @@ def select(
     ood_roots = [open_root(d) for d in ood]
     ood_samples = []
     for r in ood_roots:
-        if r.name in saved.ood_roots and split in saved.ood:
+        if r.name not in saved.ood_roots:
+            ood_samples += samples_of(r)
+        elif split in saved.ood:
             ood_samples += [s for s in saved.ood[split] if s.root == r.name]
         else:
-            ood_samples += samples_of(r)
+            raise DatasetError(
+                f"OOD root {r.name!r} of {split_file} has no {split!r} part (only "
+                f"{sorted(saved.ood)}): leave out --ood to evaluate the {split} split"
+            )
     return roots, leaf, ood_roots, ood_samples
 
 
