@@ -11,9 +11,9 @@ from __future__ import annotations
 import io
 import logging
 import os
+import stat
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -25,6 +25,16 @@ log = logging.getLogger(__name__)
 # Pillow only warns between MAX_IMAGE_PIXELS and twice that; leafid refuses instead.
 warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
+# Signatures of formats leafid reads: a file that starts with one but that Pillow cannot
+# identify is a damaged image (400), not a file of another type (415).
+_SIGNATURES = {
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"\xff\xd8\xff": "JPEG",
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+}
 _HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif")
 
 
@@ -57,21 +67,46 @@ def _looks_like_heif(head: bytes) -> bool:
     return len(head) >= 12 and head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS
 
 
+def _signature_format(head: bytes) -> str | None:
+    for magic, name in _SIGNATURES.items():
+        if head.startswith(magic):
+            return name
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    return None
+
+
+def _open_nonblocking(path: str, flags: int) -> int:
+    # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused after fstat).
+    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
+
+
 def read_bytes(path: str | os.PathLike[str], limits: ImageLimits) -> bytes:
-    """Read a file, refusing it before reading if it is over ``limits.max_bytes``.
+    """Read a regular file, refusing it before reading if it is over ``limits.max_bytes``.
+
+    FIFOs, devices, sockets and directories are refused without reading from them (a
+    FIFO would block, ``/dev/zero`` would never end).
 
     Raises:
         TooLargeError: The file is too big.
-        BadImageError: The file cannot be read (missing, a directory, no permission).
+        BadImageError: The file cannot be read (missing, not a regular file, no
+            permission, a symlink loop).
     """
-    p = Path(path)
     try:
-        size = p.stat().st_size
-        if size > limits.max_bytes:
-            raise TooLargeError(f"file is {size} bytes, over the limit of {limits.max_bytes}")
-        return p.read_bytes()
+        with open(path, "rb", opener=_open_nonblocking) as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise BadImageError("cannot read file: not a regular file")
+            if st.st_size > limits.max_bytes:
+                raise TooLargeError(
+                    f"file is {st.st_size} bytes, over the limit of {limits.max_bytes}"
+                )
+            data = f.read(limits.max_bytes + 1)  # a file that grew since fstat is caught
     except OSError as exc:
         raise BadImageError(f"cannot read file: {exc.strerror or exc}") from exc
+    if len(data) > limits.max_bytes:
+        raise TooLargeError(f"file is over the limit of {limits.max_bytes} bytes")
+    return data
 
 
 def decode(data: bytes, limits: ImageLimits, min_side: int = 0) -> Image.Image:
@@ -104,6 +139,9 @@ def decode(data: bytes, limits: ImageLimits, min_side: int = 0) -> Image.Image:
             raise UnsupportedTypeError(
                 "HEIC/HEIF photo: install support with pip install 'leafid[heic]'"
             ) from exc
+        kind = _signature_format(data[:16])
+        if kind is not None:
+            raise BadImageError(f"damaged {kind} file: cannot read its header") from exc
         raise UnsupportedTypeError("not a recognised image file") from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise BadImageError(f"cannot read image header: {exc}") from exc
