@@ -48,11 +48,21 @@ def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    """Whether an entry is a folder; False for a symlink loop (is_dir() raises ELOOP)."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
 def _folder_images(folder: str, recursive: bool) -> list[str]:
     found: list[str] = []
     if not recursive:
+        # Everything but folders, like os.walk's file list: a broken symlink, a symlink
+        # loop or a FIFO named like an image gets an error row instead of vanishing.
         with os.scandir(folder) as entries:
-            names = sorted(e.name for e in entries if e.is_file())
+            names = sorted(e.name for e in entries if not _is_dir(e))
         return [
             os.path.join(folder, n) for n in names if is_image_name(n) and not n.startswith(".")
         ]
