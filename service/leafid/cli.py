@@ -47,6 +47,7 @@ from leafid.output import (
     RESUMABLE_FORMATS,
     Row,
     Writer,
+    display_path,
     error_row,
     format_from_suffix,
     read_done_paths,
@@ -175,7 +176,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     if args.resume:
         done = read_done_paths(args.output, fmt, args.top_k)
         append = os.path.exists(args.output) and os.path.getsize(args.output) > 0
-        todo = [p for p in paths if p not in done]
+        todo = [p for p in paths if display_path(p) not in done]
         if done:
             echo(
                 f"leafid: resuming: {len(paths) - len(todo)} of {len(paths)} files "
@@ -244,7 +245,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
         else:
             arrays.append(item)
             used.append(path)
-    result: Row = {"paths": used}
+    result: Row = {"paths": [display_path(p) for p in used]}
     if arrays:
         result.update(classifier.identify_arrays(np.stack(arrays), args.top_k).to_dict())
     else:

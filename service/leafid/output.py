@@ -1,8 +1,10 @@
-"""Result rows and the formats the CLI writes them in (table, jsonl, json, csv).
+r"""Result rows and the formats the CLI writes them in (table, jsonl, json, csv).
 
 A row is the schema shared with the HTTP service: a success row is
 ``{"path": ..., **Prediction.to_dict()}``, an error row is
-``{"path": ..., "error": {"type": ..., "message": ...}}``.
+``{"path": ..., "error": {"type": ..., "message": ...}}``. The path is always valid
+Unicode: the bytes of a file name that is not UTF-8 are written as ``\xNN``
+(:func:`display_path`).
 
 ``jsonl`` and ``csv`` are written one record per line and flushed after every batch,
 so they can be resumed (:func:`read_done_paths`); ``json`` is one array written when
@@ -28,14 +30,34 @@ FORMATS = ("table", "jsonl", "json", "csv")
 RESUMABLE_FORMATS = ("jsonl", "csv")
 
 
+def display_path(path: str) -> str:
+    r"""A path as result rows write it: valid Unicode, whatever the file name's bytes.
+
+    On POSIX a file name that is not UTF-8 reaches Python with its bad bytes as lone
+    surrogates (``surrogateescape``), which cannot be written as UTF-8. Those bytes are
+    written as ``\xNN`` instead, e.g. ``b"leaf\xff.jpg"`` becomes ``leaf\xff.jpg``
+    (backslash, x, f, f); valid names are unchanged. ``--resume`` compares paths in
+    this form.
+    """
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        try:
+            raw = path.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # a surrogate that is not an escaped byte
+            raw = path.encode("utf-8", "backslashreplace")
+        return raw.decode("utf-8", "backslashreplace")
+
+
 def success_row(path: str, prediction: Prediction) -> Row:
     """The row for a classified file."""
-    return {"path": path, **prediction.to_dict()}
+    return {"path": display_path(path), **prediction.to_dict()}
 
 
 def error_row(path: str, exc: LeafidError) -> Row:
     """The row for a file that could not be classified."""
-    return {"path": path, "error": error_dict(exc)}
+    return {"path": display_path(path), "error": error_dict(exc)}
 
 
 def format_from_suffix(path: str | os.PathLike[str]) -> str:
@@ -190,7 +212,7 @@ def read_done_paths(path: str | os.PathLike[str], fmt: str, top_k: int) -> set[s
         top_k: Candidates per row of this run (a CSV file must have the same columns).
 
     Returns:
-        The ``path`` of every complete row in the file.
+        The ``path`` of every complete row in the file (in :func:`display_path` form).
 
     Raises:
         InvalidRequestError: The format cannot be resumed, or the file is not leafid
