@@ -30,10 +30,34 @@ def load_spec(session: ort.InferenceSession) -> ModelSpec:
     meta = session.get_modelmeta().custom_metadata_map
     if METADATA_KEY not in meta:
         raise InvalidModelError(
-            f"model has no leafid metadata (key {METADATA_KEY!r}); "
-            "export it with 'leafid export'"
+            f"model has no leafid metadata (key {METADATA_KEY!r}); export it with 'leafid export'"
         )
     return ModelSpec.from_json(meta[METADATA_KEY])
+
+
+def make_session(path: str | os.PathLike[str], threads: int = 0) -> ort.InferenceSession:
+    """The CPU onnxruntime session leafid runs a model with.
+
+    Args:
+        path: The ONNX file.
+        threads: Intra-op threads (0 lets onnxruntime choose).
+
+    Raises:
+        InvalidModelError: onnxruntime cannot load the file.
+    """
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    # Idle onnxruntime threads otherwise spin and take CPU from the decoding threads.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        return ort.InferenceSession(
+            str(path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # onnxruntime raises its own untyped errors
+        raise InvalidModelError(f"cannot load ONNX model {path}: {exc}") from exc
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -69,19 +93,7 @@ class Classifier:
         path = Path(model_path) if model_path is not None else default_model_path()
         if not path.is_file():
             raise ModelNotFoundError(f"model file not found: {path}")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        # Idle onnxruntime threads otherwise spin and take CPU from the decoding threads.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        try:
-            self.session = ort.InferenceSession(
-                str(path), sess_options=options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # onnxruntime raises its own untyped errors
-            raise InvalidModelError(f"cannot load ONNX model {path}: {exc}") from exc
+        self.session = make_session(path, threads)
         self.path = path
         self.spec = load_spec(self.session)
         if threshold is not None and not 0.0 <= threshold <= 1.0:

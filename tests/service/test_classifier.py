@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY_COLOURS, encode, make_tiny_model, noisy, solid, tiny_spec
-from leafid.classifier import Classifier, softmax
+from leafid.classifier import Classifier, make_session, softmax
 from leafid.errors import InvalidModelError, InvalidRequestError, ModelNotFoundError
 from leafid.paths import default_model_path, shipped_model_candidates
 from leafid.results import CAVEAT
@@ -118,6 +118,18 @@ def test_not_an_onnx_file(tmp_path):
     path.write_bytes(b"garbage")
     with pytest.raises(InvalidModelError, match="cannot load"):
         Classifier(path)
+
+
+def test_make_session_is_the_classifiers_session(tmp_path):
+    # training code times and checks models with the same session options as the service
+    path = make_tiny_model(tmp_path / "bare.onnx", with_metadata=False)
+    session = make_session(path, threads=1)
+    batch = np.stack([np.full((32, 32, 3), c, dtype=np.uint8) for c in TINY_COLOURS.values()])
+    (logits,) = session.run(None, {session.get_inputs()[0].name: batch})
+    assert logits.shape == (len(TINY_COLOURS), 3)
+    (tmp_path / "junk.onnx").write_bytes(b"garbage")
+    with pytest.raises(InvalidModelError, match="cannot load"):
+        make_session(tmp_path / "junk.onnx")
 
 
 def test_default_model_path_env(monkeypatch, tmp_path):

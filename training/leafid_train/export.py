@@ -16,9 +16,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from leafid import __version__
+from leafid.classifier import make_session
 from leafid.errors import InvalidRequestError, MissingExtraError
 from leafid.spec import METADATA_KEY, ModelSpec
 
@@ -122,16 +122,6 @@ def save_onnx(proto: onnx.ModelProto, out: Path) -> None:
     log.info("wrote %s (%.1f MB)", out, out.stat().st_size / 1e6)
 
 
-def ort_session(path: Path, threads: int = 0) -> ort.InferenceSession:
-    """A CPU onnxruntime session configured like :class:`leafid.Classifier`'s."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-
-
 def max_abs_diff(model: LeafNet, onnx_path: Path, batch: np.ndarray) -> float:
     """Largest absolute logit difference between ``model`` and the ONNX file.
 
@@ -144,6 +134,6 @@ def max_abs_diff(model: LeafNet, onnx_path: Path, batch: np.ndarray) -> float:
     model.eval()
     with torch.no_grad():
         expected = model(torch.tensor(batch)).numpy()
-    session = ort_session(onnx_path)
+    session = make_session(onnx_path)
     (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: batch})
     return float(np.max(np.abs(expected - got)))

@@ -26,6 +26,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from leafid.classifier import make_session
 from leafid.errors import InvalidRequestError, MissingExtraError
 from leafid.spec import METADATA_KEY
 
@@ -34,7 +35,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise MissingExtraError("train", "onnx") from exc
 
-from leafid_train.export import INPUT_NAME, OUTPUT_NAME, ort_session, save_onnx
+from leafid_train.export import INPUT_NAME, OUTPUT_NAME, save_onnx
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ def compare(
         "images_per_s_b16": np.ascontiguousarray(np.resize(batch, (16, *batch.shape[1:]))),
     }
     paths = {"fp32": Path(fp32_path), "int8": Path(int8_path)}
-    sessions = {name: ort_session(path, threads) for name, path in paths.items()}
+    sessions = {name: make_session(path, threads) for name, path in paths.items()}
     result: dict[str, Any] = {"n": len(batch)}
     top1 = {}
     for name, session in sessions.items():
