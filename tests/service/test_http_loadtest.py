@@ -34,7 +34,7 @@ def test_register_adds_serve_and_loadtest() -> None:
     assert (args.host, args.port, args.workers) == ("127.0.0.1", 9001, 2)
     args = parse("loadtest", "--requests", "5", "--duration", "1")
     assert args.func is commands.cmd_loadtest
-    assert args.url == "http://127.0.0.1:8000" and args.concurrency == 8
+    assert args.url is None and args.concurrency == 8  # run_from_args: loadtest.DEFAULT_URL
 
 
 def test_commands_module_imports_no_web_framework() -> None:

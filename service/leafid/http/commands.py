@@ -90,13 +90,26 @@ def register(subparsers: Any) -> None:
             "number of requests and time. Only loopback URLs unless --allow-remote."
         ),
     )
-    load.add_argument("--url", default=f"http://{DEFAULT_HOST}:{DEFAULT_PORT}", help="service URL")
+    load.add_argument(
+        "--url",
+        action="append",
+        metavar="URL",
+        help=f"service URL (default: http://{DEFAULT_HOST}:{DEFAULT_PORT}); repeat for "
+        "several replicas, sent requests round-robin",
+    )
     load.add_argument("--concurrency", type=_int_at_least(1), default=8, help="clients (default 8)")
     load.add_argument("--requests", type=_int_at_least(1), default=1000, help="most requests sent")
     load.add_argument("--duration", type=_positive_float, default=20.0, help="most seconds (20)")
     load.add_argument("--warmup", type=_int_at_least(0), default=16, help="untimed requests first")
     load.add_argument("--image-size", default="1MP", help="photo size: 1MP, 0.3MP or WxH")
     load.add_argument("--pid", type=_int_at_least(1), help="server process id, to report its RSS")
+    load.add_argument(
+        "--rss-every",
+        type=_positive_float,
+        metavar="S",
+        help="sample the server's RSS every S seconds during the run and report start, end "
+        "and highest (soak runs; needs --spawn or --pid)",
+    )
     load.add_argument(
         "--spawn",
         action="store_true",

@@ -1,9 +1,13 @@
 """A small load generator for the HTTP service (``leafid loadtest``).
 
-N client threads, each with one keep-alive connection, post the same generated JPEG to
+N client threads, each with keep-alive connections, post the same generated JPEG to
 ``/v1/identify`` until a request count or a time limit is reached (whichever comes
 first). Reports requests per second, latency percentiles, errors and the server's
 resident memory. Needs only the standard library, numpy and Pillow.
+
+Several service URLs (replicas) are served round-robin, one request each in turn; the
+report counts requests per URL. For a soak run, ``rss_every_s`` samples the server's
+resident memory during the run (start, end and highest value are reported).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -34,6 +39,7 @@ from leafid.console import echo
 from leafid.errors import EXIT_OK, EXIT_SOME_FAILED, InvalidRequestError
 
 READY_TIMEOUT_S = 60.0
+DEFAULT_URL = "http://127.0.0.1:8000"
 REQUEST_TIMEOUT_S = 30.0
 
 
@@ -42,7 +48,7 @@ class Report:
     """What one load-test run measured.
 
     Attributes:
-        url: The service's base URL.
+        url: The service's base URL (several: joined with spaces).
         concurrency: Client threads.
         image: The uploaded photo: ``WxH, N bytes``.
         requests: Timed requests sent (warm-up excluded).
@@ -60,6 +66,10 @@ class Report:
         server_cpu_ms_per_request: Server CPU time (user + system, process and children)
             per request sent, warm-up included, if the server's pid is known.
         client_cpu_ms_per_request: This load generator's own CPU time per request sent.
+        per_url_requests: With several URLs: timed requests sent to each.
+        rss_every_s: Seconds between the RSS samples, if sampled.
+        rss_samples_mb: Server RSS (MB, process and children) sampled every
+            ``rss_every_s`` from before the first request until after the last one.
     """
 
     url: str
@@ -79,6 +89,9 @@ class Report:
     startup_to_ready_s: float | None = None
     server_cpu_ms_per_request: float | None = None
     client_cpu_ms_per_request: float | None = None
+    per_url_requests: dict[str, int] = field(default_factory=dict)
+    rss_every_s: float | None = None
+    rss_samples_mb: list[float] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         """The report as human-readable lines."""
@@ -93,9 +106,18 @@ class Report:
             f"errors         {self.errors}"
             + (f" {dict(sorted(self.error_kinds.items()))}" if self.error_kinds else ""),
         ]
+        if len(self.per_url_requests) > 1:
+            counts = ", ".join(f"{url} {n}" for url, n in self.per_url_requests.items())
+            out.append(f"per URL        {counts}")
         if self.server_rss_mb is not None:
             peak = self.server_peak_rss_mb or 0.0
             out.append(f"server RSS     {self.server_rss_mb:.1f} MB (peak {peak:.1f} MB)")
+        if self.rss_samples_mb:
+            rss = self.rss_samples_mb
+            out.append(
+                f"RSS over run   start {rss[0]:.1f} MB, end {rss[-1]:.1f} MB, "
+                f"max {max(rss):.1f} MB ({len(rss)} samples, every {self.rss_every_s:g} s)"
+            )
         if self.startup_to_ready_s is not None:
             out.append(f"start-up       {self.startup_to_ready_s:.2f} s to ready")
         if self.client_cpu_ms_per_request is not None:
@@ -235,29 +257,42 @@ def server_memory_mb(pid: int) -> tuple[float, float]:
     )
 
 
+@dataclass(frozen=True)
+class _Target:
+    """One service URL: where its requests go."""
+
+    url: str
+    host: str
+    port: int
+    path: str
+
+
 class _Client(threading.Thread):
     def __init__(self, run: _Run) -> None:
         super().__init__(daemon=True)
         self.run_state = run
         self.latencies: list[float] = []
         self.errors: Counter[str] = Counter()
-        self.conn: http.client.HTTPConnection | None = None
+        self.sent: Counter[str] = Counter()  # timed requests per URL
+        self.conns: dict[_Target, http.client.HTTPConnection] = {}  # one keep-alive per URL
 
-    def _post(self) -> str | None:
+    def _post(self, target: _Target) -> str | None:
         r = self.run_state
-        if self.conn is None:
-            self.conn = http.client.HTTPConnection(r.host, r.port, timeout=REQUEST_TIMEOUT_S)
+        conn = self.conns.get(target)
+        if conn is None:
+            conn = http.client.HTTPConnection(target.host, target.port, timeout=REQUEST_TIMEOUT_S)
+            self.conns[target] = conn
         try:
-            self.conn.request("POST", r.path, body=r.body, headers=r.headers)
-            response = self.conn.getresponse()
+            conn.request("POST", target.path, body=r.body, headers=r.headers)
+            response = conn.getresponse()
             response.read()
         except (OSError, http.client.HTTPException) as exc:
-            self.conn.close()
-            self.conn = None
+            conn.close()
+            del self.conns[target]
             return type(exc).__name__
         if response.will_close:
-            self.conn.close()
-            self.conn = None
+            conn.close()
+            del self.conns[target]
         return None if response.status == 200 else f"http_{response.status}"
 
     def run(self) -> None:
@@ -266,24 +301,34 @@ class _Client(threading.Thread):
             ticket = r.take()
             if ticket is None:
                 break
-            timed, _ = ticket
+            timed, target = ticket
             start = time.perf_counter()
-            error = self._post()
+            error = self._post(target)
             if timed:
+                self.sent[target.url] += 1
                 if error is None:
                     self.latencies.append(time.perf_counter() - start)
                 else:
                     self.errors[error] += 1
-        if self.conn is not None:
-            self.conn.close()
+        for conn in self.conns.values():
+            conn.close()
 
 
 class _Run:
-    """Shared state of the clients: the request to send and the ticket counter."""
+    """Shared state of the clients: the request to send, the URLs and the ticket counter."""
 
-    def __init__(self, url: str, body: bytes, content_type: str, allow_remote: bool) -> None:
-        self.host, self.port = check_url(url, allow_remote)
-        self.path = urlsplit(url).path.rstrip("/") + "/v1/identify"
+    def __init__(
+        self, urls: Sequence[str], body: bytes, content_type: str, allow_remote: bool
+    ) -> None:
+        if not urls:
+            raise InvalidRequestError("no service URL given")
+        self.targets = [
+            _Target(
+                url, *check_url(url, allow_remote), urlsplit(url).path.rstrip("/") + "/v1/identify"
+            )
+            for url in urls
+        ]
+        self._handed_out = 0
         self.body = body
         self.headers = {"Content-Type": content_type, "Content-Length": str(len(body))}
         api_key = os.environ.get("LEAFID_LOADTEST_API_KEY")
@@ -302,23 +347,50 @@ class _Run:
         self._timed_left = requests
         self._duration_s = duration_s
 
-    def take(self) -> tuple[bool, int] | None:
-        """The next request to send: (timed?, number), or None when done."""
+    def take(self) -> tuple[bool, _Target] | None:
+        """The next request to send: (timed?, URL, round-robin), or None when done."""
         with self._lock:
+            target = self.targets[self._handed_out % len(self.targets)]
             if self._warmup_left > 0:
                 self._warmup_left -= 1
-                return False, self._warmup_left
+                self._handed_out += 1
+                return False, target
             if self.timed_started == 0.0:
                 self.timed_started = time.perf_counter()
                 self._deadline = self.timed_started + self._duration_s
             if self._timed_left <= 0 or time.perf_counter() >= self._deadline:
                 return None
             self._timed_left -= 1
-            return True, self._timed_left
+            self._handed_out += 1
+            return True, target
+
+
+class _RssSampler(threading.Thread):
+    """Samples a server's RSS every ``every_s`` seconds until stopped (and once more then)."""
+
+    def __init__(self, pid: int, every_s: float) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.every_s = every_s
+        self.samples: list[float] = []
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            self.samples.append(server_memory_mb(self.pid)[0])
+            if self._stop_event.wait(self.every_s):
+                return
+
+    def stop(self) -> list[float]:
+        """Stop sampling, take the last sample and return them all."""
+        self._stop_event.set()
+        self.join()
+        self.samples.append(server_memory_mb(self.pid)[0])
+        return self.samples
 
 
 def run_load(
-    url: str,
+    url: str | Sequence[str],
     *,
     concurrency: int = 8,
     requests: int = 1000,
@@ -327,11 +399,13 @@ def run_load(
     image_size: tuple[int, int] = (1155, 866),
     allow_remote: bool = False,
     server_pid: int | None = None,
+    rss_every_s: float | None = None,
 ) -> Report:
-    """Load-test a running service.
+    """Load-test a running service, or several replicas of it round-robin.
 
     Args:
-        url: The service's base URL, e.g. ``http://127.0.0.1:8000``.
+        url: The service's base URL, e.g. ``http://127.0.0.1:8000``, or several URLs,
+            sent one request each in turn.
         concurrency: Client threads sending at the same time.
         requests: Most timed requests.
         duration_s: Most seconds for the timed part.
@@ -339,15 +413,20 @@ def run_load(
         image_size: Size of the generated JPEG.
         allow_remote: Allow a URL that is not a loopback address.
         server_pid: The server's process id, to measure its CPU time per request.
+        rss_every_s: With ``server_pid``: sample the server's RSS this often.
 
     Returns:
-        The measured report (server memory is not filled in here).
+        The measured report (server memory after the run is not filled in here).
     """
+    urls = [url] if isinstance(url, str) else list(url)
     jpeg = make_jpeg(*image_size)
     body, content_type = multipart_body("loadtest.jpg", jpeg)
-    run = _Run(url, body, content_type, allow_remote)
+    run = _Run(urls, body, content_type, allow_remote)
     run.start(warmup, requests, duration_s)
     clients = [_Client(run) for _ in range(concurrency)]
+    sampler = _RssSampler(server_pid, rss_every_s) if server_pid and rss_every_s else None
+    if sampler is not None:
+        sampler.start()
     cpu_before = server_cpu_s(server_pid) if server_pid else 0.0
     own_before = time.process_time()
     for c in clients:
@@ -355,16 +434,19 @@ def run_load(
     for c in clients:
         c.join()
     ended = time.perf_counter()
+    rss_samples = sampler.stop() if sampler is not None else []
     own_cpu = time.process_time() - own_before
     server_cpu = server_cpu_s(server_pid) - cpu_before if server_pid else None
     latencies = sorted(x * 1000.0 for c in clients for x in c.latencies)
     errors: Counter[str] = Counter()
+    sent: Counter[str] = Counter({u: 0 for u in urls})
     for c in clients:
         errors.update(c.errors)
+        sent.update(c.sent)
     elapsed = ended - run.timed_started if run.timed_started else 0.0
-    sent = len(latencies) + sum(errors.values()) + warmup
+    n_sent = len(latencies) + sum(errors.values()) + warmup
     return Report(
-        url=url,
+        url=" ".join(urls),
         concurrency=concurrency,
         image=f"{image_size[0]}x{image_size[1]} JPEG, {len(jpeg)} bytes",
         requests=len(latencies) + sum(errors.values()),
@@ -376,8 +458,11 @@ def run_load(
         p95_ms=percentile(latencies, 95),
         p99_ms=percentile(latencies, 99),
         max_ms=latencies[-1] if latencies else 0.0,
-        server_cpu_ms_per_request=None if server_cpu is None else server_cpu * 1000 / sent,
-        client_cpu_ms_per_request=own_cpu * 1000 / sent,
+        server_cpu_ms_per_request=None if server_cpu is None else server_cpu * 1000 / n_sent,
+        client_cpu_ms_per_request=own_cpu * 1000 / n_sent,
+        per_url_requests=dict(sent),
+        rss_every_s=rss_every_s if sampler is not None else None,
+        rss_samples_mb=rss_samples,
     )
 
 
@@ -438,8 +523,12 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
 def run_from_args(args: argparse.Namespace) -> int:
     """The ``leafid loadtest`` command; exit status 1 when any request failed."""
     size = parse_image_size(args.image_size)
+    urls: list[str] = args.url or [DEFAULT_URL]
+    if args.spawn and args.url:
+        raise InvalidRequestError("--spawn starts its own server: leave out --url")
+    if args.rss_every is not None and not (args.spawn or args.pid):
+        raise InvalidRequestError("--rss-every needs the server's process: --spawn or --pid")
     proc = None
-    url = args.url
     startup = None
     pid = args.pid
     try:
@@ -449,10 +538,12 @@ def run_from_args(args: argparse.Namespace) -> int:
             wait_ready(url, proc, READY_TIMEOUT_S)
             startup = time.perf_counter() - started
             pid = proc.pid
+            urls = [url]
         else:
-            check_url(url, args.allow_remote)
+            for url in urls:
+                check_url(url, args.allow_remote)
         report = run_load(
-            url,
+            urls,
             concurrency=args.concurrency,
             requests=args.requests,
             duration_s=args.duration,
@@ -460,6 +551,7 @@ def run_from_args(args: argparse.Namespace) -> int:
             image_size=size,
             allow_remote=args.allow_remote,
             server_pid=pid,
+            rss_every_s=args.rss_every,
         )
         report.startup_to_ready_s = startup
         if pid is not None:
