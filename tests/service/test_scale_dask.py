@@ -1,0 +1,66 @@
+"""leafid.scale.dask_batch on a local Dask cluster: the CLI's rows, one model per worker."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY_COLOURS, noisy
+from leafid.cli import main
+from leafid.scale import dask_batch
+
+distributed = pytest.importorskip(
+    "dask.distributed", reason="needs dask[distributed] (pip install 'dask[distributed]')"
+)
+
+
+@pytest.fixture(scope="module")
+def client() -> object:
+    # Worker processes (not threads): each has its own module-level classifier cache,
+    # as on a real cluster. Starting them takes a few seconds.
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as c,
+    ):
+        yield c
+
+
+def cli_rows(folder: Path, model: Path, capsys: pytest.CaptureFixture[str]) -> list[dict]:
+    status = main(["classify", str(folder), "--model", str(model), "--format", "jsonl"])
+    assert status == 1  # the broken file
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def test_rows_equal_the_cli_rows(
+    client: object, tiny_model: Path, photo_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for i, colour in enumerate(TINY_COLOURS.values()):
+        noisy(colour, seed=i + 7).save(photo_dir / f"more_{i}.jpg", quality=85)
+    (photo_dir / "broken.jpg").write_bytes(b"not a jpeg")
+    expected = cli_rows(photo_dir, tiny_model, capsys)
+    assert len(expected) == 8 and sum("error" in r for r in expected) == 1
+
+    rows = dask_batch.classify_folder_dask([str(photo_dir)], client, tiny_model, chunk_size=2)
+    assert rows == expected
+
+    def cached() -> list[int]:
+        return [id(c) for c in dask_batch._classifiers.values()]
+
+    before = client.run(cached)  # type: ignore[attr-defined]
+    assert len(before) == 2 and sum(len(ids) for ids in before.values()) >= 1
+    assert all(len(ids) <= 1 for ids in before.values())  # one model per worker process
+    assert dask_batch.classify_folder_dask([str(photo_dir)], client, tiny_model) == expected
+    after = client.run(cached)  # type: ignore[attr-defined]
+    for worker, ids in before.items():
+        assert after[worker][: len(ids)] == ids  # the same objects: not loaded again
+
+
+def test_no_images_and_bad_sizes_are_errors(client: object, tmp_path: Path) -> None:
+    with pytest.raises(dask_batch.InvalidRequestError, match="no images"):
+        dask_batch.classify_folder_dask([str(tmp_path)], client, tmp_path / "m.onnx")
+    with pytest.raises(dask_batch.InvalidRequestError, match="chunk_size"):
+        dask_batch.classify_folder_dask([str(tmp_path)], client, "m.onnx", chunk_size=0)
