@@ -18,8 +18,10 @@ from leafid.errors import InvalidRequestError, ModelError  # noqa: E402
 from leafid.spec import ClassInfo, ModelSpec  # noqa: E402
 from leafid_train import train  # noqa: E402
 from leafid_train.backbone import PRETRAINED_MEAN, PRETRAINED_STD  # noqa: E402
+from leafid_train.calibrate import calibration_report  # noqa: E402
 from leafid_train.config import MANIFEST_DIR_ENV, TrainConfig  # noqa: E402
 from leafid_train.data import open_root  # noqa: E402
+from leafid_train.export import onnx_logits  # noqa: E402
 from leafid_train.export_run import export_run  # noqa: E402
 from leafid_train.manifest import ManifestMismatchError, write_manifest  # noqa: E402
 from leafid_train.train import (  # noqa: E402
@@ -105,6 +107,32 @@ def test_export_failing_parity_leaves_the_old_model(
 
 class Interrupt(Exception):
     pass
+
+
+def test_int8_export_has_its_own_calibration(tmp_path: Path) -> None:
+    make_ood(tmp_path / "nonleaf")
+    cfg = tiny_config(tmp_path, ood=[str(tmp_path / "nonleaf")])
+    run_training(cfg, quiet=True)
+    run = tmp_path / "run"
+    report = export_run(run, tmp_path / "m.onnx", int8=True, compare_seconds=0.02, compare_rounds=1)
+    fp32, int8 = Classifier(tmp_path / "m.onnx"), Classifier(tmp_path / "m.int8.onnx")
+    assert int8.spec.classes == fp32.spec.classes
+    # refit on the int8 model's own raw logits of the run's val and OOD val images
+    data = build_data(cfg, run / "split.json")
+    want = calibration_report(
+        onnx_logits(int8.path, data.eval_arrays("val")),
+        data.labels("val"),
+        onnx_logits(int8.path, data.eval_arrays("val", ood=True)),
+        keep=cfg.keep_fraction,
+    )
+    assert int8.spec.temperature == pytest.approx(want["temperature"])
+    assert int8.threshold == pytest.approx(want["unknown_threshold"])
+    assert int8.spec.metrics["val"]["ood_auroc"] == pytest.approx(want["ood_auroc"])
+    assert "int8 QDQ" in int8.spec.training_data["quantization"]
+    assert "quantization" not in fp32.spec.training_data
+    saved = json.loads((run / "int8_report.json").read_text())
+    assert saved["ship_int8"] is report["int8_ship"]
+    assert saved["calibration"]["temperature"] == pytest.approx(want["temperature"])
 
 
 def test_resume_after_interrupted_epoch_matches_uninterrupted(tmp_path: Path) -> None:

@@ -236,6 +236,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.export:
         report = load("export_run").export_run(result.out, Path(args.export), int8=args.int8)
         echo(f"exported {report['onnx']} (ONNX parity {report['parity_max_abs_diff']:.1e})")
+        _say_int8(report, Path(result.out))
     else:
         echo(f"next: leafid export {result.out} --out {Path(result.out) / 'model.onnx'}", err=True)
     return EXIT_OK
@@ -273,12 +274,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _say_int8(report: dict[str, Any], run: Path) -> None:
+    """Print the int8 comparison and the ship / keep decision of an export report."""
+    if "int8_compare" not in report:
+        return
+    echo(f"wrote {report['int8']}: " + json.dumps(report["int8_compare"]))
+    verdict = "ship it" if report["int8_ship"] else "keep the fp32 model"
+    echo(f"int8 vs fp32: {verdict} (details in {run / 'int8_report.json'})")
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """``leafid export``."""
     report = load("export_run").export_run(args.run, args.out, int8=args.int8)
     echo(f"wrote {report['onnx']} (ONNX vs torch max |diff| {report['parity_max_abs_diff']:.1e})")
-    if "int8_compare" in report:
-        echo(f"wrote {report['int8']}: " + json.dumps(report["int8_compare"]))
+    _say_int8(report, args.run)
     if args.card:
         card = load("card").write_card(args.run, args.card, model=args.out)
         echo(f"wrote {card}")

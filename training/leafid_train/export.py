@@ -122,6 +122,23 @@ def save_onnx(proto: onnx.ModelProto, out: Path) -> None:
     log.info("wrote %s (%.1f MB)", out, out.stat().st_size / 1e6)
 
 
+def onnx_logits(onnx_path: Path, batch: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Raw logits (no temperature) of an exported model on preprocessed inputs.
+
+    Args:
+        onnx_path: An exported (fp32 or int8) model.
+        batch: uint8 array (N, S, S, 3), N >= 1.
+        batch_size: Inputs per onnxruntime call.
+    """
+    session = make_session(onnx_path)
+    return np.concatenate(
+        [
+            session.run([OUTPUT_NAME], {INPUT_NAME: batch[i : i + batch_size]})[0]
+            for i in range(0, len(batch), batch_size)
+        ]
+    )
+
+
 def max_abs_diff(model: LeafNet, onnx_path: Path, batch: np.ndarray) -> float:
     """Largest absolute logit difference between ``model`` and the ONNX file.
 
@@ -134,6 +151,4 @@ def max_abs_diff(model: LeafNet, onnx_path: Path, batch: np.ndarray) -> float:
     model.eval()
     with torch.no_grad():
         expected = model(torch.tensor(batch)).numpy()
-    session = make_session(onnx_path)
-    (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: batch})
-    return float(np.max(np.abs(expected - got)))
+    return float(np.max(np.abs(expected - onnx_logits(onnx_path, batch))))
