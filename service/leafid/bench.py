@@ -16,7 +16,8 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from importlib.metadata import entry_points
@@ -304,6 +305,14 @@ COLUMNS_NOTE = (
 )
 
 
+@contextmanager
+def synthetic_photos(args: argparse.Namespace) -> Iterator[dict[str, list[str]]]:
+    """``--n12`` and ``--n1`` photos in a temporary folder, deleted afterwards."""
+    with tempfile.TemporaryDirectory(prefix="leafid-bench-") as tmp:
+        echo("leafid bench: writing synthetic photos (not timed)...", err=True)
+        yield write_photo_sets(Path(tmp), {"12mp": args.n12, "1mp": args.n1})
+
+
 def make_classifiers(args: argparse.Namespace) -> tuple[Classifier, Classifier]:
     """The end-to-end classifier (``--threads``) and the model-only one (``--model-threads``)."""
     classifier = Classifier(args.model, threads=args.threads, limits=ImageLimits())
@@ -325,9 +334,7 @@ def run_command(args: argparse.Namespace) -> int:
         return load_compare()(args)
     workers = args.workers or default_workers()
     classifier, model_classifier = make_classifiers(args)
-    with tempfile.TemporaryDirectory(prefix="leafid-bench-") as tmp:
-        echo("leafid bench: writing synthetic photos (not timed)...", err=True)
-        photos = write_photo_sets(Path(tmp), {"12mp": args.n12, "1mp": args.n1})
+    with synthetic_photos(args) as photos:
         results = run_bench(
             classifier,
             model_classifier,

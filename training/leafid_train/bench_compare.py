@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -35,7 +34,7 @@ from leafid.bench import (
     make_classifiers,
     model_results,
     pipeline_result,
-    write_photo_sets,
+    synthetic_photos,
 )
 from leafid.classifier import Classifier
 from leafid.console import echo
@@ -264,9 +263,7 @@ def run(args: argparse.Namespace) -> int:
     int8 = int8_path(args, classifier)
     int8_classifier = Classifier(int8, threads=args.model_threads) if int8 else None
     model, arch = usual_model(classifier.spec)
-    with tempfile.TemporaryDirectory(prefix="leafid-bench-") as tmp:
-        echo("leafid bench --compare: writing synthetic photos (not timed)...", err=True)
-        photos = write_photo_sets(Path(tmp), {"12mp": args.n12, "1mp": args.n1})
+    with synthetic_photos(args) as photos:
         rows = run_compare(
             model,
             classifier,
