@@ -7,14 +7,17 @@ nothing is typed by hand. The evaluation plots are copied beside the card.
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
+import shlex
 import shutil
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from leafid.results import CAVEAT
+from leafid_train.commands import register
 from leafid_train.config import TrainConfig
 from leafid_train.manifest import load_manifest
 
@@ -59,23 +62,48 @@ def _short(text: str, limit: int = 240) -> str:
     return para if len(para) <= limit else para[: limit - 1].rstrip() + "…"
 
 
+def train_parser() -> argparse.ArgumentParser:
+    """The real ``leafid train`` argument parser (from :func:`leafid_train.commands.register`)."""
+    parser = argparse.ArgumentParser(prog="leafid")
+    subparsers = parser.add_subparsers(dest="command")
+    register(subparsers)
+    train: argparse.ArgumentParser = subparsers.choices["train"]
+    return train
+
+
 def train_command(cfg: TrainConfig) -> str:
-    """The ``leafid train`` command line that reproduces ``cfg``."""
+    """The ``leafid train`` command line that reproduces ``cfg``.
+
+    Flags come from the real parser, one per config field that differs from the
+    default, so the line cannot name a flag that does not exist. A changed field that
+    has no flag (set through the Python API) is named in a trailing shell comment.
+    """
     default = TrainConfig(data=["-"], out="-")
     parts = ["leafid train"]
-    parts += [f"--data {d}" for d in cfg.data] + [f"--ood {d}" for d in cfg.ood]
-    parts.append(f"--out {cfg.out}")
-    flags = {"pretrained": "--no-pretrained", "verify": "--no-verify"}
-    for f in fields(TrainConfig):
-        value = getattr(cfg, f.name)
-        if f.name in ("data", "ood", "out") or value == getattr(default, f.name):
+    covered = set()
+    for action in train_parser()._actions:
+        name, flag = action.dest, action.option_strings[-1] if action.option_strings else ""
+        if name not in {f.name for f in fields(TrainConfig)} or not flag:
             continue
-        if f.name in flags:
-            parts.append(flags[f.name])
-        elif f.name == "split":
-            parts.append("--split " + " ".join(str(v) for v in value))
+        covered.add(name)
+        value = getattr(cfg, name)
+        if name not in ("data", "out") and value == getattr(default, name):
+            continue
+        if isinstance(action, argparse._StoreFalseAction | argparse._StoreTrueAction):
+            parts.append(flag)
+        elif isinstance(action, argparse._AppendAction):
+            parts += [f"{flag} {shlex.quote(str(v))}" for v in value]
+        elif action.nargs is not None:
+            parts.append(" ".join([flag, *(shlex.quote(str(v)) for v in value)]))
         elif value is not None:
-            parts.append(f"--{f.name.replace('_', '-')} {value}")
+            parts.append(f"{flag} {shlex.quote(str(value))}")
+    unflagged = [
+        f"{f.name}={getattr(cfg, f.name)!r}"
+        for f in fields(TrainConfig)
+        if f.name not in covered and getattr(cfg, f.name) != getattr(default, f.name)
+    ]
+    if unflagged:
+        parts.append("# not settable from the CLI: " + ", ".join(unflagged))
     return " ".join(parts)
 
 
