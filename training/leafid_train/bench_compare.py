@@ -82,7 +82,7 @@ def format_compare(rows: Sequence[Measured]) -> list[str]:
     """The comparison table, one string per line."""
     lines = [
         f"{'case':<22} {'approach':<20} {'images':>6} {'batch':>5} {'threads':>7} "
-        f"{'img/s':>7} {'best':>7} {'cpu_ms/img':>10} {'vs usual':>8}"
+        f"{'img/s':>7} {'best':>7} {'cpu%':>5} {'cpu_ms/img':>10} {'vs usual':>8}"
     ]
     for m, ratio in speedups(rows):
         r = m.result
@@ -92,8 +92,8 @@ def format_compare(rows: Sequence[Measured]) -> list[str]:
         vs = "-" if ratio is None else f"{ratio:.2f}x"
         lines.append(
             f"{m.case:<22} {m.approach:<20} {r.images:>6} {r.batch_size:>5} {threads:>7} "
-            f"{r.median:>7.1f} {max(r.rates):>7.1f} {statistics.median(r.cpu_ms):>10.1f} "
-            f"{vs:>8}"
+            f"{r.median:>7.1f} {max(r.rates):>7.1f} {statistics.median(r.cpu) * 100:>5.0f} "
+            f"{statistics.median(r.cpu_ms):>10.1f} {vs:>8}"
         )
     return lines
 
