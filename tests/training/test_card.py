@@ -1,10 +1,16 @@
 from __future__ import annotations
 
+import json
 import shlex
 from dataclasses import fields
+from pathlib import Path
 
+import pytest
+
+from conftest import make_tiny_model, tiny_spec
+from leafid.errors import InvalidRequestError
 from leafid_train import commands
-from leafid_train.card import train_command, train_parser
+from leafid_train.card import render_card, train_command, train_parser
 from leafid_train.config import TrainConfig
 
 
@@ -45,3 +51,49 @@ def test_fields_without_a_flag_are_named_not_invented() -> None:
     got = commands._config(args)
     changed = [f.name for f in fields(TrainConfig) if getattr(got, f.name) != getattr(cfg, f.name)]
     assert changed == ["warmup_steps_frac"]
+
+
+def _fake_run(run: Path, model: Path | None) -> None:
+    run.mkdir()
+    TrainConfig(data=["setA"], out=str(run), arch="test_efficientnet").save(run / "config.json")
+    datasets = {"setA": {"role": "train", "images": 30, "classes": 3}}
+    split = {"train": 21, "val": 3, "test": 6}
+    summary = {
+        "labels": tiny_spec().labels,
+        "epochs_run": 2,
+        "best_epoch": 2,
+        "best_val_loss": 0.5,
+        "train_seconds": 60.0,
+        "world_size": 1,
+        "training_data": {
+            "datasets": datasets,
+            "split": split,
+            "ood_split": {},
+            "split_seed": 1,
+            "split_fractions": [0.7, 0.15, 0.15],
+        },
+    }
+    (run / "summary.json").write_text(json.dumps(summary))
+    keys = ("temperature", "unknown_threshold", "val_top1", "val_images", "ece_before")
+    keys += ("ece_after", "nll_before", "nll_after", "val_unknown_rate")
+    calibration = dict.fromkeys(keys, 0.5) | {"ood_auroc": None, "ood_rejected": None}
+    (run / "calibration.json").write_text(json.dumps(calibration))
+    if model is not None:
+        export = {"onnx": str(model), "parity_max_abs_diff": 1e-6}
+        (run / "export.json").write_text(json.dumps(export))
+
+
+def test_card_names_the_model_as_its_spec_does(tmp_path: Path) -> None:
+    spec = tiny_spec(model_name="leafid-own-name", model_version="3.1.4")
+    model = make_tiny_model(tmp_path / "m.onnx", spec)
+    _fake_run(tmp_path / "run", model)
+    card = render_card(tmp_path / "run")
+    assert card.startswith("# Model card: leafid-own-name 3.1.4\n")
+    other = make_tiny_model(tmp_path / "other.onnx", tiny_spec(model_version="9"))
+    assert render_card(tmp_path / "run", other).startswith("# Model card: tiny-test 9\n")
+
+
+def test_card_of_a_run_never_exported_is_refused(tmp_path: Path) -> None:
+    _fake_run(tmp_path / "run", None)
+    with pytest.raises(InvalidRequestError, match="leafid export"):
+        render_card(tmp_path / "run")
