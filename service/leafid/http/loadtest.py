@@ -66,7 +66,7 @@ class Report:
         server_cpu_ms_per_request: Server CPU time (user + system, process and children)
             per request sent, warm-up included, if the server's pid is known.
         client_cpu_ms_per_request: This load generator's own CPU time per request sent.
-        per_url_requests: With several URLs: timed requests sent to each.
+        per_url_requests: Timed requests sent to each URL (shown when there are several).
         rss_every_s: Seconds between the RSS samples, if sampled.
         rss_samples_mb: Server RSS (MB, process and children) sampled every
             ``rss_every_s`` from before the first request until after the last one.
