@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 from synthetic_data import make_imagefolder
 
-pytest.importorskip("torch")
+torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.train
+
+from leafid_train.ddp import DistInfo  # noqa: E402
+from leafid_train.train import rank_rng_state  # noqa: E402
 
 
 def test_torchrun_two_processes(tmp_path: Path) -> None:
@@ -33,3 +36,15 @@ def test_torchrun_two_processes(tmp_path: Path) -> None:
     assert all(r["train_images"] == 8 for r in rows)
     assert (run / "best.pt").is_file() and (run / "calibration.json").is_file()
     assert proc.stderr.count("epoch 2/2") == 1  # only rank 0 reports
+    # each rank's own RNG state (seeded seed + rank) is kept for --resume
+    rngs = torch.load(run / "checkpoint.pt", weights_only=False)["rng"]
+    assert len(rngs) == 2 and not torch.equal(rngs[0]["torch"], rngs[1]["torch"])
+    assert rank_rng_state(rngs, DistInfo(rank=1, world_size=2)) is rngs[1]
+
+
+def test_rng_state_of_each_rank() -> None:
+    states = [{"torch": i} for i in range(2)]
+    assert rank_rng_state(states, DistInfo(rank=1, world_size=2)) is states[1]
+    assert rank_rng_state(states, DistInfo()) is states[0]
+    old_single = {"torch": 9}  # checkpoints before per-rank states
+    assert rank_rng_state(old_single, DistInfo(rank=1, world_size=2)) is old_single

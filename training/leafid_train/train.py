@@ -1,7 +1,8 @@
 """Fine-tuning: data, one epoch, evaluation, checkpoints, resume and the run loop.
 
 A run folder holds ``config.json`` (the resolved :class:`TrainConfig`), ``split.json``,
-``checkpoint.pt`` (last finished epoch, with optimiser/scheduler/RNG state),
+``checkpoint.pt`` (last finished epoch, with optimiser/scheduler state and every
+process's RNG state),
 ``best.pt`` (best val loss), ``metrics.jsonl`` (one line per epoch),
 ``calibration.json`` and ``summary.json``. Under ``torchrun`` only rank 0 writes.
 """
@@ -396,6 +397,24 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["random"])
 
 
+def rank_rng_state(saved: dict[str, Any] | list[dict[str, Any]], info: ddp.DistInfo) -> Any:
+    """This process's generator states from a checkpoint's ``rng`` entry.
+
+    Checkpoints hold one state per process (a list in rank order); older ones hold a
+    single state, which every process then takes. With another process count than the
+    checkpoint's, rank ``r`` takes state ``r % n`` (the run is then not bit-identical).
+    """
+    if isinstance(saved, dict):
+        return saved
+    if len(saved) != info.world_size:
+        log.warning(
+            "checkpoint has RNG states of %d processes, this run has %d",
+            len(saved),
+            info.world_size,
+        )
+    return saved[info.rank % len(saved)]
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read a checkpoint written by this module (``weights_only=False``: our own file)."""
     data: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
@@ -499,7 +518,7 @@ def run_training(
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
-            set_rng_state(ckpt["rng"])
+            set_rng_state(rank_rng_state(ckpt["rng"], info))
             state = ckpt["state"]
             if info.is_main:  # drop metrics of epochs the checkpoint does not have
                 kept = [m for m in _read_metrics(metrics_path) if m["epoch"] <= state["epoch"]]
@@ -543,6 +562,7 @@ def run_training(
                 state.update(best_val_loss=val["val_loss"], best_epoch=epoch, stale=0)
             else:
                 state["stale"] += 1
+            rngs = ddp.all_gather(info, rng_state())  # every rank's (dropout differs)
             if info.is_main:
                 if improved:
                     atomic_save(
@@ -556,7 +576,7 @@ def run_training(
                         "model": model.state_dict(),
                         "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(),
-                        "rng": rng_state(),
+                        "rng": rngs,
                         "state": state,
                         "spec": data.spec.to_json(),
                     },
