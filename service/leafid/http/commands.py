@@ -10,7 +10,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from leafid.errors import EXIT_OK, InvalidRequestError, MissingExtraError
@@ -128,11 +133,43 @@ def register(subparsers: Any) -> None:
     load.set_defaults(func=cmd_loadtest)
 
 
+class _Terminated(Exception):
+    """SIGTERM reached leafid's own handler (see :func:`_sigterm_exits_cleanly`)."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise _Terminated
+
+
+@contextmanager
+def _sigterm_exits_cleanly() -> Iterator[None]:
+    """Make a SIGTERM-requested graceful shutdown end with exit status 0.
+
+    uvicorn handles SIGTERM itself (stop accepting, finish requests in flight), then
+    puts the previous handler back and raises the signal again, which with the default
+    handler kills the process (status -15 / 143) after a clean shutdown. With this
+    handler in place the re-raised signal ends the block instead. A SIGTERM before
+    uvicorn installs its own handlers also just ends the block (nothing was served).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    except _Terminated:
+        log.info("stopped by SIGTERM")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Load the model, then run uvicorn until interrupted.
 
     The model is loaded before uvicorn starts so that a missing or invalid model is
-    reported as one clear error (raised as a LeafidError for the CLI to print).
+    reported as one clear error (raised as a LeafidError for the CLI to print). SIGTERM
+    stops the server gracefully (requests in flight are answered, for at most 30 s)
+    and the command returns 0, as after Ctrl-C (SIGINT).
     """
     try:
         import uvicorn
@@ -162,13 +199,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "timeout_graceful_shutdown": 30,
         "access_log": args.log_level == "debug",
     }
-    if args.workers == 1:
-        uvicorn.run(create_app(settings, classifier), **common)
-    else:
-        del classifier  # each worker process loads its own copy
-        for key, value in overrides.items():  # workers read their settings from the env
-            os.environ[f"LEAFID_{key.upper()}"] = str(value)
-        uvicorn.run("leafid.http.app:create_app", factory=True, workers=args.workers, **common)
+    with _sigterm_exits_cleanly():
+        if args.workers == 1:
+            uvicorn.run(create_app(settings, classifier), **common)
+        else:
+            del classifier  # each worker process loads its own copy
+            for key, value in overrides.items():  # workers read their settings from the env
+                os.environ[f"LEAFID_{key.upper()}"] = str(value)
+            uvicorn.run("leafid.http.app:create_app", factory=True, workers=args.workers, **common)
     return EXIT_OK
 
 
