@@ -13,6 +13,12 @@ Run ``python tests/fault_corpus.py OUT_DIR`` to write both sets to ``OUT_DIR/bad
 File names: one valid and one bad file have names that are not UTF-8 (Linux only). The
 CLI writes such a path with the undecodable bytes escaped as ``\\xNN``
 (:func:`leafid.output.display_path`); :attr:`Case.row_path` is that form.
+
+Damage that is *not* detected, so not in the bad corpus: bits flipped in a JPEG's scan
+data (libjpeg only warns; Pillow returns garbled pixels), a PNG whose only fault is a
+wrong IDAT CRC (Pillow does not check it), a JPEG ended early by an EOI marker in
+its scan data (libjpeg fills in the rest).
+Such files are classified like any photo (the answer may be "unknown").
 """
 
 from __future__ import annotations
