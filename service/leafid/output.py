@@ -3,8 +3,8 @@ r"""Result rows and the formats the CLI writes them in (table, jsonl, json, csv)
 A row is the schema shared with the HTTP service: a success row is
 ``{"path": ..., **Prediction.to_dict()}``, an error row is
 ``{"path": ..., "error": {"type": ..., "message": ...}}``. The path is always valid
-Unicode: the bytes of a file name that is not UTF-8 are written as ``\xNN``
-(:func:`display_path`).
+Unicode on one line: the bytes of a file name that is not UTF-8, and control
+characters, are written as ``\xNN`` (:func:`display_path`).
 
 ``jsonl`` and ``csv`` are written one record per line and flushed after every batch,
 so they can be resumed (:func:`read_done_paths`); ``json`` is one array written when
@@ -30,24 +30,29 @@ FORMATS = ("table", "jsonl", "json", "csv")
 RESUMABLE_FORMATS = ("jsonl", "csv")
 
 
+# ASCII control characters (newline, tab, ...) in file names, written as \xNN.
+_CONTROL_ESCAPES = {c: f"\\x{c:02x}" for c in [*range(32), 127]}
+
+
 def display_path(path: str) -> str:
-    r"""A path as result rows write it: valid Unicode, whatever the file name's bytes.
+    r"""A path as result rows write it: valid Unicode on one line, whatever the name.
 
     On POSIX a file name that is not UTF-8 reaches Python with its bad bytes as lone
     surrogates (``surrogateescape``), which cannot be written as UTF-8. Those bytes are
     written as ``\xNN`` instead, e.g. ``b"leaf\xff.jpg"`` becomes ``leaf\xff.jpg``
-    (backslash, x, f, f); valid names are unchanged. ``--resume`` compares paths in
-    this form.
+    (backslash, x, f, f), and so are control characters such as a newline (which would
+    break CSV and table lines). Other names are unchanged. ``--resume`` compares paths
+    in this form.
     """
     try:
         path.encode("utf-8")
-        return path
     except UnicodeEncodeError:
         try:
             raw = path.encode("utf-8", "surrogateescape")
         except UnicodeEncodeError:  # a surrogate that is not an escaped byte
             raw = path.encode("utf-8", "backslashreplace")
-        return raw.decode("utf-8", "backslashreplace")
+        path = raw.decode("utf-8", "backslashreplace")
+    return path.translate(_CONTROL_ESCAPES)
 
 
 def success_row(path: str, prediction: Prediction) -> Row:
