@@ -10,8 +10,9 @@ prefix); tests import it as ``from fault_corpus import ...``.
 Run ``python tests/fault_corpus.py OUT_DIR`` to write both sets to ``OUT_DIR/bad`` and
 ``OUT_DIR/unusual`` (with an ``index.tsv`` each) for manual checks.
 
-File names: one valid and one bad file have names that are not UTF-8 (Linux only). The
-CLI writes such a path with the undecodable bytes escaped as ``\\xNN``
+File names: one valid and one bad file have names that are not UTF-8 (Linux only), one
+valid file has a newline in its name (POSIX). The CLI writes such a path with the
+undecodable bytes and control characters escaped as ``\\xNN``
 (:func:`leafid.output.display_path`); :attr:`Case.row_path` is that form.
 
 Damage that is *not* detected, so not in the bad corpus: bits flipped in a JPEG's scan
@@ -73,9 +74,9 @@ class Case:
 
     @property
     def row_path(self) -> str:
-        """The ``path`` the CLI writes for this file (non-UTF-8 bytes as ``\\xNN``)."""
-        raw = os.fsencode(self.path)
-        return raw.decode("utf-8", "backslashreplace")
+        """The ``path`` the CLI writes (non-UTF-8 bytes and control characters as ``\\xNN``)."""
+        text = os.fsencode(self.path).decode("utf-8", "backslashreplace")
+        return "".join(f"\\x{ord(c):02x}" if ord(c) < 32 or ord(c) == 127 else c for c in text)
 
     @property
     def upload_name(self) -> str:
@@ -499,6 +500,8 @@ def make_unusual_corpus(root: Path) -> list[Case]:
     add("unicode_name", "feuille é 葉 .jpg", _enc(green, "JPEG"), "viridis", "non-ASCII name")
     if non_utf8_names_supported(root):
         add("non_utf8_name", b"leaf\xff.jpg", _enc(blue, "JPEG"), "caerulea", "non-UTF-8 file name")
+    if os.name == "posix":
+        add("newline_name", "new\nline.jpg", _enc(red, "JPEG"), "rubra", "a newline in the name")
     heic = _heic_bytes(red)
     if heic is not None:
         add("heic", "leaf.heic", heic, "rubra", "HEIC (pillow-heif)")

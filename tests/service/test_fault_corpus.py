@@ -7,6 +7,7 @@ colour's class where the corpus says so.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -82,6 +83,21 @@ def test_cli_refuses_bad_files_and_classifies_unusual_ones(
     # --resume finds every file done, including the non-UTF-8 names
     assert main([*argv, "--resume"]) == 0
     assert len(_rows(out)) == len(bad) + len(unusual)
+
+
+def test_cli_csv_resume_with_odd_names(
+    corpus: tuple[Path, list[Case], Path, list[Case]], tiny_model: Path, tmp_path: Path
+) -> None:
+    _, _, unusual_dir, unusual = corpus
+    out = tmp_path / "out.csv"
+    argv = ["classify", str(unusual_dir), "-o", str(out), "--model", str(tiny_model)]
+    assert main(argv) == 0
+    before = out.read_bytes()
+    assert before.count(b"\n") == len(unusual) + 1  # header + one line per file
+    assert main([*argv, "--resume"]) == 0  # every file found done, none added again
+    assert out.read_bytes() == before
+    paths = [rec[0] for rec in csv.reader(before.decode().splitlines()[1:])]
+    assert sorted(paths) == sorted(c.row_path for c in unusual)
 
 
 def test_cli_subprocess_writes_odd_names_to_stdout(
@@ -228,6 +244,7 @@ def test_display_path_escapes_non_utf8_bytes_only() -> None:
     assert display_path("feuille é 葉.jpg") == "feuille é 葉.jpg"
     assert display_path(os.fsdecode(b"leaf\xff.jpg")) == "leaf\\xff.jpg"
     assert display_path("odd\ud800.jpg") == "odd\\ud800.jpg"  # not an escaped byte
+    assert display_path("new\nline\t.jpg") == "new\\x0aline\\x09.jpg"
     display_path(os.fsdecode(b"a\xfe\xff")).encode("utf-8")  # always encodable
 
 
