@@ -39,7 +39,10 @@ DATASET_NOTES = {
     ),
     "deepweeds": (
         "deepweeds are field photos of whole plants in habitat; species are partly "
-        "confounded with site, date and light, and the split is by capture run, not by site."
+        "confounded with site, date and light. The staged pool was sampled across capture "
+        "runs, but leafid's train/val/test split is per file, so frames of one capture run "
+        "(taken seconds apart) can sit on both sides: deepweeds test figures may be "
+        "optimistic."
     ),
     "swedish-leaf": (
         "swedish-leaf labels four classes at genus level only (acer, quercus, populus, tilia)."
@@ -258,20 +261,77 @@ def render_card(run_dir: Path, model: Path | None = None) -> str:
         "- Scores are calibrated on the val split of these datasets; on other photo "
         "conditions they may be over- or under-confident.",
         "",
+        *_int8_section(run_dir, ev),
         "## Reproduce",
         "",
         "```sh",
         train_command(cfg),
-        f"leafid export {cfg.out} --out {model or Path(cfg.out) / 'model.onnx'}"
-        + (" --int8" if exported and "int8" in exported else ""),
-        f"leafid evaluate {model or Path(cfg.out) / 'model.onnx'} "
-        f"--split-file {cfg.out}/split.json --split test"
-        + "".join(f" --ood {d}" for d in cfg.ood)
-        + f" --out {cfg.out}/eval",
+        *_evaluate_commands(run_dir, cfg),
+        f"leafid export {cfg.out} --out {model or 'model/leafid.onnx'} --card "
+        f"{Path(model).parent if model else 'model'}",
         "```",
         "",
     ]
     return "\n".join(out)
+
+
+def _evaluate_commands(run_dir: Path, cfg: TrainConfig) -> list[str]:
+    """Export into the run, then evaluate fp32 (and int8, if it was made) on test."""
+    run = Path(cfg.out)
+    int8 = (run_dir / "int8_report.json").is_file()
+    ood = "".join(f" --ood {d}" for d in cfg.ood)
+    lines = [f"leafid export {run} --out {run / 'model.onnx'}" + (" --int8" if int8 else "")]
+    for onnx_name, out_name in [("model.onnx", "eval")] + (
+        [("model.int8.onnx", "eval_int8")] if int8 else []
+    ):
+        lines.append(
+            f"leafid evaluate {run / onnx_name} --split-file {run / 'split.json'} "
+            f"--split test{ood} --out {run / out_name}"
+        )
+    return lines
+
+
+def _int8_section(run_dir: Path, ev: dict[str, Any] | None) -> list[str]:
+    """INT8 copy: speed and accuracy against fp32, and whether it ships."""
+    report = _load(run_dir / "int8_report.json")
+    ev8 = _load(run_dir / "eval_int8" / "metrics.json")
+    if report is None:
+        return []
+    c = report["compare"]
+    val_drop = c["fp32"]["top1"] - c["int8"]["top1"]
+    faster = (
+        c["int8"]["images_per_s_b1"] > c["fp32"]["images_per_s_b1"]
+        and c["int8"]["images_per_s_b16"] > c["fp32"]["images_per_s_b16"]
+    )
+    out = [
+        "## INT8 quantisation",
+        "",
+        "Static INT8 (QDQ) copy, calibrated on train images, with its own temperature and "
+        "threshold fitted on val. Rule: ship it as the default only if it is faster and "
+        "top-1 drops by at most 0.5 points.",
+        "",
+        "| | size | img/s batch 1 | img/s batch 16 | val top-1 | test top-1 |",
+        "|---|---|---|---|---|---|",
+    ]
+    test = {"fp32": ev["top1"] if ev else None, "int8": ev8["top1"] if ev8 else None}
+    for name in ("fp32", "int8"):
+        m = c[name]
+        out.append(
+            f"| {name} | {m['size_mb']:.1f} MB | {m['images_per_s_b1']:.0f} | "
+            f"{m['images_per_s_b16']:.0f} | {_pct(m['top1'])} | {_pct(test[name])} |"
+        )
+    drops = [val_drop] + ([test["fp32"] - test["int8"]] if ev and ev8 else [])
+    ships = faster and max(drops) <= 0.005
+    out += [
+        "",
+        f"Decision: {'INT8 is shipped' if ships else 'INT8 is not shipped; fp32 is the default'}"
+        f" (faster: {'yes' if faster else 'no'}; top-1 drop on val "
+        f"{100 * val_drop:.2f} points"
+        + (f", on test {100 * drops[1]:.2f} points" if len(drops) > 1 else ", test not run")
+        + ").",
+        "",
+    ]
+    return out
 
 
 def _eval_section(ev: dict[str, Any] | None) -> list[str]:
