@@ -84,8 +84,8 @@ def test_no_operation_answers_5xx(label: str, base_url: str) -> None:
             assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
 
     check()
-    if label.startswith("POST"):  # generated uploads got as far as the decoder
-        assert seen & {400, 413, 415}, seen
+    if label.startswith("POST"):  # some generated uploads got as far as the decoder
+        assert seen & {200, 400, 415}, seen
 
 
 # --- raw bodies and headers ----------------------------------------------------------------
