@@ -175,7 +175,13 @@ def to_rgb(img: Image.Image) -> Image.Image:
         return img
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        peak = arr.max(initial=0)
+        if mode.startswith("I;16") or peak > 255:
+            top = 65535.0
+        elif mode == "F" and peak <= 1.0:
+            top = 1.0  # float images in [0, 1]
+        else:
+            top = 255.0
         arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(arr, mode="L").convert("RGB")
     if mode == "P" and "transparency" in img.info:

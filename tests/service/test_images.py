@@ -146,3 +146,9 @@ def test_read_bytes_errors(tmp_path):
     big.write_bytes(b"x" * 100)
     with pytest.raises(TooLargeError):
         read_bytes(big, ImageLimits(max_bytes=10))
+
+
+def test_float_image_in_unit_range_is_scaled():
+    arr = np.full((8, 8), 0.5, dtype=np.float32)
+    out = np.asarray(decode(encode(Image.fromarray(arr, mode="F"), "TIFF"), LIMITS))
+    assert 120 <= out.mean() <= 135
