@@ -21,6 +21,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from leafid import __version__, bench
+from leafid.argtypes import fraction, int_at_least
 from leafid.batch import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_THREADS,
@@ -73,36 +74,6 @@ Every answer is a visual identification only, not a quality or safety test.
 """
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
-    return value
-
-
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--model``, ``--threshold``, ``--threads``, ``--max-bytes``, ``--max-pixels``."""
     limits = ImageLimits()
@@ -111,27 +82,27 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--threshold",
-        type=_fraction,
+        type=fraction,
         metavar="T",
         help="unknown threshold in [0, 1] (default: the model's calibrated one)",
     )
     parser.add_argument(
         "--threads",
-        type=_non_negative_int,
+        type=int_at_least(0),
         default=DEFAULT_THREADS,
         metavar="N",
         help=f"onnxruntime threads, 0 = automatic (default: {DEFAULT_THREADS})",
     )
     parser.add_argument(
         "--max-bytes",
-        type=_positive_int,
+        type=int_at_least(1),
         default=limits.max_bytes,
         metavar="B",
         help=f"largest accepted file size (default: {limits.max_bytes})",
     )
     parser.add_argument(
         "--max-pixels",
-        type=_positive_int,
+        type=int_at_least(1),
         default=limits.max_pixels,
         metavar="P",
         help=f"largest accepted width*height (default: {limits.max_pixels})",
@@ -337,7 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("classify", "classify each photo (files or folders) independently")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
     p.add_argument("-r", "--recursive", action="store_true", help="look in sub-folders too")
-    p.add_argument("--top-k", type=_positive_int, default=5, metavar="K", help="candidates per row")
+    p.add_argument(
+        "--top-k", type=int_at_least(1), default=5, metavar="K", help="candidates per row"
+    )
     p.add_argument(
         "--format",
         choices=FORMATS,
@@ -351,14 +324,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--workers",
-        type=_positive_int,
+        type=int_at_least(1),
         default=None,
         metavar="N",
         help=f"decoding threads (default: number of CPUs, {default_workers()})",
     )
     p.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=int_at_least(1),
         default=DEFAULT_BATCH_SIZE,
         metavar="B",
         help=f"images per model call (default: {DEFAULT_BATCH_SIZE})",
@@ -368,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("identify", "one answer from several photos of the same plant")
     p.add_argument("images", nargs="+", metavar="IMG", help="photos of one plant")
-    p.add_argument("--top-k", type=_positive_int, default=5, metavar="K", help="candidates")
+    p.add_argument("--top-k", type=int_at_least(1), default=5, metavar="K", help="candidates")
     p.add_argument("--format", choices=("table", "json", "jsonl"), help="output format")
     add_model_arguments(p)
     p.set_defaults(func=cmd_identify)

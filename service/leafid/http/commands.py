@@ -18,35 +18,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from leafid.argtypes import int_at_least, positive_float
 from leafid.errors import EXIT_OK, InvalidRequestError, MissingExtraError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
-
-
-def _int_at_least(minimum: int) -> Any:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
 
 
 def register(subparsers: Any) -> None:
@@ -65,19 +43,19 @@ def register(subparsers: Any) -> None:
     )
     serve.add_argument("--host", default=DEFAULT_HOST, help=f"address (default: {DEFAULT_HOST})")
     serve.add_argument(
-        "--port", type=_int_at_least(0), default=DEFAULT_PORT, help=f"default: {DEFAULT_PORT}"
+        "--port", type=int_at_least(0), default=DEFAULT_PORT, help=f"default: {DEFAULT_PORT}"
     )
     serve.add_argument(
-        "--workers", type=_int_at_least(1), default=1, help="uvicorn worker processes (default 1)"
+        "--workers", type=int_at_least(1), default=1, help="uvicorn worker processes (default 1)"
     )
     serve.add_argument(
-        "--threads", type=_int_at_least(0), metavar="N", help="onnxruntime threads per inference"
+        "--threads", type=int_at_least(0), metavar="N", help="onnxruntime threads per inference"
     )
     serve.add_argument(
-        "--concurrency", type=_int_at_least(1), metavar="N", help="inferences run at once"
+        "--concurrency", type=int_at_least(1), metavar="N", help="inferences run at once"
     )
     serve.add_argument(
-        "--queue-size", type=_int_at_least(0), metavar="N", help="requests allowed to wait"
+        "--queue-size", type=int_at_least(0), metavar="N", help="requests allowed to wait"
     )
     serve.add_argument(
         "--log-level",
@@ -102,15 +80,15 @@ def register(subparsers: Any) -> None:
         help=f"service URL (default: http://{DEFAULT_HOST}:{DEFAULT_PORT}); repeat for "
         "several replicas, sent requests round-robin",
     )
-    load.add_argument("--concurrency", type=_int_at_least(1), default=8, help="clients (default 8)")
-    load.add_argument("--requests", type=_int_at_least(1), default=1000, help="most requests sent")
-    load.add_argument("--duration", type=_positive_float, default=20.0, help="most seconds (20)")
-    load.add_argument("--warmup", type=_int_at_least(0), default=16, help="untimed requests first")
+    load.add_argument("--concurrency", type=int_at_least(1), default=8, help="clients (default 8)")
+    load.add_argument("--requests", type=int_at_least(1), default=1000, help="most requests sent")
+    load.add_argument("--duration", type=positive_float, default=20.0, help="most seconds (20)")
+    load.add_argument("--warmup", type=int_at_least(0), default=16, help="untimed requests first")
     load.add_argument("--image-size", default="1MP", help="photo size: 1MP, 0.3MP or WxH")
-    load.add_argument("--pid", type=_int_at_least(1), help="server process id, to report its RSS")
+    load.add_argument("--pid", type=int_at_least(1), help="server process id, to report its RSS")
     load.add_argument(
         "--rss-every",
-        type=_positive_float,
+        type=positive_float,
         metavar="S",
         help="sample the server's RSS every S seconds during the run and report start, end "
         "and highest (soak runs; needs --spawn or --pid)",
