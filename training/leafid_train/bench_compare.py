@@ -67,46 +67,68 @@ class Measured:
         return r.case if r.case.startswith("end-to-end") else f"{r.case}, batch {r.batch_size}"
 
 
-def speedups(rows: Sequence[Measured]) -> list[tuple[Measured, float | None]]:
-    """Each row with its median images/s divided by that of the usual row of its case.
+def speedups(rows: Sequence[Measured], best: bool = False) -> list[tuple[Measured, float | None]]:
+    """Each row's images/s divided by that of the usual row of its case.
+
+    Args:
+        rows: Measured rows.
+        best: Divide the fastest repeats instead of the medians (on a shared machine
+            the fastest repeat is the least disturbed one).
 
     Returns:
         (row, ratio) pairs in the order given; the ratio is None when the case has no
         usual row.
     """
-    usual = {m.case: m.result.median for m in rows if m.approach == USUAL}
-    return [(m, m.result.median / usual[m.case] if m.case in usual else None) for m in rows]
+
+    def speed(m: Measured) -> float:
+        return max(m.result.rates) if best else m.result.median
+
+    usual = {m.case: speed(m) for m in rows if m.approach == USUAL}
+    return [(m, speed(m) / usual[m.case] if m.case in usual else None) for m in rows]
+
+
+def _times(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}x"
 
 
 def format_compare(rows: Sequence[Measured]) -> list[str]:
     """The comparison table, one string per line."""
     lines = [
         f"{'case':<22} {'approach':<20} {'images':>6} {'batch':>5} {'threads':>7} "
-        f"{'img/s':>7} {'best':>7} {'cpu%':>5} {'cpu_ms/img':>10} {'vs usual':>8}"
+        f"{'img/s':>7} {'best':>7} {'cpu%':>5} {'cpu_ms/img':>10} {'vs usual':>8} {'best vs':>8}"
     ]
-    for m, ratio in speedups(rows):
+    pairs = zip(speedups(rows), speedups(rows, best=True), strict=True)
+    for (m, ratio), (_, best_ratio) in pairs:
         r = m.result
         threads = str(r.threads) if r.threads else "auto"
         if r.workers is not None:
             threads += f"+{r.workers}d"
-        vs = "-" if ratio is None else f"{ratio:.2f}x"
         lines.append(
             f"{m.case:<22} {m.approach:<20} {r.images:>6} {r.batch_size:>5} {threads:>7} "
             f"{r.median:>7.1f} {max(r.rates):>7.1f} {statistics.median(r.cpu) * 100:>5.0f} "
-            f"{statistics.median(r.cpu_ms):>10.1f} {vs:>8}"
+            f"{statistics.median(r.cpu_ms):>10.1f} {_times(ratio):>8} {_times(best_ratio):>8}"
         )
     return lines
 
 
 def target_lines(rows: Sequence[Measured]) -> list[str]:
-    """Whether leafid fp32 reached :data:`TARGET_SPEEDUP` in :data:`TARGET_CASES`."""
+    """Whether leafid fp32 reached :data:`TARGET_SPEEDUP` in :data:`TARGET_CASES`.
+
+    A target counts as met only when both the median and the fastest-repeat ratios
+    reach it.
+    """
     lines = []
-    for m, ratio in speedups(rows):
-        if m.approach == LEAFID and m.case in TARGET_CASES and ratio is not None:
-            verdict = "met" if ratio >= TARGET_SPEEDUP else "NOT met"
-            lines.append(
-                f"target {m.case}: leafid >= {TARGET_SPEEDUP:g}x usual: {verdict} ({ratio:.2f}x)"
-            )
+    pairs = zip(speedups(rows), speedups(rows, best=True), strict=True)
+    for (m, ratio), (_, best_ratio) in pairs:
+        if m.approach != LEAFID or m.case not in TARGET_CASES:
+            continue
+        if ratio is None or best_ratio is None:
+            continue
+        verdict = "met" if min(ratio, best_ratio) >= TARGET_SPEEDUP else "NOT met"
+        lines.append(
+            f"target {m.case}: leafid >= {TARGET_SPEEDUP:g}x usual: {verdict} "
+            f"(medians {ratio:.2f}x, fastest repeats {best_ratio:.2f}x)"
+        )
     return lines
 
 
@@ -290,8 +312,9 @@ def run(args: argparse.Namespace) -> int:
     for line in format_compare(rows):
         echo(line)
     echo(
-        "threads: torch or onnxruntime threads (+Nd: decoding threads); vs usual: img/s "
-        "divided by the usual row of the same case. " + COLUMNS_NOTE
+        "threads: torch or onnxruntime threads (+Nd: decoding threads); vs usual: median "
+        "img/s divided by that of the usual row of the same case; best vs: the same for the "
+        "fastest repeats. " + COLUMNS_NOTE
     )
     for line in target_lines(rows):
         echo(line)
