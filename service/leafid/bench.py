@@ -313,13 +313,21 @@ def synthetic_photos(args: argparse.Namespace) -> Iterator[dict[str, list[str]]]
         yield write_photo_sets(Path(tmp), {"12mp": args.n12, "1mp": args.n1})
 
 
-def make_classifiers(args: argparse.Namespace) -> tuple[Classifier, Classifier]:
-    """The end-to-end classifier (``--threads``) and the model-only one (``--model-threads``)."""
-    classifier = Classifier(args.model, threads=args.threads, limits=ImageLimits())
+def make_classifiers(
+    args: argparse.Namespace, model: str | os.PathLike[str] | None = None
+) -> tuple[Classifier, Classifier]:
+    """The end-to-end classifier (``--threads``) and the model-only one (``--model-threads``).
+
+    Args:
+        args: The bench options.
+        model: Another model file than ``--model``.
+    """
+    path = args.model if model is None else model
+    classifier = Classifier(path, threads=args.threads, limits=ImageLimits())
     model_classifier = (
         classifier
         if args.model_threads == args.threads
-        else Classifier(args.model, threads=args.model_threads)
+        else Classifier(path, threads=args.model_threads)
     )
     return classifier, model_classifier
 

@@ -98,14 +98,16 @@ def test_run_compare_measures_both_approaches(tiny_model: Path, tmp_path: Path) 
         tmp_path, {"12mp": 2, "1mp": 2}, sizes={"12mp": (400, 300), "1mp": (160, 120)}
     )
     rows = bc.run_compare(
-        _small_torch_model(), clf, clf, clf, photos, workers=2, batch_size=2, repeat=2,
-        model_images=4,
+        _small_torch_model(), {bc.LEAFID: (clf, clf), bc.LEAFID_INT8: (clf, clf)}, photos,
+        workers=2, batch_size=2, repeat=2, model_images=4,
     )  # fmt: skip
     assert [(m.approach, m.case) for m in rows] == [
         (bc.USUAL, "end-to-end 12mp JPEG"),
         (bc.LEAFID, "end-to-end 12mp JPEG"),
+        (bc.LEAFID_INT8, "end-to-end 12mp JPEG"),
         (bc.USUAL, "end-to-end 1mp JPEG"),
         (bc.LEAFID, "end-to-end 1mp JPEG"),
+        (bc.LEAFID_INT8, "end-to-end 1mp JPEG"),
         (bc.USUAL, "model only, batch 1"),
         (bc.USUAL, "model only, batch 16"),
         (bc.LEAFID, "model only, batch 1"),
@@ -114,7 +116,7 @@ def test_run_compare_measures_both_approaches(tiny_model: Path, tmp_path: Path) 
         (bc.LEAFID_INT8, "model only, batch 16"),
     ]
     assert all(len(m.result.rates) == 2 and min(m.result.rates) > 0 for m in rows)
-    assert [m.result.images for m in rows[:4]] == [2, 2, 2, 2]
+    assert [m.result.images for m in rows[:6]] == [2] * 6
     usual = {m.case: m.result.median for m in rows if m.approach == bc.USUAL}
     for m, ratio in bc.speedups(rows):
         assert ratio == pytest.approx(m.result.median / usual[m.case])
@@ -134,6 +136,6 @@ def test_cli_bench_compare_prints_the_table(
     assert "random weights" in out and "usual approach: torch" in out
     assert f"int8 model: {int8}" in out
     table = [line for line in out.splitlines() if line.startswith(("end-to-end", "model only"))]
-    assert [line.split()[-1].endswith("x") for line in table] == [True] * 8
+    assert [line.split()[-1].endswith("x") for line in table] == [True] * 9
     assert "target model only, batch 1" in out
     assert main(["bench", "--compare", *args, "--int8", str(tiny_model) + ".missing"]) == 2

@@ -212,9 +212,7 @@ def usual_model_results(
 
 def run_compare(
     model: nn.Module,
-    classifier: Classifier,
-    model_classifier: Classifier,
-    int8_classifier: Classifier | None,
+    leafid: Mapping[str, tuple[Classifier, Classifier]],
     photos: Mapping[str, Sequence[str]],
     *,
     workers: int,
@@ -226,9 +224,9 @@ def run_compare(
 
     Args:
         model: The usual approach's torch model (:func:`usual_model`).
-        classifier: leafid end-to-end (next to ``workers`` decoding threads).
-        model_classifier: leafid fp32 model-only rows.
-        int8_classifier: leafid int8 model-only rows, if any.
+        leafid: Per leafid approach (:data:`LEAFID`, :data:`LEAFID_INT8`): the
+            end-to-end classifier (next to ``workers`` decoding threads) and the
+            model-only one. The first one's spec sets the usual preprocessing.
         photos: Photo paths per size name (:func:`leafid.bench.write_photo_sets`).
         workers: leafid decoding threads.
         batch_size: leafid images per model call end-to-end.
@@ -238,28 +236,26 @@ def run_compare(
     Returns:
         The rows, each leafid row after the usual row of its case.
     """
-    transform = usual_transform(classifier.spec)
+    first = next(iter(leafid.values()))[0]
+    transform = usual_transform(first.spec)
     rows: list[Measured] = []
     for name, paths in photos.items():
         rows.append(Measured(USUAL, usual_pipeline_result(model, transform, name, paths, repeat)))
-        rows.append(
-            Measured(LEAFID, pipeline_result(classifier, name, paths, workers, batch_size, repeat))
-        )
+        rows += [
+            Measured(approach, pipeline_result(clf, name, paths, workers, batch_size, repeat))
+            for approach, (clf, _) in leafid.items()
+        ]
     sample_paths = next(iter(photos.values()), [])
     if sample_paths:
         with Image.open(sample_paths[0]) as im:
             tensor = transform(im.convert("RGB"))
     else:
         tensor = transform(Image.new("RGB", (640, 480), (60, 140, 50)))
-    sample = first_sample(classifier, photos)
+    sample = first_sample(first, photos)
     rows += [Measured(USUAL, r) for r in usual_model_results(model, tensor, model_images, repeat)]
-    rows += [
-        Measured(LEAFID, r) for r in model_results(model_classifier, sample, model_images, repeat)
-    ]
-    if int8_classifier is not None:
+    for approach, (_, model_clf) in leafid.items():
         rows += [
-            Measured(LEAFID_INT8, r)
-            for r in model_results(int8_classifier, sample, model_images, repeat)
+            Measured(approach, r) for r in model_results(model_clf, sample, model_images, repeat)
         ]
     return rows
 
@@ -282,15 +278,15 @@ def int8_path(args: argparse.Namespace, fp32: Classifier) -> Path | None:
 def run(args: argparse.Namespace) -> int:
     """Handler of ``leafid bench --compare`` (options of :func:`leafid.bench.add_arguments`)."""
     classifier, model_classifier = make_classifiers(args)
+    leafid = {LEAFID: (classifier, model_classifier)}
     int8 = int8_path(args, classifier)
-    int8_classifier = Classifier(int8, threads=args.model_threads) if int8 else None
+    if int8 is not None:
+        leafid[LEAFID_INT8] = make_classifiers(args, int8)
     model, arch = usual_model(classifier.spec)
     with synthetic_photos(args) as photos:
         rows = run_compare(
             model,
-            classifier,
-            model_classifier,
-            int8_classifier,
+            leafid,
             photos,
             workers=args.workers or default_workers(),
             batch_size=args.batch_size,
@@ -299,8 +295,8 @@ def run(args: argparse.Namespace) -> int:
         )
     for line in machine_info(classifier):
         echo(line)
-    if int8_classifier is not None:
-        echo(f"int8 model: {int8_classifier.path}")
+    if int8 is not None:
+        echo(f"int8 model: {int8}")
     echo(
         f"usual approach: torch {torch.__version__} eager, {torch.get_num_threads()} threads, "
         f"timm {arch} with {len(classifier.spec.classes)} classes and random weights "
