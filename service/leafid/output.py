@@ -30,8 +30,10 @@ FORMATS = ("table", "jsonl", "json", "csv")
 RESUMABLE_FORMATS = ("jsonl", "csv")
 
 
-# ASCII control characters (newline, tab, ...) in file names, written as \xNN.
+# ASCII control characters (newline, tab, ...) in file names, written as \xNN, and the
+# other characters str.splitlines() breaks lines at, written as \uNNNN.
 _CONTROL_ESCAPES = {c: f"\\x{c:02x}" for c in [*range(32), 127]}
+_CONTROL_ESCAPES.update({c: f"\\u{c:04x}" for c in (0x85, 0x2028, 0x2029)})
 
 
 def display_path(path: str) -> str:
@@ -41,8 +43,9 @@ def display_path(path: str) -> str:
     surrogates (``surrogateescape``), which cannot be written as UTF-8. Those bytes are
     written as ``\xNN`` instead, e.g. ``b"leaf\xff.jpg"`` becomes ``leaf\xff.jpg``
     (backslash, x, f, f), and so are control characters such as a newline (which would
-    break CSV and table lines). Other names are unchanged. ``--resume`` compares paths
-    in this form.
+    break CSV and table lines); the Unicode line breaks U+0085, U+2028 and U+2029 are
+    written as ``\u0085``, ``\u2028``, ``\u2029``. Other names are unchanged.
+    ``--resume`` compares paths in this form.
     """
     try:
         path.encode("utf-8")

@@ -9,6 +9,7 @@ from leafid.errors import BadImageError, InvalidRequestError
 from leafid.output import (
     Writer,
     csv_header,
+    display_path,
     error_row,
     flatten,
     format_from_suffix,
@@ -139,3 +140,13 @@ def test_read_done_paths_refuses_foreign_files(tmp_path: Path) -> None:
         read_done_paths(out_csv, "csv", 3)
     with pytest.raises(InvalidRequestError, match="--resume"):
         read_done_paths(out, "json", 5)
+
+
+@pytest.mark.parametrize("sep", ["\u0085", "\u2028", "\u2029"])
+def test_unicode_line_break_in_a_name_survives_csv_resume(tmp_path: Path, sep: str) -> None:
+    name = f"a{sep}b.jpg"
+    out = tmp_path / "out.csv"
+    out.write_text(_write("csv", [success_row(name, _pred())]), encoding="utf-8")
+    assert sep not in display_path(name)
+    # --resume must find the path in the form it compares: else the file is done twice
+    assert read_done_paths(out, "csv", 2) == {display_path(name)}
