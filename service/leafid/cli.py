@@ -161,7 +161,10 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
     file: TextIO | None = None
     if args.output:
-        file = open(args.output, "a" if append else "w", encoding="utf-8", newline="")
+        try:
+            file = open(args.output, "a" if append else "w", encoding="utf-8", newline="")
+        except OSError as exc:
+            raise InvalidRequestError(f"cannot write {args.output}: {exc.strerror or exc}") from exc
     stream = file if file is not None else sys.stdout
     writer = Writer(
         stream,

@@ -223,8 +223,8 @@ def read_done_paths(path: str | os.PathLike[str], fmt: str, top_k: int) -> set[s
         The ``path`` of every complete row in the file (in :func:`display_path` form).
 
     Raises:
-        InvalidRequestError: The format cannot be resumed, or the file is not leafid
-            output of that format.
+        InvalidRequestError: The format cannot be resumed, the file cannot be read and
+            written, or it is not leafid output of that format.
     """
     if fmt not in RESUMABLE_FORMATS:
         raise InvalidRequestError(
@@ -233,7 +233,11 @@ def read_done_paths(path: str | os.PathLike[str], fmt: str, top_k: int) -> set[s
     p = Path(path)
     if not p.exists():
         return set()
-    text = _cut_torn_tail(p).decode("utf-8", errors="replace")
+    try:
+        data = _cut_torn_tail(p)
+    except OSError as exc:
+        raise InvalidRequestError(f"cannot resume from {p}: {exc.strerror or exc}") from exc
+    text = data.decode("utf-8", errors="replace")
     lines = [line for line in text.split("\n") if line.strip()]
     done: set[str] = set()
     if fmt == "jsonl":

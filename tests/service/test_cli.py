@@ -199,6 +199,20 @@ def test_usage_errors_exit_2(
     assert "Traceback" not in captured.err and captured.err
 
 
+@pytest.mark.parametrize("resume", [False, True])
+@pytest.mark.parametrize("where", ["missing-folder", "a-folder"])
+def test_unwritable_output_exits_2(
+    tiny_model: Path, photo_dir: Path, tmp_path: Path, capsys: Capsys, where: str, resume: bool
+) -> None:
+    out = tmp_path / "missing" / "out.jsonl" if where == "missing-folder" else tmp_path
+    extra = ["--format", "jsonl", "--resume"] if resume else []
+    assert (
+        main(["classify", str(photo_dir), "--model", str(tiny_model), "-o", str(out), *extra]) == 2
+    )
+    captured = capsys.readouterr()
+    assert captured.out == "" and "leafid: error: cannot " in captured.err
+
+
 def test_no_images_found_exits_2(tiny_model: Path, tmp_path: Path, capsys: Capsys) -> None:
     (tmp_path / "notes.txt").write_text("x")
     assert main(["classify", str(tmp_path), "--model", str(tiny_model)]) == 2
