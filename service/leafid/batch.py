@@ -56,18 +56,27 @@ def _is_dir(entry: os.DirEntry[str]) -> bool:
         return False
 
 
+def _unreadable_folder(exc: OSError) -> None:
+    """Say that a folder cannot be listed (its files get no rows)."""
+    echo(f"leafid: cannot read folder {exc.filename}: {exc.strerror or exc}", err=True)
+
+
 def _folder_images(folder: str, recursive: bool) -> list[str]:
     found: list[str] = []
     if not recursive:
         # Everything but folders, like os.walk's file list: a broken symlink, a symlink
         # loop or a FIFO named like an image gets an error row instead of vanishing.
-        with os.scandir(folder) as entries:
-            names = sorted(e.name for e in entries if not _is_dir(e))
+        try:
+            with os.scandir(folder) as entries:
+                names = sorted(e.name for e in entries if not _is_dir(e))
+        except OSError as exc:
+            _unreadable_folder(exc)
+            return []
         return [
             os.path.join(folder, n) for n in names if is_image_name(n) and not n.startswith(".")
         ]
     # followlinks=False: a symlink loop cannot make the walk go on for ever.
-    for root, dirs, files in os.walk(folder, followlinks=False):
+    for root, dirs, files in os.walk(folder, onerror=_unreadable_folder, followlinks=False):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         found += [
             os.path.join(root, n)
@@ -83,7 +92,8 @@ def find_images(paths: Sequence[str], recursive: bool = False) -> list[str]:
     Files named explicitly are kept whatever their extension, and so are paths that do
     not exist (they become error rows). Folders contribute the image files inside them
     (by extension, case-insensitive; hidden files skipped), sorted, and with
-    ``recursive`` those of sub-folders too. Duplicates are dropped, first one kept.
+    ``recursive`` those of sub-folders too. A folder that cannot be listed is named on
+    stderr and contributes nothing. Duplicates are dropped, first one kept.
 
     Args:
         paths: Files and folders as given.

@@ -51,6 +51,30 @@ def test_find_images_symlink_loop_does_not_hang(tmp_path: Path) -> None:
     assert found == [str(tmp_path / "a" / "p.jpg")]
 
 
+@pytest.mark.parametrize("recursive", [False, True])
+def test_unreadable_folder_is_reported_not_a_crash(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    recursive: bool,
+) -> None:
+    top = tmp_path / "top"
+    ok = _touch(top / "a.jpg")
+    locked = top / "locked"
+    _touch(locked / "b.jpg")
+    real = os.scandir
+
+    def scandir(path: str = ".") -> object:  # as for a folder without read permission
+        if os.fspath(path) == str(locked):
+            raise PermissionError(13, "Permission denied", str(locked))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    expected = [str(ok)] if recursive else []
+    assert find_images([str(top) if recursive else str(locked)], recursive) == expected
+    assert f"cannot read folder {locked}: Permission denied" in capsys.readouterr().err
+
+
 def test_empty_folder_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert find_images([str(tmp_path)]) == []
     assert "no image files" in capsys.readouterr().err
