@@ -26,8 +26,8 @@ def shipped_model_candidates() -> list[Path]:
 def default_model_path() -> Path:
     """The model used when none is given: ``$LEAFID_MODEL``, else the shipped model.
 
-    Returns the first existing candidate, or the first candidate when none exists (so
-    that the error names a real place).
+    Returns the first existing candidate, or the last one (the repository's ``model/``
+    folder) when none exists, so that the error names a place to put it.
     """
     env = os.environ.get(MODEL_ENV)
     if env:
