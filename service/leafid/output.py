@@ -69,7 +69,7 @@ def error_row(path: str, exc: LeafidError) -> Row:
 
 
 def format_from_suffix(path: str | os.PathLike[str]) -> str:
-    """The format an output file name asks for: ``.csv``, ``.json``, else ``jsonl``."""
+    """The format an output file name asks for: .csv, .json, .txt (table), else jsonl."""
     suffix = Path(path).suffix.lower()
     return {".csv": "csv", ".json": "json", ".txt": "table"}.get(suffix, "jsonl")
 

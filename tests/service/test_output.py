@@ -107,7 +107,7 @@ def test_unknown_format_is_refused() -> None:
 
 @pytest.mark.parametrize(
     ("name", "fmt"),
-    [("out.csv", "csv"), ("OUT.JSON", "json"), ("out.jsonl", "jsonl"), ("out", "jsonl")],
+    [("out.csv", "csv"), ("OUT.JSON", "json"), ("out.txt", "table"), ("out", "jsonl")],
 )
 def test_format_from_suffix(name: str, fmt: str) -> None:
     assert format_from_suffix(name) == fmt
