@@ -12,7 +12,7 @@ from leafid.cli import main
 from leafid.scale import dask_batch
 
 distributed = pytest.importorskip(
-    "dask.distributed", reason="needs dask[distributed] (pip install 'dask[distributed]')"
+    "dask.distributed", reason="needs dask[distributed] (pip install 'leafid[scale]')"
 )
 
 

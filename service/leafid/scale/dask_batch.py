@@ -9,7 +9,7 @@ Workers read the files and the model by path: on a multi-machine cluster both mu
 at the same path on every machine (shared or copied storage).
 
 This module does not import Dask: it only calls ``client.map`` and ``client.gather`` of
-the ``distributed.Client`` it is given (``pip install 'dask[distributed]'``).
+the ``distributed.Client`` it is given (``pip install 'leafid[scale]'``).
 
 Example::
 
