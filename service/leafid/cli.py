@@ -28,6 +28,7 @@ from leafid.batch import (
     classify_paths,
     default_workers,
     find_images,
+    is_image_name,
     load_file,
 )
 from leafid.classifier import Classifier
@@ -131,6 +132,9 @@ def _default_format(output: str | None) -> str:
 def cmd_classify(args: argparse.Namespace) -> int:
     """Classify every photo independently; one row per file."""
     fmt = args.format or _default_format(args.output)
+    if args.output and is_image_name(args.output):
+        # e.g. "-o photos/*.jpg": writing rows there would destroy a photo
+        raise InvalidRequestError(f"-o {args.output} is named like an image; not overwriting it")
     if args.resume:
         if not args.output:
             raise InvalidRequestError("--resume needs an output file (-o FILE)")

@@ -213,6 +213,18 @@ def test_unwritable_output_exits_2(
     assert captured.out == "" and "leafid: error: cannot " in captured.err
 
 
+def test_output_named_like_an_image_is_refused_not_overwritten(
+    tiny_model: Path, photo_dir: Path, capsys: Capsys
+) -> None:
+    photo = photo_dir / "rubra.jpg"
+    before = photo.read_bytes()
+    # what "-o photos/*.jpg" expands to
+    argv = ["classify", "--model", str(tiny_model), "-o", str(photo), str(photo_dir / "grey.png")]
+    assert main(argv) == 2
+    assert photo.read_bytes() == before
+    assert "named like an image" in capsys.readouterr().err
+
+
 def test_no_images_found_exits_2(tiny_model: Path, tmp_path: Path, capsys: Capsys) -> None:
     (tmp_path / "notes.txt").write_text("x")
     assert main(["classify", str(tmp_path), "--model", str(tiny_model)]) == 2
