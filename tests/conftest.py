@@ -31,8 +31,13 @@ def tiny_spec(**changes: object) -> ModelSpec:
     return spec.replace(**changes) if changes else spec
 
 
-def make_tiny_model(path: Path, spec: ModelSpec | None = None, *, metadata: str | None = None,
-                    with_metadata: bool = True) -> Path:
+def make_tiny_model(
+    path: Path,
+    spec: ModelSpec | None = None,
+    *,
+    metadata: str | None = None,
+    with_metadata: bool = True,
+) -> Path:
     """Write an ONNX model: mean colour of the image -> linear layer -> logits.
 
     A saturated red/green/blue image is scored strongly as its colour's class; a grey
@@ -62,8 +67,9 @@ def make_tiny_model(path: Path, spec: ModelSpec | None = None, *, metadata: str 
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     if with_metadata:
-        helper.set_model_props(model, {METADATA_KEY: metadata if metadata is not None
-                                       else spec.to_json()})
+        helper.set_model_props(
+            model, {METADATA_KEY: metadata if metadata is not None else spec.to_json()}
+        )
     onnx.checker.check_model(model, full_check=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
@@ -80,8 +86,9 @@ def solid(colour: tuple[int, int, int], size: tuple[int, int] = (64, 48)) -> Ima
     return Image.new("RGB", size, colour)
 
 
-def noisy(colour: tuple[int, int, int], size: tuple[int, int] = (64, 48), seed: int = 0
-          ) -> Image.Image:
+def noisy(
+    colour: tuple[int, int, int], size: tuple[int, int] = (64, 48), seed: int = 0
+) -> Image.Image:
     rng = np.random.default_rng(seed)
     arr = np.clip(np.array(colour) + rng.integers(-20, 21, (size[1], size[0], 3)), 0, 255)
     return Image.fromarray(arr.astype(np.uint8), "RGB")

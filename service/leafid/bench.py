@@ -27,10 +27,11 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
+from leafid.argtypes import int_at_least
 from leafid.batch import DEFAULT_BATCH_SIZE, DEFAULT_THREADS, classify_paths, default_workers
 from leafid.classifier import Classifier
 from leafid.console import echo
-from leafid.errors import EXIT_OK, EXIT_SOME_FAILED, InvalidRequestError, MissingExtraError
+from leafid.errors import EXIT_OK, MissingExtraError
 from leafid.images import ImageLimits, read_bytes
 from leafid.output import Writer
 
@@ -245,29 +246,39 @@ def machine_info(classifier: Classifier) -> list[str]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the benchmark's options to ``parser``."""
     parser.add_argument("--model", metavar="M", help="ONNX model file")
-    parser.add_argument("--n12", type=int, default=64, metavar="N", help="12 MP photos (64)")
-    parser.add_argument("--n1", type=int, default=64, metavar="N", help="1 MP photos (64)")
     parser.add_argument(
-        "--workers", type=int, default=None, metavar="N", help="decoding threads (CPUs)"
+        "--n12", type=int_at_least(0), default=64, metavar="N", help="12 MP photos (64)"
     )
     parser.add_argument(
-        "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="B", help="batch size"
+        "--n1", type=int_at_least(0), default=64, metavar="N", help="1 MP photos (64)"
+    )
+    parser.add_argument(
+        "--workers", type=int_at_least(1), default=None, metavar="N", help="decoding threads (CPUs)"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int_at_least(1),
+        default=DEFAULT_BATCH_SIZE,
+        metavar="B",
+        help="batch size",
     )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=int_at_least(0),
         default=DEFAULT_THREADS,
         metavar="N",
         help=f"onnxruntime threads, 0 = automatic ({DEFAULT_THREADS})",
     )
     parser.add_argument(
         "--model-threads",
-        type=int,
+        type=int_at_least(0),
         default=0,
         metavar="N",
         help="onnxruntime threads of the model-only figures, 0 = automatic (0)",
     )
-    parser.add_argument("--repeat", type=int, default=3, metavar="R", help="runs per case (3)")
+    parser.add_argument(
+        "--repeat", type=int_at_least(1), default=3, metavar="R", help="runs per case (3)"
+    )
     parser.add_argument(
         "--compare",
         action="store_true",
@@ -334,10 +345,6 @@ def make_classifiers(
 
 def run_command(args: argparse.Namespace) -> int:
     """Handler of ``leafid bench``: measure and print the table."""
-    if args.batch_size < 1 or (args.workers is not None and args.workers < 1):
-        raise InvalidRequestError("--batch-size and --workers must be >= 1")
-    if args.threads < 0 or args.model_threads < 0:
-        raise InvalidRequestError("--threads and --model-threads must be >= 0")
     if args.compare:
         return load_compare()(args)
     workers = args.workers or default_workers()
@@ -349,7 +356,7 @@ def run_command(args: argparse.Namespace) -> int:
             photos,
             workers=workers,
             batch_size=args.batch_size,
-            repeat=max(1, args.repeat),
+            repeat=args.repeat,
         )
     for line in machine_info(classifier):
         echo(line)
@@ -357,7 +364,7 @@ def run_command(args: argparse.Namespace) -> int:
     for line in format_table(results):
         echo(line)
     echo(COLUMNS_NOTE)
-    return EXIT_OK if results else EXIT_SOME_FAILED
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

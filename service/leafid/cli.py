@@ -148,19 +148,21 @@ def cmd_classify(args: argparse.Namespace) -> int:
     classifier = make_classifier(args)
 
     append = False
+    failed_before = 0  # files of this run whose error rows an earlier run wrote
     if args.resume:
         done = read_done_paths(args.output, fmt, args.top_k)
         append = os.path.exists(args.output) and os.path.getsize(args.output) > 0
         todo = [p for p in paths if display_path(p) not in done]
+        failed_before = sum(done[d] for p in paths if (d := display_path(p)) in done)
         if done:
             echo(
                 f"leafid: resuming: {len(paths) - len(todo)} of {len(paths)} files "
-                f"already in {args.output}",
+                f"already in {args.output} ({failed_before} of them failed)",
                 err=True,
             )
         if not todo:
             echo("leafid: nothing left to do", err=True)
-            return EXIT_OK
+            return EXIT_SOME_FAILED if failed_before else EXIT_OK
         paths = todo
 
     file: TextIO | None = None
@@ -202,7 +204,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
         f"leafid: {summary.ok} classified ({summary.unknown} unknown), {summary.failed} failed",
         err=True,
     )
-    return EXIT_SOME_FAILED if summary.failed else EXIT_OK
+    return EXIT_SOME_FAILED if summary.failed or failed_before else EXIT_OK
 
 
 # --- identify ---------------------------------------------------------------------------

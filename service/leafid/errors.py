@@ -80,6 +80,4 @@ class MissingExtraError(LeafidError):
     def __init__(self, extra: str, module: str) -> None:
         self.extra = extra
         self.module = module
-        super().__init__(
-            f"this needs the '{module}' package: pip install 'leafid[{extra}]'"
-        )
+        super().__init__(f"this needs the '{module}' package: pip install 'leafid[{extra}]'")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from leafid.errors import BadImageError, TooLargeError, UnsupportedTypeError
+from leafid.errors import BadImageError, InvalidRequestError, TooLargeError, UnsupportedTypeError
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,17 @@ class ImageLimits:
 
     max_bytes: int = 30 * 1024 * 1024
     max_pixels: int = 80_000_000
+
+    def __post_init__(self) -> None:
+        # Pillow refuses images over MAX_IMAGE_PIXELS (an error, see above) before
+        # leafid's own check runs, so a larger limit could never take effect.
+        pillow = Image.MAX_IMAGE_PIXELS
+        if self.max_bytes < 1 or self.max_pixels < 1:
+            raise InvalidRequestError("image limits must be >= 1")
+        if pillow is not None and self.max_pixels > pillow:
+            raise InvalidRequestError(
+                f"max_pixels {self.max_pixels} is over Pillow's limit of {pillow} pixels"
+            )
 
 
 def _looks_like_heif(head: bytes) -> bool:

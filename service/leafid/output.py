@@ -211,7 +211,7 @@ def _cut_torn_tail(path: Path) -> bytes:
     return data[:end]
 
 
-def read_done_paths(path: str | os.PathLike[str], fmt: str, top_k: int) -> set[str]:
+def read_done_paths(path: str | os.PathLike[str], fmt: str, top_k: int) -> dict[str, bool]:
     """Paths already in an output file, for ``--resume``; cuts off a torn last line.
 
     Args:
@@ -220,7 +220,8 @@ def read_done_paths(path: str | os.PathLike[str], fmt: str, top_k: int) -> set[s
         top_k: Candidates per row of this run (a CSV file must have the same columns).
 
     Returns:
-        The ``path`` of every complete row in the file (in :func:`display_path` form).
+        The ``path`` of every complete row in the file (in :func:`display_path` form),
+        mapped to True when that row is an error row.
 
     Raises:
         InvalidRequestError: The format cannot be resumed, the file cannot be read and
@@ -232,19 +233,19 @@ def read_done_paths(path: str | os.PathLike[str], fmt: str, top_k: int) -> set[s
         )
     p = Path(path)
     if not p.exists():
-        return set()
+        return {}
     try:
         data = _cut_torn_tail(p)
     except OSError as exc:
         raise InvalidRequestError(f"cannot resume from {p}: {exc.strerror or exc}") from exc
     text = data.decode("utf-8", errors="replace")
     lines = [line for line in text.split("\n") if line.strip()]
-    done: set[str] = set()
+    done: dict[str, bool] = {}
     if fmt == "jsonl":
         for n, line in enumerate(lines, 1):
             try:
                 row = json.loads(line)
-                done.add(row["path"])
+                done[row["path"]] = "error" in row
             except (ValueError, TypeError, KeyError) as exc:
                 raise InvalidRequestError(
                     f"cannot resume: line {n} of {p} is not a leafid JSON row"
@@ -258,7 +259,8 @@ def read_done_paths(path: str | os.PathLike[str], fmt: str, top_k: int) -> set[s
             f"cannot resume: {p} does not have the CSV columns of this run "
             f"(same --top-k {top_k} needed)"
         )
+    error_type = records[0].index("error_type")
     for record in records[1:]:
         if record:
-            done.add(record[0])
+            done[record[0]] = bool(record[error_type])
     return done

@@ -24,9 +24,7 @@ def resize_and_crop(img: Image.Image, spec: ModelSpec) -> Image.Image:
     top = (height - crop) / 2
     box = (left, top, left + crop, top + crop)
     # Resizing straight to the crop box does resize + centre crop in one pass.
-    return img.resize(
-        (spec.input_size, spec.input_size), RESAMPLE[spec.interpolation], box=box
-    )
+    return img.resize((spec.input_size, spec.input_size), RESAMPLE[spec.interpolation], box=box)
 
 
 def preprocess(img: Image.Image, spec: ModelSpec) -> np.ndarray:

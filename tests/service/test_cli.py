@@ -298,6 +298,21 @@ def test_resume_after_a_crash_every_path_once(tiny_model: Path, tmp_path: Path, 
     assert out.read_text(encoding="utf-8") == text
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_resume_keeps_exit_1_for_files_that_failed_before(
+    tiny_model: Path, photo_dir: Path, tmp_path: Path, fmt: str
+) -> None:
+    _add_bad_files(photo_dir)
+    out = tmp_path / f"out.{fmt}"
+    base = ["classify", str(photo_dir), "--model", str(tiny_model), "-o", str(out)]
+    assert main(base) == 1
+    text = out.read_text(encoding="utf-8")
+    assert main([*base, "--resume"]) == 1  # nothing left to do, but 3 files failed
+    assert out.read_text(encoding="utf-8") == text
+    good = ["classify", *(str(photo_dir / n) for n in EXPECTED), "--model", str(tiny_model)]
+    assert main([*good, "-o", str(out), "--resume", "--format", fmt]) == 0
+
+
 def test_resume_of_missing_file_starts_fresh(
     tiny_model: Path, photo_dir: Path, tmp_path: Path
 ) -> None:

@@ -80,8 +80,11 @@ def test_cli_refuses_bad_files_and_classifies_unusual_ones(
     argv += ["--model", str(tiny_model), "--batch-size", "4", "--workers", "2"]
     assert main(argv) == 1  # some failed, the rest are complete
     _check_rows(_rows(out), bad, unusual)
-    # --resume finds every file done, including the non-UTF-8 names
-    assert main([*argv, "--resume"]) == 0
+    # --resume finds every file done, including the non-UTF-8 names; the bad ones
+    # failed in the first run, so the status stays 1
+    size = out.stat().st_size
+    assert main([*argv, "--resume"]) == 1
+    assert out.stat().st_size == size
     assert len(_rows(out)) == len(bad) + len(unusual)
 
 

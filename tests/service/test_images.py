@@ -19,10 +19,10 @@ def png_with_header_size(width: int, height: int) -> bytes:
     """A small PNG whose IHDR claims width x height (a decompression-bomb header)."""
     data = encode(Image.new("L", (8, 8)), "PNG")
     ihdr_start = 8 + 4 + 4  # signature, length, b"IHDR"
-    body = bytearray(data[ihdr_start:ihdr_start + 13])
+    body = bytearray(data[ihdr_start : ihdr_start + 13])
     body[0:8] = struct.pack(">II", width, height)
     crc = struct.pack(">I", zlib.crc32(b"IHDR" + bytes(body)))
-    return data[:ihdr_start] + bytes(body) + crc + data[ihdr_start + 17:]
+    return data[:ihdr_start] + bytes(body) + crc + data[ihdr_start + 17 :]
 
 
 def test_rgb_jpeg_decodes():
@@ -152,3 +152,12 @@ def test_float_image_in_unit_range_is_scaled():
     arr = np.full((8, 8), 0.5, dtype=np.float32)
     out = np.asarray(decode(encode(Image.fromarray(arr, mode="F"), "TIFF"), LIMITS))
     assert 120 <= out.mean() <= 135
+
+
+def test_limits_above_pillows_own_guard_are_refused():
+    from leafid.errors import InvalidRequestError
+
+    with pytest.raises(InvalidRequestError, match="Pillow"):
+        ImageLimits(max_pixels=Image.MAX_IMAGE_PIXELS + 1)
+    with pytest.raises(InvalidRequestError):
+        ImageLimits(max_bytes=0)

@@ -120,13 +120,13 @@ def test_read_done_paths_cuts_a_torn_last_line(tmp_path: Path, fmt: str) -> None
     torn = full[: full.rindex("\n", 0, len(full) - 1) + 1] + full.splitlines()[-1][:10]
     out.write_text(torn, encoding="utf-8")
     done = read_done_paths(out, fmt, 2)
-    assert done == {"a.jpg", "b,with comma.jpg"}
+    assert set(done) == {"a.jpg", "b,with comma.jpg"}
     assert out.read_text(encoding="utf-8").endswith("\n")
     assert "c.jpg" not in out.read_text(encoding="utf-8")
 
 
 def test_read_done_paths_missing_file_is_empty(tmp_path: Path) -> None:
-    assert read_done_paths(tmp_path / "none.jsonl", "jsonl", 5) == set()
+    assert read_done_paths(tmp_path / "none.jsonl", "jsonl", 5) == {}
 
 
 def test_read_done_paths_refuses_foreign_files(tmp_path: Path) -> None:
@@ -149,4 +149,15 @@ def test_unicode_line_break_in_a_name_survives_csv_resume(tmp_path: Path, sep: s
     out.write_text(_write("csv", [success_row(name, _pred())]), encoding="utf-8")
     assert sep not in display_path(name)
     # --resume must find the path in the form it compares: else the file is done twice
-    assert read_done_paths(out, "csv", 2) == {display_path(name)}
+    assert read_done_paths(out, "csv", 2) == {display_path(name): False}
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_read_done_paths_marks_error_rows(tmp_path: Path, fmt: str) -> None:
+    out = tmp_path / f"out.{fmt}"
+    out.write_text(_write(fmt), encoding="utf-8")
+    assert read_done_paths(out, fmt, 2) == {
+        "a.jpg": False,
+        "b,with comma.jpg": False,
+        "c.jpg": True,
+    }

@@ -8,8 +8,12 @@ from leafid.spec import ClassInfo, ModelSpec
 
 
 def test_json_round_trip_keeps_every_field():
-    spec = tiny_spec(temperature=1.7, unknown_threshold=0.42, metrics={"top1": 0.9},
-                     training_data={"datasets": ["a"]})
+    spec = tiny_spec(
+        temperature=1.7,
+        unknown_threshold=0.42,
+        metrics={"top1": 0.9},
+        training_data={"datasets": ["a"]},
+    )
     back = ModelSpec.from_json(spec.to_json())
     assert back == spec
     assert back.metrics == {"top1": 0.9}
