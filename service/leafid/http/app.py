@@ -474,27 +474,14 @@ Images = Annotated[
 class _Upload:
     filename: str
     data: bytes
-    error: ImageError | None = None
 
 
-async def _read_uploads(files: list[UploadFile], settings: Settings) -> list[_Upload]:
-    """Read the uploaded files; one over the byte limit gets ``error`` set, no data."""
-    uploads = []
-    for index, file in enumerate(files):
-        name = file.filename or f"image-{index + 1}"
-        if file.size is not None and file.size > settings.max_image_bytes:
-            size = file.size
-        else:
-            data = await file.read()
-            size = len(data)
-        if size > settings.max_image_bytes:
-            error = TooLargeError(
-                f"{name}: file is {size} bytes, over the limit of {settings.max_image_bytes}"
-            )
-            uploads.append(_Upload(name, b"", error))
-        else:
-            uploads.append(_Upload(name, data))
-    return uploads
+async def _read_uploads(files: list[UploadFile]) -> list[_Upload]:
+    """Read the uploaded files (the byte limit is checked when they are decoded)."""
+    return [
+        _Upload(file.filename or f"image-{index + 1}", await file.read())
+        for index, file in enumerate(files)
+    ]
 
 
 def _named(exc: ImageError, filename: str) -> ImageError:
@@ -531,8 +518,6 @@ def _identify_work(
     start = time.perf_counter()
     arrays = []
     for upload in uploads:
-        if upload.error is not None:
-            raise upload.error
         try:
             arrays.append(classifier.load(upload.data))
         except ImageError as exc:
@@ -551,9 +536,6 @@ def _classify_work(
     start = time.perf_counter()
     loaded: list[np.ndarray | ImageError] = []
     for upload in uploads:
-        if upload.error is not None:
-            loaded.append(upload.error)
-            continue
         try:
             loaded.append(classifier.load(upload.data))
         except ImageError as exc:
@@ -669,7 +651,7 @@ def _add_routes(app: FastAPI) -> None:
                 f"send 1 to {settings.max_images} images of the same plant, got {len(images)}"
             )
         k = _top_k(top_k, classifier)
-        uploads = await _read_uploads(images, settings)
+        uploads = await _read_uploads(images)
         async with gate.slot():
             fused, own, decode_s, infer_s = await anyio.to_thread.run_sync(
                 _identify_work, classifier, uploads, k
@@ -724,7 +706,7 @@ def _add_routes(app: FastAPI) -> None:
         if not 1 <= len(images) <= settings.max_batch:
             raise InvalidRequestError(f"send 1 to {settings.max_batch} images, got {len(images)}")
         k = _top_k(top_k, classifier)
-        uploads = await _read_uploads(images, settings)
+        uploads = await _read_uploads(images)
         async with gate.slot():
             items, decode_s, infer_s = await anyio.to_thread.run_sync(
                 _classify_work, classifier, uploads, k
