@@ -135,15 +135,20 @@ def test_int8_export_has_its_own_calibration(tmp_path: Path) -> None:
     assert saved["calibration"]["temperature"] == pytest.approx(want["temperature"])
 
 
-def test_resume_after_interrupted_epoch_matches_uninterrupted(tmp_path: Path) -> None:
-    straight = run_training(tiny_config(tmp_path, out="straight", epochs=3), quiet=True)
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_resume_after_interrupted_epoch_matches_uninterrupted(
+    tmp_path: Path, ema_decay: float
+) -> None:
+    straight = run_training(
+        tiny_config(tmp_path, out="straight", epochs=3, ema_decay=ema_decay), quiet=True
+    )
     assert straight.epochs_run == 3
 
     def kill_in_epoch_2(epoch: int, step: int) -> None:
         if epoch == 2 and step == 1:
             raise Interrupt
 
-    cfg = tiny_config(tmp_path, out="killed", epochs=3)
+    cfg = tiny_config(tmp_path, out="killed", epochs=3, ema_decay=ema_decay)
     with pytest.raises(Interrupt):
         run_training(cfg, hook=kill_in_epoch_2, quiet=True)
     killed = tmp_path / "killed"
@@ -160,6 +165,21 @@ def test_resume_after_interrupted_epoch_matches_uninterrupted(tmp_path: Path) ->
         assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-5)
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
     assert (killed / "calibration.json").is_file()
+
+
+def test_ema_weights_are_the_ones_validated_and_kept(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path, epochs=1, head_epochs=0, ema_decay=0.9)
+    result = run_training(cfg, quiet=True)
+    ckpt = torch.load(result.out / "checkpoint.pt", weights_only=False)
+    best = torch.load(result.out / "best.pt", weights_only=False)
+    assert best["epoch"] == ckpt["state"]["epoch"] == 1
+    assert int(ckpt["ema"]["n_averaged"]) > 1
+    averaged = {k.removeprefix("module."): v for k, v in ckpt["ema"].items()}
+    raw = ckpt["model"]
+    assert any(not torch.equal(raw[k], averaged[k]) for k in raw if raw[k].is_floating_point())
+    assert best["model"].keys() == raw.keys()
+    for k, v in best["model"].items():
+        assert torch.equal(v, averaged[k]), k
 
 
 def test_no_finite_val_loss_is_a_typed_error(

@@ -225,7 +225,13 @@ def render_card(run_dir: Path, model: Path | None = None) -> str:
         f"({summary['world_size']} process(es)).",
         f"- AdamW lr {cfg.lr} (head x{cfg.head_lr_scale}), weight decay {cfg.weight_decay}, "
         f"cosine schedule with {_pct(cfg.warmup_steps_frac)} warm-up, label smoothing "
-        f"{cfg.label_smoothing}, batch {cfg.batch_size}, seed {cfg.seed}.",
+        f"{cfg.label_smoothing}, batch {cfg.batch_size}, seed {cfg.seed}"
+        + (
+            f"; the model kept is an exponential moving average of the weights (decay "
+            f"{cfg.ema_decay} per step)."
+            if cfg.ema_decay
+            else "."
+        ),
         "",
         "## Validation (used for calibration)",
         "",

@@ -105,6 +105,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
     p.add_argument("--drop-rate", type=float, default=d.drop_rate)
     p.add_argument(
+        "--ema-decay",
+        type=float,
+        default=d.ema_decay,
+        help="validate and keep an EMA of the weights with this per-step decay (0: off)",
+    )
+    p.add_argument(
         "--patience",
         type=int,
         help=(
@@ -214,6 +220,7 @@ def _config(args: argparse.Namespace) -> Any:
         weight_decay=args.weight_decay,
         label_smoothing=args.label_smoothing,
         drop_rate=args.drop_rate,
+        ema_decay=args.ema_decay,
         patience=patience,
         split=tuple(args.split),
         seed=args.seed,

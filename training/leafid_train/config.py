@@ -68,6 +68,8 @@ class TrainConfig:
         warmup_steps_frac: Fraction of all steps spent on linear warm-up.
         label_smoothing: Cross-entropy label smoothing.
         drop_rate: Dropout before the head.
+        ema_decay: Keep an exponential moving average of the weights with this decay per
+            step and validate, keep and export it instead of the raw weights (0 = off).
         patience: Stop after this many epochs without a better val loss (0 = never).
         seed: Seeds torch, numpy, random and the split.
         split: Train / val / test fractions.
@@ -96,6 +98,7 @@ class TrainConfig:
     warmup_steps_frac: float = 0.05
     label_smoothing: float = 0.1
     drop_rate: float = 0.2
+    ema_decay: float = 0.0
     patience: int = 4
     seed: int = 20261125
     split: tuple[float, float, float] = (0.70, 0.15, 0.15)
@@ -121,6 +124,8 @@ class TrainConfig:
             problems.append("workers, threads and patience must be >= 0")
         if not 0 < self.input_size <= self.resize_size:
             problems.append("need 0 < input_size <= resize_size")
+        if not 0.0 <= self.ema_decay < 1.0:
+            problems.append("ema_decay must be in [0, 1)")
         if not 0.5 <= self.keep_fraction <= 1.0:
             problems.append("keep_fraction must be in [0.5, 1]")
         if problems:

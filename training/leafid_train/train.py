@@ -3,7 +3,8 @@
 A run folder holds ``config.json`` (the resolved :class:`TrainConfig`), ``split.json``,
 ``checkpoint.pt`` (last finished epoch, with optimiser/scheduler state and every
 process's RNG state),
-``best.pt`` (best val loss), ``metrics.jsonl`` (one line per epoch),
+``best.pt`` (best val loss; with ``ema_decay`` the averaged weights are the ones
+validated, kept and exported), ``metrics.jsonl`` (one line per epoch),
 ``calibration.json`` and ``summary.json``. Under ``torchrun`` only rank 0 writes.
 """
 
@@ -254,6 +255,20 @@ def build_scheduler(optimizer: Any, total_steps: int, warmup_frac: float) -> Any
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def build_ema(model: LeafNet, decay: float) -> Any:
+    """An exponential moving average of ``model``'s weights and BatchNorm statistics.
+
+    Returns None when ``decay`` is 0. The average starts as a copy of ``model``.
+    """
+    if decay <= 0:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    ema.requires_grad_(False)
+    return ema
+
+
 def set_phase(model: LeafNet, head_only: bool) -> None:
     """Freeze everything but the head (head-only warm-up) or unfreeze all."""
     head = {id(p) for p in head_parameters(model)}
@@ -282,6 +297,7 @@ def train_one_epoch(
     epoch: int = 0,
     hook: StepHook | None = None,
     show_progress: bool = False,
+    ema: Any = None,
 ) -> dict[str, float]:
     """Train for one pass over ``loader``.
 
@@ -295,6 +311,7 @@ def train_one_epoch(
         epoch: Epoch number, passed to ``hook``.
         hook: Called as ``hook(epoch, step)`` before every step (tests use it to interrupt).
         show_progress: Show a tqdm bar on a terminal.
+        ema: Optional :func:`build_ema` average, updated after every step.
 
     Returns:
         Mean loss, top-1 on the augmented images, image count, seconds and images/s.
@@ -315,6 +332,8 @@ def train_one_epoch(
         loss.backward()
         optimizer.step()
         scheduler.step()
+        if ema is not None:
+            ema.update_parameters(net)
         n = len(labels)
         total_loss += float(loss.detach()) * n
         correct += int((logits.detach().argmax(1) == labels).sum())
@@ -515,12 +534,16 @@ def run_training(
         optimizer = build_optimizer(model, cfg)
         scheduler = build_scheduler(optimizer, cfg.epochs * len(loader), cfg.warmup_steps_frac)
         criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        ema = build_ema(model, cfg.ema_decay)
+        scored = model if ema is None else ema.module  # what is validated, kept and exported
         state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0, "stale": 0, "seconds": 0.0}
         if resume:
             ckpt = load_checkpoint(ckpt_path)
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
+            if ema is not None:
+                ema.load_state_dict(ckpt["ema"])
             set_rng_state(rank_rng_state(ckpt["rng"], info))
             state = ckpt["state"]
             if info.is_main:  # drop metrics of epochs the checkpoint does not have
@@ -552,9 +575,10 @@ def run_training(
                     epoch=epoch,
                     hook=hook,
                     show_progress=info.is_main and not quiet,
+                    ema=ema,
                 )
             )
-            _, val = evaluate(model, val_arrays, val_labels, info=info)
+            _, val = evaluate(scored, val_arrays, val_labels, info=info)
             row.update(val)
             row["world_size"] = info.world_size
             state["seconds"] += row["seconds"]
@@ -569,7 +593,7 @@ def run_training(
             if info.is_main:
                 if improved:
                     atomic_save(
-                        {"model": model.state_dict(), "spec": data.spec.to_json(), "epoch": epoch},
+                        {"model": scored.state_dict(), "spec": data.spec.to_json(), "epoch": epoch},
                         best_path,
                     )
                 with metrics_path.open("a") as fh:
@@ -579,6 +603,7 @@ def run_training(
                         "model": model.state_dict(),
                         "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(),
+                        "ema": None if ema is None else ema.state_dict(),
                         "rng": rngs,
                         "state": state,
                         "spec": data.spec.to_json(),
