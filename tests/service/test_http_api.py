@@ -15,7 +15,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from leafid.classifier import Classifier  # noqa: E402
-from leafid.http.app import STATIC_DIR, create_app, get_classifier  # noqa: E402
+from leafid.http.app import PAGE_TEMPLATE, STATIC_DIR, create_app, get_classifier  # noqa: E402
 from leafid.http.settings import Settings  # noqa: E402
 from leafid.results import CAVEAT  # noqa: E402
 
@@ -197,10 +197,18 @@ def test_upload_page_is_served_without_cdn(client: TestClient) -> None:
     for asset in ("/static/app.js", "/static/app.css"):
         assert asset in html
         assert client.get(asset).status_code == 200
-    for path in STATIC_DIR.iterdir():
+    for path in [PAGE_TEMPLATE, *STATIC_DIR.iterdir()]:
         text = path.read_text(encoding="utf-8")
         assert not re.search(r"(src|href)=[\"']?(https?:)?//", text), path.name
         assert "https://" not in text and "http://" not in text, path.name
+
+
+def test_upload_page_names_the_configured_image_limit(tiny_model: Path) -> None:
+    with TestClient(create_app(Settings(model=tiny_model, max_images=2))) as c:
+        html = c.get("/").text
+    assert 'data-max-images="2"' in html
+    assert "1 to 2 photos" in html
+    assert "{{" not in html
 
 
 def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -42,12 +42,15 @@ ARGS = [
 ]
 
 
+MAX_IMAGES = 3  # not the default (5), so the page must take the server's setting
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from conftest import make_tiny_model
 
     model = make_tiny_model(tmp_path_factory.mktemp("browser") / "tiny.onnx")
-    with running_server(create_app(Settings(model=model))) as url:
+    with running_server(create_app(Settings(model=model, max_images=MAX_IMAGES))) as url:
         yield url
 
 
@@ -123,3 +126,19 @@ def test_unknown_and_errors_in_the_browser(server: str, page: Any, tmp_path: Pat
     assert "not a recognised image file" in error and "415" in error
     assert page.locator("#result").is_hidden()
     assert caveat_shown(page) == CAVEAT
+
+
+def test_page_takes_the_image_limit_from_the_server(server: str, page: Any, tmp_path: Path) -> None:
+    page.goto(server + "/")
+    assert f"1 to {MAX_IMAGES} photos" in page.locator("#drop-zone").inner_text()
+    photos = []
+    for i in range(MAX_IMAGES + 1):
+        photos.append(tmp_path / f"leaf{i}.jpg")
+        photos[-1].write_bytes(encode(noisy(TINY_COLOURS["caerulea"], size=(64, 48))))
+    page.set_input_files("#file-input", [str(p) for p in photos])
+    page.wait_for_selector("#previews img")
+    assert page.locator("#previews img").count() == MAX_IMAGES
+    assert f"at most {MAX_IMAGES} photos" in page.locator("#error").inner_text()
+    page.click("#submit")
+    page.wait_for_selector("#result:not([hidden])", timeout=10_000)
+    assert page.locator("#result-title").inner_text() == "Planta caerulea"

@@ -9,6 +9,7 @@ Every error answer is ``{"error": {"code": ..., "message": ...}}``, built by
 from __future__ import annotations
 
 import hmac
+import html
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -22,7 +23,7 @@ import numpy as np
 from fastapi import Depends, FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
@@ -48,6 +49,7 @@ from leafid.results import CAVEAT, Prediction, error_dict
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+PAGE_TEMPLATE = Path(__file__).resolve().parent / "index.html"  # filled in by render_index
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -552,6 +554,15 @@ def _classify_work(
 # --- the app -------------------------------------------------------------------------
 
 
+def render_index(settings: Settings) -> str:
+    """The upload page with this service's image limit and the caveat filled in."""
+    template = PAGE_TEMPLATE.read_text(encoding="utf-8")
+    values = {"max_images": str(settings.max_images), "caveat": html.escape(CAVEAT)}
+    for name, value in values.items():
+        template = template.replace("{{" + name + "}}", value)
+    return template
+
+
 def load_classifier(settings: Settings) -> Classifier:
     """Load the model named by the settings, with the settings' image limits.
 
@@ -778,7 +789,9 @@ def _add_routes(app: FastAPI) -> None:
         """Prometheus metrics of this process."""
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    page = render_index(app.state.settings)
+
     @app.get("/", include_in_schema=False)
-    def index() -> FileResponse:
+    def index() -> HTMLResponse:
         """The upload page."""
-        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+        return HTMLResponse(page)

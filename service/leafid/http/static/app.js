@@ -1,12 +1,12 @@
-// The leafid upload page: pick or drop 1-5 photos, post them to /v1/identify, show the answer.
+// The leafid upload page: pick or drop 1 to N photos (N: the server's max_images setting), post them to /v1/identify, show the answer.
 // Plain browser JavaScript, no build step, no third-party code. Server text is only ever
 // inserted with textContent.
 "use strict";
 
 (function () {
-  const MAX_IMAGES = 5;
   const $ = (id) => document.getElementById(id);
   const form = $("upload-form");
+  const MAX_IMAGES = Number(form.dataset.maxImages);
   const input = $("file-input");
   const dropZone = $("drop-zone");
   const previews = $("previews");
