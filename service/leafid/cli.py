@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 from typing import Any, TextIO
@@ -394,6 +395,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if "-v" in args_list or "--verbose" in args_list:
         logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
+    else:
+        # Pillow warns on stderr about damaged EXIF blocks of photos it still reads
+        # (only the EXIF tags are lost); that would interleave with the output.
+        warnings.filterwarnings(
+            "ignore", message=r"(Possibly )?[Cc]orrupt EXIF", category=UserWarning, module=r"PIL\."
+        )
     try:
         parser = build_parser()
         try:

@@ -46,6 +46,17 @@ def _add_bad_files(folder: Path) -> None:
 # --- classify: formats ------------------------------------------------------------------
 
 
+def test_photo_with_a_corrupt_exif_block_is_classified_quietly(
+    tiny_model: Path, tmp_path: Path, capsys: Capsys
+) -> None:
+    photo = tmp_path / "damaged_exif.jpg"  # the TIFF header points at an IFD that is not there
+    noisy((30, 160, 40)).save(photo, "JPEG", exif=b"Exif\x00\x00II*\x00\x08\x00\x00\x00")
+    assert main(["classify", str(photo), "--model", str(tiny_model), "--format", "jsonl"]) == 0
+    captured = capsys.readouterr()
+    assert _best(_jsonl(captured.out)) == {"damaged_exif.jpg": "viridis"}
+    assert "EXIF" not in captured.err
+
+
 def test_classify_jsonl(tiny_model: Path, photo_dir: Path, capsys: Capsys) -> None:
     assert main(["classify", str(photo_dir), "--model", str(tiny_model), "--format", "jsonl"]) == 0
     rows = _jsonl(capsys.readouterr().out)
