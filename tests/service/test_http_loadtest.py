@@ -124,3 +124,33 @@ def test_loadtest_spawn_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
     assert report["server_rss_mb"] > 10
     assert report["server_cpu_ms_per_request"] > 0 and report["client_cpu_ms_per_request"] > 0
     assert 0 < report["startup_to_ready_s"] < 30
+
+
+def test_wait_ready_polls_readyz_under_the_url_path_prefix() -> None:
+    import http.server
+    import threading
+
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.path)
+            ready = self.path == "/leafid/readyz" and len(seen) > 2  # 503 at first
+            self.send_response(200 if ready else 503 if self.path.endswith("readyz") else 404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/leafid/"
+        loadtest.wait_ready(url, None, timeout_s=10)
+        assert set(seen) == {"/leafid/readyz"} and len(seen) == 3
+        with pytest.raises(InvalidRequestError, match="not ready"):
+            loadtest.wait_ready(url.replace("/leafid/", "/other"), None, timeout_s=0.3)
+    finally:
+        server.shutdown()
+        server.server_close()

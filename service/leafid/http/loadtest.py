@@ -474,24 +474,25 @@ def free_port() -> int:
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes] | None, timeout_s: float) -> None:
-    """Poll ``<url>/readyz`` until it answers 200.
+    """Poll ``<url>/readyz`` until it answers 200 (the URL may have a path prefix).
 
     Raises:
         InvalidRequestError: The server exited or was not ready in time.
     """
     host, port = check_url(url, allow_remote=True)
+    ready_path = urlsplit(url).path.rstrip("/") + "/readyz"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise InvalidRequestError(f"the server exited with status {proc.returncode}")
         try:
             conn = http.client.HTTPConnection(host, port, timeout=2)
-            conn.request("GET", "/readyz")
+            conn.request("GET", ready_path)
             status = conn.getresponse().status
             conn.close()
             if status == 200:
                 return
-        except OSError:
+        except (OSError, http.client.HTTPException):  # not up yet, or not HTTP yet
             pass
         time.sleep(0.01)
     raise InvalidRequestError(f"{url} was not ready after {timeout_s:.0f} s")
