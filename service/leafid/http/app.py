@@ -3,7 +3,9 @@
 Build it with :func:`create_app`. The classifier is loaded once in the app's lifespan
 and reached through the :func:`get_classifier` dependency (tests may override it).
 Every error answer is ``{"error": {"code": ..., "message": ...}}``, built by
-:func:`error_response` from the :class:`~leafid.errors.LeafidError` hierarchy.
+:func:`leafid.http.errors.error_response` from the :class:`~leafid.errors.LeafidError`
+hierarchy; middleware, the inference gate and the response schemas have their own
+modules beside this one.
 """
 
 from __future__ import annotations
@@ -23,13 +25,11 @@ import numpy as np
 from fastapi import Depends, FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
-from pydantic import BaseModel
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 
 from leafid import __version__
 from leafid.classifier import Classifier
@@ -38,10 +38,18 @@ from leafid.errors import (
     InvalidRequestError,
     LeafidError,
     ModelError,
-    TooLargeError,
 )
-from leafid.http.errors import AuthError, ServiceBusyError, ServiceError
+from leafid.http.errors import AuthError, on_http_error, on_leafid_error, on_validation_error
+from leafid.http.gate import InferenceGate
 from leafid.http.metrics import Metrics
+from leafid.http.middleware import BodyLimitMiddleware, MetricsMiddleware
+from leafid.http.schemas import (
+    ERROR_RESPONSES,
+    ClassifyOut,
+    IdentifyOut,
+    ModelOut,
+    SpeciesOut,
+)
 from leafid.http.settings import Settings
 from leafid.images import ImageLimits
 from leafid.results import CAVEAT, Prediction, error_dict
@@ -56,347 +64,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-# --- errors: the one place LeafidError becomes an HTTP answer ---------------------------
-
-
-def error_response(exc: LeafidError) -> JSONResponse:
-    """The JSON error answer for a leafid error (status from ``exc.http_status``)."""
-    headers = exc.headers if isinstance(exc, ServiceError) else None
-    return JSONResponse(
-        {"error": {"code": exc.code, "message": str(exc)}},
-        status_code=exc.http_status,
-        headers=headers,
-    )
-
-
-class _HttpError(LeafidError):
-    """A plain HTTP error raised by the framework (404, 405, malformed body)."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.http_status = status
-        self.code = code
-
-
-class _InternalError(LeafidError):
-    code = "internal_error"
-    http_status = 500
-
-
-_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
-
-
-async def _on_leafid_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, LeafidError)
-    return error_response(exc)
-
-
-async def _on_validation_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err.get("loc", ()))
-        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
-    return error_response(InvalidRequestError("; ".join(parts) or "invalid request"))
-
-
-async def _on_http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, StarletteHTTPException)
-    code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
-    response = error_response(_HttpError(exc.status_code, code, str(exc.detail)))
-    if exc.headers:
-        response.headers.update(exc.headers)
-    return response
-
-
-async def _send_error(send: Send, exc: LeafidError) -> None:
-    response = error_response(exc)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": response.status_code,
-            "headers": response.raw_headers,
-        }
-    )
-    await send({"type": "http.response.body", "body": response.body})
-
-
-# --- middleware ----------------------------------------------------------------------
-
-
-class BodyLimitMiddleware:
-    """Refuses request bodies over ``max_bytes`` with 413.
-
-    The ``Content-Length`` header is checked before anything is read; bodies without
-    one (chunked) are counted while they are read, and the request is answered with
-    413 as soon as the count passes the limit.
-    """
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Run the app with the body limit applied."""
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await _send_error(send, self._too_large(int(value)))
-                return
-        received = 0
-        exceeded = False
-
-        async def counting_receive() -> Message:
-            nonlocal received, exceeded
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    exceeded = True
-                    raise self._too_large(received)
-            return message
-
-        async def guarded_send(message: Message) -> None:
-            if not exceeded:  # drop whatever the app answers to the aborted read
-                await send(message)
-
-        try:
-            await self.app(scope, counting_receive, guarded_send)
-        except Exception:
-            if not exceeded:
-                raise
-        if exceeded:
-            await _send_error(send, self._too_large(received))
-
-    def _too_large(self, size: int) -> TooLargeError:
-        return TooLargeError(
-            f"request body is over the limit of {self.max_bytes} bytes (got at least {size})"
-        )
-
-
-class MetricsMiddleware:
-    """Counts and times every request; answers unexpected exceptions with a 500.
-
-    This is the catch-all: an exception nothing else handled is logged with its
-    traceback and the client gets ``internal_error`` without details.
-    """
-
-    def __init__(self, app: ASGIApp, metrics: Metrics, router_app: FastAPI) -> None:
-        self.app = app
-        self.metrics = metrics
-        self.router_app = router_app
-
-    def _route(self, scope: Scope) -> str:
-        for route in self.router_app.router.routes:
-            match, _ = route.matches(scope)
-            if match == Match.FULL:
-                return str(getattr(route, "path", "other"))
-        return "unmatched"
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Run the app, recording the request's route, status and latency."""
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        route = self._route(scope)
-        status = 500
-        started = False
-
-        async def recording_send(message: Message) -> None:
-            nonlocal status, started
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, receive, recording_send)
-        except Exception:
-            log.exception("unhandled error in %s %s", scope["method"], scope["path"])
-            if started:
-                raise
-            await _send_error(send, _InternalError("internal server error"))
-            status = 500
-        finally:
-            labels = (route, scope["method"], str(status))
-            self.metrics.requests.labels(*labels).inc()
-            self.metrics.latency.labels(*labels).observe(time.perf_counter() - start)
-
-
-# --- bounded inference ---------------------------------------------------------------
-
-
-class InferenceGate:
-    """At most ``concurrency`` requests in decode+inference, at most ``queue_size`` waiting.
-
-    A request arriving when all slots are busy and the queue is full is refused at
-    once with :class:`ServiceBusyError` (503 + ``Retry-After``) and counted in
-    ``rejected``.
-    """
-
-    def __init__(
-        self, concurrency: int, queue_size: int, retry_after_s: int, rejected: Counter
-    ) -> None:
-        self._semaphore = anyio.Semaphore(concurrency)
-        self.queue_size = queue_size
-        self.retry_after_s = retry_after_s
-        self.rejected = rejected
-        self.waiting = 0
-
-    @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold one inference slot for the duration of the block."""
-        if self._semaphore.value == 0 and self.waiting >= self.queue_size:
-            self.rejected.inc()
-            raise ServiceBusyError(
-                f"the service is busy ({self.waiting} requests waiting); retry shortly",
-                self.retry_after_s,
-            )
-        self.waiting += 1
-        try:
-            await self._semaphore.acquire()
-        finally:
-            self.waiting -= 1
-        try:
-            yield
-        finally:
-            self._semaphore.release()
-
-
-# --- response schemas (OpenAPI docs; the data itself comes from Prediction.to_dict) ---
-
-
-class CandidateOut(BaseModel):
-    """One ranked species candidate."""
-
-    slug: str
-    scientific_name: str
-    common_name: str
-    score: float
-
-
-class PredictionOut(BaseModel):
-    """The answer for one photo (the CLI's result rows have the same fields)."""
-
-    best_match: str | None
-    unknown: bool
-    reason: str | None
-    results: list[CandidateOut]
-    caveat: str
-    model_version: str
-
-
-class ImagePredictionOut(PredictionOut):
-    """One uploaded photo's own answer."""
-
-    filename: str
-
-
-class ErrorItem(BaseModel):
-    """Why one photo of a batch could not be classified."""
-
-    type: str
-    message: str
-
-
-class ImageErrorOut(BaseModel):
-    """A photo of a ``/v1/classify`` batch that could not be used."""
-
-    filename: str
-    error: ErrorItem
-
-
-class ModelRef(BaseModel):
-    """The model that answered."""
-
-    name: str
-    version: str
-
-
-class Timing(BaseModel):
-    """Server-side time spent, in milliseconds."""
-
-    decode_ms: float
-    inference_ms: float
-    total_ms: float
-
-
-class IdentifyOut(BaseModel):
-    """A fused answer for 1-5 photos of one plant."""
-
-    model: ModelRef
-    best_match: str | None
-    unknown: bool
-    reason: str | None
-    results: list[CandidateOut]
-    images: list[ImagePredictionOut]
-    timing: Timing
-    caveat: str
-
-
-class ClassifyOut(BaseModel):
-    """One answer (or error) per independent photo, in upload order."""
-
-    model: ModelRef
-    results: list[ImagePredictionOut | ImageErrorOut]
-    timing: Timing
-    caveat: str
-
-
-class SpeciesOut(BaseModel):
-    """One class the model knows."""
-
-    index: int
-    slug: str
-    scientific_name: str
-    common_name: str
-
-
-class ModelOut(BaseModel):
-    """The loaded model's metadata."""
-
-    name: str
-    version: str
-    input_size: int
-    resize_size: int
-    input_format: str
-    interpolation: str
-    num_classes: int
-    threshold: float
-    temperature: float
-    training_data: dict[str, Any]
-    metrics: dict[str, Any]
-
-
-class ErrorBody(BaseModel):
-    """The ``error`` object of an error answer."""
-
-    code: str
-    message: str
-
-
-class ErrorOut(BaseModel):
-    """Every error answer has this shape."""
-
-    error: ErrorBody
-
-
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorOut, "description": text}
-    for status, text in {
-        400: "An image cannot be decoded (truncated, corrupt)",
-        401: "API key missing or wrong (when keys are configured)",
-        413: "Request body, an image file or its pixel count is over the limit",
-        415: "A file is not an image type leafid can read",
-        422: "Bad parameters or wrong number of images",
-        503: "Model not ready, or the inference queue is full (see Retry-After)",
-    }.items()
-}
 
 
 # --- dependencies --------------------------------------------------------------------
@@ -618,9 +285,9 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
     app.state.gate = None
     app.state.metrics = Metrics()
 
-    app.add_exception_handler(LeafidError, _on_leafid_error)
-    app.add_exception_handler(RequestValidationError, _on_validation_error)
-    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(LeafidError, on_leafid_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
     if settings.cors_origins:
         app.add_middleware(
@@ -641,7 +308,7 @@ def _add_routes(app: FastAPI) -> None:
     @app.post(
         "/v1/identify",
         response_model=IdentifyOut,
-        responses=_ERRORS,
+        responses=ERROR_RESPONSES,
         dependencies=auth,
         tags=["identify"],
     )
@@ -692,7 +359,7 @@ def _add_routes(app: FastAPI) -> None:
     @app.post(
         "/v1/classify",
         response_model=ClassifyOut,
-        responses=_ERRORS,
+        responses=ERROR_RESPONSES,
         dependencies=auth,
         tags=["identify"],
     )
@@ -779,7 +446,7 @@ def _add_routes(app: FastAPI) -> None:
         """The process is alive."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["ops"], responses={503: _ERRORS[503]})
+    @app.get("/readyz", tags=["ops"], responses={503: ERROR_RESPONSES[503]})
     def readyz(classifier: ClassifierDep) -> dict[str, str]:
         """The model is loaded and requests can be answered (503 otherwise)."""
         return {"status": "ready", "model_version": classifier.model_version}

@@ -1,0 +1,48 @@
+"""Bounded inference: how many requests may decode and classify at once, and wait."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+from prometheus_client import Counter
+
+from leafid.http.errors import ServiceBusyError
+
+
+class InferenceGate:
+    """At most ``concurrency`` requests in decode+inference, at most ``queue_size`` waiting.
+
+    A request arriving when all slots are busy and the queue is full is refused at
+    once with :class:`ServiceBusyError` (503 + ``Retry-After``) and counted in
+    ``rejected``.
+    """
+
+    def __init__(
+        self, concurrency: int, queue_size: int, retry_after_s: int, rejected: Counter
+    ) -> None:
+        self._semaphore = anyio.Semaphore(concurrency)
+        self.queue_size = queue_size
+        self.retry_after_s = retry_after_s
+        self.rejected = rejected
+        self.waiting = 0
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one inference slot for the duration of the block."""
+        if self._semaphore.value == 0 and self.waiting >= self.queue_size:
+            self.rejected.inc()
+            raise ServiceBusyError(
+                f"the service is busy ({self.waiting} requests waiting); retry shortly",
+                self.retry_after_s,
+            )
+        self.waiting += 1
+        try:
+            await self._semaphore.acquire()
+        finally:
+            self.waiting -= 1
+        try:
+            yield
+        finally:
+            self._semaphore.release()

@@ -1,0 +1,125 @@
+"""ASGI middleware of the service: the request body limit and request metrics."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.routing import Match
+
+from leafid.errors import TooLargeError
+from leafid.http.errors import InternalError, send_error
+from leafid.http.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class BodyLimitMiddleware:
+    """Refuses request bodies over ``max_bytes`` with 413.
+
+    The ``Content-Length`` header is checked before anything is read; bodies without
+    one (chunked) are counted while they are read, and the request is answered with
+    413 as soon as the count passes the limit.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the app with the body limit applied."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await send_error(send, self._too_large(int(value)))
+                return
+        received = 0
+        exceeded = False
+
+        async def counting_receive() -> Message:
+            nonlocal received, exceeded
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    exceeded = True
+                    raise self._too_large(received)
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            if not exceeded:  # drop whatever the app answers to the aborted read
+                await send(message)
+
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except Exception:
+            if not exceeded:
+                raise
+        if exceeded:
+            await send_error(send, self._too_large(received))
+
+    def _too_large(self, size: int) -> TooLargeError:
+        return TooLargeError(
+            f"request body is over the limit of {self.max_bytes} bytes (got at least {size})"
+        )
+
+
+class MetricsMiddleware:
+    """Counts and times every request; answers unexpected exceptions with a 500.
+
+    This is the catch-all: an exception nothing else handled is logged with its
+    traceback and the client gets ``internal_error`` without details.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, router_app: FastAPI) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.router_app = router_app
+
+    def _route(self, scope: Scope) -> str:
+        for route in self.router_app.router.routes:
+            match, _ = route.matches(scope)
+            if match == Match.FULL:
+                return str(getattr(route, "path", "other"))
+        return "unmatched"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the app, recording the request's route, status and latency."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        route = self._route(scope)
+        status = 500
+        started = False
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        except Exception:
+            log.exception("unhandled error in %s %s", scope["method"], scope["path"])
+            if started:
+                raise
+            await send_error(send, InternalError("internal server error"))
+            status = 500
+        finally:
+            labels = (route, scope["method"], str(status))
+            self.metrics.requests.labels(*labels).inc()
+            self.metrics.latency.labels(*labels).observe(time.perf_counter() - start)

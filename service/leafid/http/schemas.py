@@ -1,0 +1,139 @@
+"""Response schemas of the API, for the OpenAPI docs.
+
+The data itself comes from :meth:`leafid.results.Prediction.to_dict` and the routes;
+these models describe it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+
+class CandidateOut(BaseModel):
+    """One ranked species candidate."""
+
+    slug: str
+    scientific_name: str
+    common_name: str
+    score: float
+
+
+class PredictionOut(BaseModel):
+    """The answer for one photo (the CLI's result rows have the same fields)."""
+
+    best_match: str | None
+    unknown: bool
+    reason: str | None
+    results: list[CandidateOut]
+    caveat: str
+    model_version: str
+
+
+class ImagePredictionOut(PredictionOut):
+    """One uploaded photo's own answer."""
+
+    filename: str
+
+
+class ErrorItem(BaseModel):
+    """Why one photo of a batch could not be classified."""
+
+    type: str
+    message: str
+
+
+class ImageErrorOut(BaseModel):
+    """A photo of a ``/v1/classify`` batch that could not be used."""
+
+    filename: str
+    error: ErrorItem
+
+
+class ModelRef(BaseModel):
+    """The model that answered."""
+
+    name: str
+    version: str
+
+
+class Timing(BaseModel):
+    """Server-side time spent, in milliseconds."""
+
+    decode_ms: float
+    inference_ms: float
+    total_ms: float
+
+
+class IdentifyOut(BaseModel):
+    """A fused answer for 1-5 photos of one plant."""
+
+    model: ModelRef
+    best_match: str | None
+    unknown: bool
+    reason: str | None
+    results: list[CandidateOut]
+    images: list[ImagePredictionOut]
+    timing: Timing
+    caveat: str
+
+
+class ClassifyOut(BaseModel):
+    """One answer (or error) per independent photo, in upload order."""
+
+    model: ModelRef
+    results: list[ImagePredictionOut | ImageErrorOut]
+    timing: Timing
+    caveat: str
+
+
+class SpeciesOut(BaseModel):
+    """One class the model knows."""
+
+    index: int
+    slug: str
+    scientific_name: str
+    common_name: str
+
+
+class ModelOut(BaseModel):
+    """The loaded model's metadata."""
+
+    name: str
+    version: str
+    input_size: int
+    resize_size: int
+    input_format: str
+    interpolation: str
+    num_classes: int
+    threshold: float
+    temperature: float
+    training_data: dict[str, Any]
+    metrics: dict[str, Any]
+
+
+class ErrorBody(BaseModel):
+    """The ``error`` object of an error answer."""
+
+    code: str
+    message: str
+
+
+class ErrorOut(BaseModel):
+    """Every error answer has this shape."""
+
+    error: ErrorBody
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorOut, "description": text}
+    for status, text in {
+        400: "An image cannot be decoded (truncated, corrupt)",
+        401: "API key missing or wrong (when keys are configured)",
+        413: "Request body, an image file or its pixel count is over the limit",
+        415: "A file is not an image type leafid can read",
+        422: "Bad parameters or wrong number of images",
+        503: "Model not ready, or the inference queue is full (see Retry-After)",
+    }.items()
+}
