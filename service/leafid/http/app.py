@@ -131,6 +131,7 @@ ClassifierDep = Annotated[Classifier, Depends(get_classifier)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 GateDep = Annotated[InferenceGate, Depends(get_gate)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+TopK = Annotated[int | None, Query(description="Candidates to return, 1 to the number of classes")]
 Images = Annotated[
     list[UploadFile], File(description="Photos (JPEG, PNG, WebP, HEIC with leafid[heic], ...)")
 ]
@@ -318,11 +319,9 @@ def _add_routes(app: FastAPI) -> None:
         settings: SettingsDep,
         gate: GateDep,
         metrics: MetricsDep,
-        top_k: Annotated[
-            int | None, Query(description="Candidates to return, 1 to the number of classes")
-        ] = None,
+        top_k: TopK = None,
     ) -> dict[str, Any]:
-        """Identify one plant from 1-5 photos of it; the photos' answers are fused."""
+        """Identify one plant from 1 to ``max_images`` photos of it; their answers are fused."""
         start = time.perf_counter()
         if not 1 <= len(images) <= settings.max_images:
             raise InvalidRequestError(
@@ -369,9 +368,7 @@ def _add_routes(app: FastAPI) -> None:
         settings: SettingsDep,
         gate: GateDep,
         metrics: MetricsDep,
-        top_k: Annotated[
-            int | None, Query(description="Candidates to return, 1 to the number of classes")
-        ] = None,
+        top_k: TopK = None,
     ) -> dict[str, Any]:
         """Classify independent photos, one answer each, in one model call.
 
