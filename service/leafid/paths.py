@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 MODEL_FILENAME = "leafid.onnx"
+#: The INT8 copy; shipped (and then the default) only when the model card's rule passes.
+INT8_MODEL_FILENAME = "leafid.int8.onnx"
 MODEL_ENV = "LEAFID_MODEL"
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -14,13 +16,12 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 def shipped_model_candidates() -> list[Path]:
     """Places the shipped model may be, in order.
 
-    A built wheel carries it as ``leafid/model/leafid.onnx``; an editable install or
-    a source checkout has it in the repository's ``model/`` folder.
+    A built wheel carries it in ``leafid/model/``; an editable install or a source
+    checkout has it in the repository's ``model/`` folder. In each folder the INT8 copy
+    comes first: it is only shipped when it qualified to be the default.
     """
-    return [
-        _PACKAGE_DIR / "model" / MODEL_FILENAME,
-        _PACKAGE_DIR.parent.parent / "model" / MODEL_FILENAME,
-    ]
+    folders = [_PACKAGE_DIR / "model", _PACKAGE_DIR.parent.parent / "model"]
+    return [folder / name for folder in folders for name in (INT8_MODEL_FILENAME, MODEL_FILENAME)]
 
 
 def default_model_path() -> Path:

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -138,6 +140,32 @@ def test_default_model_path_env(monkeypatch, tmp_path):
     monkeypatch.delenv("LEAFID_MODEL")
     present = [p for p in shipped_model_candidates() if p.is_file()]
     assert default_model_path() == (present or shipped_model_candidates()[-1:])[0]
+
+
+def test_shipped_int8_copy_is_the_default_when_present(monkeypatch, tmp_path):
+    import leafid.paths as paths
+
+    monkeypatch.delenv("LEAFID_MODEL", raising=False)
+    package = tmp_path / "site" / "leafid"  # a wheel install: no repository model/ folder
+    monkeypatch.setattr(paths, "_PACKAGE_DIR", package)
+    (package / "model").mkdir(parents=True)
+    assert default_model_path() == tmp_path / "model" / "leafid.onnx"  # nothing: name a place
+    (package / "model" / "leafid.onnx").write_bytes(b"fp32")
+    assert default_model_path() == package / "model" / "leafid.onnx"
+    (package / "model" / "leafid.int8.onnx").write_bytes(b"int8")
+    assert default_model_path() == package / "model" / "leafid.int8.onnx"
+
+
+def test_shipped_model_files_agree_with_the_model_card():
+    """An INT8 copy in model/ is the default, so it must be there exactly when the card
+    says it qualified (``leafid export --card`` removes one that did not)."""
+    folder = Path(__file__).resolve().parents[2] / "model"
+    card = folder / "MODEL_CARD.md"
+    if not card.is_file():
+        pytest.skip("no model card in model/")
+    shipped = "INT8 is shipped" in card.read_text(encoding="utf-8")
+    assert (folder / "leafid.int8.onnx").is_file() == shipped
+    assert (folder / "leafid.onnx").is_file()
 
 
 def test_shipped_model_when_present():

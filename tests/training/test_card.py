@@ -10,7 +10,7 @@ import pytest
 from conftest import make_tiny_model, tiny_spec
 from leafid.errors import InvalidRequestError
 from leafid_train import commands
-from leafid_train.card import render_card, train_command, train_parser
+from leafid_train.card import int8_decision, render_card, train_command, train_parser
 from leafid_train.config import TrainConfig
 
 
@@ -97,3 +97,71 @@ def test_card_of_a_run_never_exported_is_refused(tmp_path: Path) -> None:
     _fake_run(tmp_path / "run", None)
     with pytest.raises(InvalidRequestError, match="leafid export"):
         render_card(tmp_path / "run")
+
+
+def _fake_eval(folder: Path, top1: float) -> None:
+    folder.mkdir()
+    per = {"images": 6, "top1": top1, "top5": 1.0, "unknown_rate": 0.0, "answered_top1": top1}
+    metrics = {
+        "split": "test",
+        "images": 6,
+        "top1": top1,
+        "top5": 1.0,
+        "ece": 0.01,
+        "unknown_rate": 0.0,
+        "threshold": 0.5,
+        "per_dataset": {"setA": per},
+        "per_class": {"rubra": {"support": 2, "precision": 1.0, "recall": 1.0}},
+    }
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+
+
+def _fake_int8(run: Path, val: tuple[float, float], test: tuple[float, float]) -> None:
+    speed = {"fp32": (100.0, 120.0), "int8": (150.0, 200.0)}
+    compare = {
+        name: {
+            "size_mb": 4.0,
+            "top1": val[i],
+            "images_per_s_b1": speed[name][0],
+            "images_per_s_b16": speed[name][1],
+        }
+        for i, name in enumerate(("fp32", "int8"))
+    } | {"n": 3, "top1_agreement": 0.99}
+    calibration = json.loads((run / "calibration.json").read_text()) | {"ood_auroc": 0.9}
+    report = {"int8": "x", "ship_int8": True, "compare": compare, "calibration": calibration}
+    (run / "int8_report.json").write_text(json.dumps(report))
+    _fake_eval(run / "eval", test[0])
+    _fake_eval(run / "eval_int8", test[1])
+
+
+@pytest.mark.parametrize(("test_top1", "ships"), [((0.960, 0.958), True), ((0.960, 0.950), False)])
+def test_int8_ships_only_within_half_a_point_on_val_and_test(
+    tmp_path: Path, test_top1: tuple[float, float], ships: bool
+) -> None:
+    model = make_tiny_model(tmp_path / "m.onnx")
+    run = tmp_path / "run"
+    _fake_run(run, model)
+    _fake_int8(run, val=(0.970, 0.966), test=test_top1)
+    decision = int8_decision(run)
+    assert decision is not None and decision["ships"] is ships
+    assert decision["val_drop"] == pytest.approx(0.004)
+    card = render_card(run, model)
+    assert ("INT8 is shipped as the default" in card) is ships
+    assert ("INT8 is not shipped" in card) is not ships
+    assert ("Test results: shipped INT8 model" in card) is ships
+    assert "Test results: fp32 model" in card
+    ship_line = card.split("```sh\n")[1].split("```")[0].strip().splitlines()[-1]
+    assert ship_line.endswith("--card " + str(tmp_path))
+    assert (" --int8 " in ship_line) is ships
+
+
+def test_a_slower_int8_never_ships(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _fake_run(run, make_tiny_model(tmp_path / "m.onnx"))
+    _fake_int8(run, val=(0.97, 0.97), test=(0.96, 0.96))
+    report = json.loads((run / "int8_report.json").read_text())
+    report["compare"]["int8"]["images_per_s_b1"] = 50.0
+    (run / "int8_report.json").write_text(json.dumps(report))
+    decision = int8_decision(run)
+    assert decision is not None and not decision["ships"] and not decision["faster"]
+    assert int8_decision(tmp_path) is None  # no INT8 copy at all

@@ -118,12 +118,28 @@ def test_cli_train_own_species_export_evaluate_card(
     assert CAVEAT in card
     assert "| my_photos |" in card and "mitragyna_speciosa" in card
     assert "leafid train --data setA --data ./my_photos --ood ./nonleaf --out run" in card
-    assert "--arch test_efficientnet" in card and "Test results (test split" in card
+    assert "--arch test_efficientnet" in card and "Test results: fp32 model (test split" in card
     assert (tmp_path / "card" / "confusion.png").is_file()
     assert (tmp_path / "card" / "reliability.png").is_file()
 
     rc = main(["train", "--data", "setA", "--out", "run", *TINY])
     assert rc == 2 and "--resume" in capsys.readouterr().err
+
+    # shipping with --int8: the copy stays beside the model only if it qualified
+    import leafid_train.card as card_module
+    import leafid_train.export_run as export_module
+
+    timed = export_module.compare
+    monkeypatch.setattr(
+        export_module, "compare", lambda *a, **k: timed(*a, **(k | {"min_seconds": 0.02}))
+    )
+    for ships in (False, True):
+        decision = {"ships": ships, "faster": True, "val_drop": 0.0, "test_drop": None}
+        monkeypatch.setattr(card_module, "int8_decision", lambda run, d=decision: d)
+        rc = main(["export", "run", "--out", "ship/leafid.onnx", "--int8", "--card", "ship"])
+        assert rc == 0
+        assert (tmp_path / "ship" / "leafid.int8.onnx").is_file() is ships
+        assert ("removed" in capsys.readouterr().out) is not ships
 
 
 def test_datasets_manifest_and_verify_commands(

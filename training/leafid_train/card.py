@@ -1,7 +1,8 @@
 """``MODEL_CARD.md`` for a trained run: data, training, calibration, test figures, limits.
 
 Everything in the card is read from the run folder (``config.json``, ``summary.json``,
-``calibration.json``, ``eval/metrics.json``, ``export.json``), the exported model's spec
+``calibration.json``, ``eval/metrics.json``, ``export.json`` and, with an INT8 copy,
+``int8_report.json`` and ``eval_int8/metrics.json``), the exported model's spec
 and the dataset manifests; nothing is typed by hand. The evaluation plots are copied
 beside the card.
 """
@@ -19,6 +20,7 @@ from typing import Any
 
 from leafid.classifier import Classifier
 from leafid.errors import InvalidRequestError
+from leafid.paths import INT8_MODEL_FILENAME
 from leafid.results import CAVEAT
 from leafid.spec import ModelSpec
 from leafid_train.commands import register
@@ -144,9 +146,12 @@ def render_card(run_dir: Path, model: Path | None = None) -> str:
     summary = json.loads((run_dir / "summary.json").read_text())
     cal = json.loads((run_dir / "calibration.json").read_text())
     ev = _load(run_dir / "eval" / "metrics.json")
+    ev8 = _load(run_dir / "eval_int8" / "metrics.json")
     exported = _load(run_dir / "export.json")
     td = summary["training_data"]
     spec = exported_spec(run_dir, model)
+    decision = int8_decision(run_dir)
+    ships = bool(decision and decision["ships"])
     out = [
         f"# Model card: {spec.model_name} {spec.model_version}",
         "",
@@ -170,6 +175,12 @@ def render_card(run_dir: Path, model: Path | None = None) -> str:
         f"{_num(cal['unknown_threshold'])} (best calibrated score below it is answered "
         f"*unknown*), chosen on val to keep {_pct(cfg.keep_fraction)} of correct answers.",
     ]
+    if ships:
+        out.append(
+            f"- Shipped default: `{SHIPPED_INT8}`, the INT8 copy (it passes the rule in "
+            "*INT8 quantisation* below; its own temperature and threshold); `leafid.onnx` is "
+            "the fp32 original."
+        )
     if exported:
         out.append(
             f"- ONNX: `{Path(exported['onnx']).name}`; max |logit difference| to torch "
@@ -242,7 +253,11 @@ def render_card(run_dir: Path, model: Path | None = None) -> str:
         f"{_num(cal['ood_auroc'])}, rejected {_pct(cal['ood_rejected'])}.",
         "",
     ]
-    out += _eval_section(ev)
+    if ships:
+        out += _eval_section(ev8, f"shipped INT8 model (`{SHIPPED_INT8}`)")
+        out += _eval_section(ev, "fp32 model", plots=False)
+    else:
+        out += _eval_section(ev, "fp32 model")
     names = list(td["datasets"])
     notes = [DATASET_NOTES[n] for n in names if n in DATASET_NOTES]
     lab = [n for n in names if n in ("swedish-leaf", "flavia", "plantvillage")]
@@ -273,8 +288,9 @@ def render_card(run_dir: Path, model: Path | None = None) -> str:
         "```sh",
         train_command(cfg),
         *_evaluate_commands(run_dir, cfg),
-        f"leafid export {cfg.out} --out {model or 'model/leafid.onnx'} --card "
-        f"{Path(model).parent if model else 'model'}",
+        f"leafid export {cfg.out} --out {model or 'model/leafid.onnx'}"
+        + (" --int8" if ships else "")
+        + f" --card {Path(model).parent if model else 'model'}",
         "```",
         "",
     ]
@@ -297,18 +313,48 @@ def _evaluate_commands(run_dir: Path, cfg: TrainConfig) -> list[str]:
     return lines
 
 
+SHIPPED_INT8 = INT8_MODEL_FILENAME
+MAX_INT8_TOP1_DROP = 0.005  # half a point, on val and (when evaluated) on test
+
+
+def int8_decision(run_dir: Path) -> dict[str, Any] | None:
+    """Whether the run's INT8 copy ships as the default model, and why.
+
+    It ships when it is faster at batch 1 and 16 and its top-1 drops by at most half a
+    point on val and, once both models were evaluated, on test.
+
+    Returns:
+        None when the run has no INT8 copy, else ``{"ships", "faster", "val_drop",
+        "test_drop"}`` (``test_drop`` is None before ``eval_int8/`` exists).
+    """
+    report = _load(run_dir / "int8_report.json")
+    if report is None:
+        return None
+    c = report["compare"]
+    ev, ev8 = (
+        _load(run_dir / "eval" / "metrics.json"),
+        _load(run_dir / "eval_int8" / "metrics.json"),
+    )
+    faster = all(c["int8"][k] > c["fp32"][k] for k in ("images_per_s_b1", "images_per_s_b16"))
+    val_drop = c["fp32"]["top1"] - c["int8"]["top1"]
+    test_drop = ev["top1"] - ev8["top1"] if ev and ev8 else None
+    drops = [val_drop] + ([test_drop] if test_drop is not None else [])
+    return {
+        "ships": faster and max(drops) <= MAX_INT8_TOP1_DROP,
+        "faster": faster,
+        "val_drop": val_drop,
+        "test_drop": test_drop,
+    }
+
+
 def _int8_section(run_dir: Path, ev: dict[str, Any] | None) -> list[str]:
     """INT8 copy: speed and accuracy against fp32, and whether it ships."""
     report = _load(run_dir / "int8_report.json")
     ev8 = _load(run_dir / "eval_int8" / "metrics.json")
-    if report is None:
+    decision = int8_decision(run_dir)
+    if report is None or decision is None:
         return []
     c = report["compare"]
-    val_drop = c["fp32"]["top1"] - c["int8"]["top1"]
-    faster = (
-        c["int8"]["images_per_s_b1"] > c["fp32"]["images_per_s_b1"]
-        and c["int8"]["images_per_s_b16"] > c["fp32"]["images_per_s_b16"]
-    )
     out = [
         "## INT8 quantisation",
         "",
@@ -326,25 +372,34 @@ def _int8_section(run_dir: Path, ev: dict[str, Any] | None) -> list[str]:
             f"| {name} | {m['size_mb']:.1f} MB | {m['images_per_s_b1']:.0f} | "
             f"{m['images_per_s_b16']:.0f} | {_pct(m['top1'])} | {_pct(test[name])} |"
         )
-    drops = [val_drop] + ([test["fp32"] - test["int8"]] if ev and ev8 else [])
-    ships = faster and max(drops) <= 0.005
+    cal8 = report["calibration"]
+    test_drop = decision["test_drop"]
+    verdict = (
+        f"INT8 is shipped as the default (`{SHIPPED_INT8}`)"
+        if decision["ships"]
+        else "INT8 is not shipped; fp32 is the default"
+    )
     out += [
         "",
-        f"Decision: {'INT8 is shipped' if ships else 'INT8 is not shipped; fp32 is the default'}"
-        f" (faster: {'yes' if faster else 'no'}; top-1 drop on val "
-        f"{100 * val_drop:.2f} points"
-        + (f", on test {100 * drops[1]:.2f} points" if len(drops) > 1 else ", test not run")
+        f"INT8 calibration: T = {_num(cal8['temperature'])}, unknown threshold "
+        f"{_num(cal8['unknown_threshold'])}; val ECE {_pct(cal8['ece_after'])}, OOD val "
+        f"AUROC {_num(cal8['ood_auroc'])}.",
+        "",
+        f"Decision: {verdict} (faster: {'yes' if decision['faster'] else 'no'}; top-1 drop on val "
+        f"{100 * decision['val_drop']:.2f} points"
+        + (f", on test {100 * test_drop:.2f} points" if test_drop is not None else ", test not run")
         + ").",
         "",
     ]
     return out
 
 
-def _eval_section(ev: dict[str, Any] | None) -> list[str]:
+def _eval_section(ev: dict[str, Any] | None, model: str, plots: bool = True) -> list[str]:
+    """Test figures of one evaluated model (``model`` names it in the heading)."""
     if ev is None:
-        return ["## Test results", "", "Not evaluated yet (no `eval/metrics.json`).", ""]
+        return [f"## Test results: {model}", "", "Not evaluated yet (no metrics.json).", ""]
     out = [
-        f"## Test results ({ev['split']} split, through `leafid.Classifier`)",
+        f"## Test results: {model} ({ev['split']} split, through `leafid.Classifier`)",
         "",
         f"- Images: {ev['images']}; top-1 {_pct(ev['top1'])}, top-5 {_pct(ev['top5'])}; "
         f"ECE (15 bins) {_pct(ev['ece'])}; answered unknown {_pct(ev['unknown_rate'])} "
@@ -366,12 +421,15 @@ def _eval_section(ev: dict[str, Any] | None) -> list[str]:
             f"| {name} | {d['images']} | {_pct(d['top1'])} | {_pct(d['top5'])} | "
             f"{_pct(d['unknown_rate'])} | {_pct(d['answered_top1'])} |"
         )
+    out.append("")
+    if plots:
+        out += [
+            "![confusion matrix](confusion.png)",
+            "",
+            "![reliability diagram](reliability.png)",
+            "",
+        ]
     out += [
-        "",
-        "![confusion matrix](confusion.png)",
-        "",
-        "![reliability diagram](reliability.png)",
-        "",
         "<details><summary>Per-class precision and recall</summary>",
         "",
         "| class | test images | precision | recall |",
@@ -390,8 +448,10 @@ def write_card(run_dir: Path, out_dir: Path, model: Path | None = None) -> Path:
         InvalidRequestError: The run has not been exported.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
+    decision = int8_decision(run_dir)
+    evaluated = run_dir / ("eval_int8" if decision and decision["ships"] else "eval")
     for png in ("confusion.png", "reliability.png"):
-        src = run_dir / "eval" / png
+        src = evaluated / png
         if src.is_file():
             shutil.copyfile(src, out_dir / png)
     path = out_dir / "MODEL_CARD.md"

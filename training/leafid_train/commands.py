@@ -296,8 +296,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     echo(f"wrote {report['onnx']} (ONNX vs torch max |diff| {report['parity_max_abs_diff']:.1e})")
     _say_int8(report, args.run)
     if args.card:
-        card = load("card").write_card(args.run, args.card, model=args.out)
-        echo(f"wrote {card}")
+        card = load("card")
+        decision = card.int8_decision(args.run)
+        if "int8" in report and decision is not None and not decision["ships"]:
+            # shipping: an INT8 copy that did not qualify must not become the default
+            Path(report["int8"]).unlink(missing_ok=True)
+            echo(f"removed {report['int8']}: it does not qualify as the default (see the card)")
+        echo(f"wrote {card.write_card(args.run, args.card, model=args.out)}")
     return EXIT_OK
 
 

@@ -50,11 +50,21 @@ def _spread(n: int, k: int) -> np.ndarray:
     )
 
 
-def headline_metrics(run_dir: Path) -> dict[str, Any]:
-    """Val figures of ``calibration.json`` (+ test figures of ``eval/metrics.json``)."""
-    calibration = json.loads((run_dir / "calibration.json").read_text())
+def headline_metrics(
+    run_dir: Path, calibration: dict[str, Any] | None = None, eval_dir: str = "eval"
+) -> dict[str, Any]:
+    """Val figures of a calibration report (+ test figures of ``RUN/<eval_dir>/metrics.json``).
+
+    Args:
+        run_dir: The run folder.
+        calibration: The calibration report; default: the run's ``calibration.json``.
+        eval_dir: The evaluation folder of the model in question (``eval_int8`` for the
+            INT8 copy).
+    """
+    if calibration is None:
+        calibration = json.loads((run_dir / "calibration.json").read_text())
     metrics: dict[str, Any] = {"val": {k: calibration[k] for k in VAL_KEYS}}
-    eval_file = run_dir / "eval" / "metrics.json"
+    eval_file = run_dir / eval_dir / "metrics.json"
     if eval_file.is_file():
         ev = json.loads(eval_file.read_text())
         keys = ("split", "images", "top1", "top5", "ece", "unknown_rate", "per_dataset", "ood")
@@ -76,7 +86,7 @@ def run_spec(run_dir: Path, base: ModelSpec, cfg: TrainConfig) -> ModelSpec:
 
 
 def calibrate_int8(
-    int8_path: Path, spec: ModelSpec, data: RunData, cfg: TrainConfig, images: int
+    int8_path: Path, spec: ModelSpec, data: RunData, cfg: TrainConfig, images: int, run_dir: Path
 ) -> tuple[ModelSpec, dict[str, Any]]:
     """Refit temperature and unknown threshold on the int8 model's own val (+ OOD val) logits.
 
@@ -89,6 +99,7 @@ def calibrate_int8(
         data: The run's data (its split).
         cfg: The run's config (``keep_fraction``).
         images: Number of training images the activation ranges were calibrated on.
+        run_dir: The run folder (test figures of ``eval_int8/``, once evaluated).
 
     Returns:
         The int8 model's spec and its calibration report.
@@ -100,7 +111,7 @@ def calibrate_int8(
     int8_spec = spec.replace(
         temperature=float(report["temperature"]),
         unknown_threshold=float(report["unknown_threshold"]),
-        metrics={"val": {k: report[k] for k in VAL_KEYS}},
+        metrics=headline_metrics(run_dir, report, "eval_int8"),
         training_data={
             **spec.training_data,
             "quantization": (
@@ -172,7 +183,7 @@ def export_run(
         calibration = np.stack([data.cache.eval_array(train_paths[i]) for i in pick])
         int8_path = out.with_name(out.stem + ".int8.onnx")
         quantize_int8(out, int8_path, calibration)
-        int8_spec, int8_calibration = calibrate_int8(int8_path, spec, data, cfg, len(pick))
+        int8_spec, int8_calibration = calibrate_int8(int8_path, spec, data, cfg, len(pick), run_dir)
         proto = onnx.load(str(int8_path))
         set_metadata(proto, int8_spec)
         save_onnx(proto, int8_path)
