@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from conftest import make_tiny_model, tiny_spec
 from leafid import bench
 from leafid.bench import Result, write_photo_sets
 from leafid.classifier import Classifier
 from leafid.cli import main
-from leafid.errors import MissingExtraError
+from leafid.errors import MissingExtraError, ModelNotFoundError
 
 Capsys = pytest.CaptureFixture[str]
 
@@ -139,3 +141,26 @@ def test_cli_bench_compare_prints_the_table(
     assert [line.split()[-1].endswith("x") for line in table] == [True] * 9
     assert "target model only, batch 1" in out
     assert main(["bench", "--compare", *args, "--int8", str(tiny_model) + ".missing"]) == 2
+
+
+@pytest.mark.train
+def test_compare_finds_the_fp32_model_of_a_shipped_int8_copy(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    bc = pytest.importorskip("leafid_train.bench_compare")
+    spec = tiny_spec()
+    int8_spec = spec.replace(training_data={**spec.training_data, "quantization": "int8"})
+    fp32 = make_tiny_model(tmp_path / "leafid.onnx", spec)
+    int8 = make_tiny_model(tmp_path / "leafid.int8.onnx", int8_spec)
+
+    def args(model: Path, int8_option: str | None = None) -> argparse.Namespace:
+        return argparse.Namespace(model=str(model), int8=int8_option)
+
+    assert bc.compare_models(args(int8)) == (fp32, int8)
+    assert bc.compare_models(args(fp32)) == (fp32, int8)
+    assert bc.compare_models(args(fp32, str(tiny_model))) == (fp32, tiny_model)
+    int8.rename(tmp_path / "other.int8.onnx")
+    assert bc.compare_models(args(fp32)) == (fp32, None)
+    fp32.unlink()
+    with pytest.raises(ModelNotFoundError, match="fp32 model"):
+        bc.compare_models(args(tmp_path / "other.int8.onnx"))

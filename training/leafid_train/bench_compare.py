@@ -260,26 +260,47 @@ def run_compare(
     return rows
 
 
-def int8_path(args: argparse.Namespace, fp32: Classifier) -> Path | None:
-    """``--int8``, else ``<model>.int8.onnx`` next to the fp32 model if it exists.
+def is_int8(classifier: Classifier) -> bool:
+    """Whether a model is a quantised copy (its spec says how it was quantised)."""
+    return "quantization" in classifier.spec.training_data
+
+
+def compare_models(args: argparse.Namespace) -> tuple[Path, Path | None]:
+    """The fp32 model and the INT8 copy (if any) to compare.
+
+    ``--model`` (default: the shipped model) may be either: given the INT8 copy
+    ``NAME.int8.onnx``, the fp32 model is ``NAME.onnx`` beside it. The INT8 copy is
+    ``--int8``, else the one beside the fp32 model if it exists.
 
     Raises:
-        ModelNotFoundError: ``--int8`` names a missing file.
+        ModelNotFoundError: ``--int8``, or the fp32 model of an INT8 copy, is missing.
     """
+    given = Classifier(args.model)
+    path = Path(given.path)
+    int8: Path | None = None
+    if is_int8(given):
+        int8 = path
+        path = path.with_name(path.name.removesuffix(".int8.onnx") + ".onnx")
+        if path == int8 or not path.is_file():
+            raise ModelNotFoundError(
+                f"{int8} is an INT8 copy and its fp32 model {path} is missing: "
+                "give the fp32 model with --model"
+            )
     if args.int8:
-        path = Path(args.int8)
-        if not path.is_file():
-            raise ModelNotFoundError(f"int8 model not found: {path}")
-        return path
-    sibling = Path(fp32.path).with_name(Path(fp32.path).stem + ".int8.onnx")
-    return sibling if sibling.is_file() else None
+        int8 = Path(args.int8)
+        if not int8.is_file():
+            raise ModelNotFoundError(f"int8 model not found: {int8}")
+    elif int8 is None:
+        sibling = path.with_name(path.stem + ".int8.onnx")
+        int8 = sibling if sibling.is_file() else None
+    return path, int8
 
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``leafid bench --compare`` (options of :func:`leafid.bench.add_arguments`)."""
-    classifier, model_classifier = make_classifiers(args)
+    fp32, int8 = compare_models(args)
+    classifier, model_classifier = make_classifiers(args, fp32)
     leafid = {LEAFID: (classifier, model_classifier)}
-    int8 = int8_path(args, classifier)
     if int8 is not None:
         leafid[LEAFID_INT8] = make_classifiers(args, int8)
     model, arch = usual_model(classifier.spec)
@@ -295,6 +316,7 @@ def run(args: argparse.Namespace) -> int:
         )
     for line in machine_info(classifier):
         echo(line)
+    echo(f"fp32 model: {fp32}")
     if int8 is not None:
         echo(f"int8 model: {int8}")
     echo(
