@@ -13,6 +13,12 @@ MODEL_ENV = "LEAFID_MODEL"
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
+def int8_copy_path(model: str | os.PathLike[str]) -> Path:
+    """Where the INT8 copy of an fp32 model lives: ``NAME.onnx`` -> ``NAME.int8.onnx``."""
+    path = Path(model)
+    return path.with_name(path.stem + ".int8.onnx")
+
+
 def shipped_model_candidates() -> list[Path]:
     """Places the shipped model may be, in order.
 

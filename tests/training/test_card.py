@@ -10,8 +10,9 @@ import pytest
 from conftest import make_tiny_model, tiny_spec
 from leafid.errors import InvalidRequestError
 from leafid_train import commands
-from leafid_train.card import int8_decision, render_card, train_command, train_parser
+from leafid_train.card import render_card, train_command, train_parser
 from leafid_train.config import TrainConfig
+from leafid_train.quantize import int8_decision
 
 
 def test_train_command_parses_back_to_the_same_config() -> None:
@@ -145,8 +146,12 @@ def test_int8_ships_only_within_half_a_point_on_val_and_test(
     decision = int8_decision(run)
     assert decision is not None and decision["ships"] is ships
     assert decision["val_drop"] == pytest.approx(0.004)
+    before = render_card(run, model)  # no m.int8.onnx beside the model yet
+    assert ("qualifies, but this export did not ship a copy" in before) is ships
+    assert "Test results: shipped INT8" not in before
+    (tmp_path / "m.int8.onnx").write_bytes(model.read_bytes())
     card = render_card(run, model)
-    assert ("INT8 is shipped as the default" in card) is ships
+    assert ("INT8 is shipped as the default (`m.int8.onnx`)" in card) is ships
     assert ("INT8 is not shipped" in card) is not ships
     assert ("Test results: shipped INT8 model" in card) is ships
     assert "Test results: fp32 model" in card

@@ -21,7 +21,7 @@ def test_torchrun_two_processes(tmp_path: Path) -> None:
     run = tmp_path / "run"
     options = (
         "--arch test_efficientnet --no-pretrained --input-size 32 --resize-size 36 --epochs 2 "
-        "--head-epochs 1 --batch-size 4 --no-verify --threads 1 --patience 0"
+        "--head-epochs 1 --batch-size 4 --no-verify --threads 1 --patience 0 --ema-decay 0.5"
     ).split()
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     cmd = [*launch, "-m", "leafid", "train", "--data", str(tmp_path / "leaf"), "--out", str(run)]
@@ -37,7 +37,9 @@ def test_torchrun_two_processes(tmp_path: Path) -> None:
     assert (run / "best.pt").is_file() and (run / "calibration.json").is_file()
     assert proc.stderr.count("epoch 2/2") == 1  # only rank 0 reports
     # each rank's own RNG state (seeded seed + rank) is kept for --resume
-    rngs = torch.load(run / "checkpoint.pt", weights_only=False)["rng"]
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert checkpoint["ema"] is not None  # the averaged weights, BatchNorm statistics of rank 0
+    rngs = checkpoint["rng"]
     assert len(rngs) == 2 and not torch.equal(rngs[0]["torch"], rngs[1]["torch"])
     assert rank_rng_state(rngs, DistInfo(rank=1, world_size=2)) is rngs[1]
 

@@ -113,6 +113,9 @@ def test_int8_worth_shipping_rule() -> None:
 
     assert int8_worth_shipping(report(0.900, 0.896, 100, 150))
     assert not int8_worth_shipping(report(0.900, 0.890, 100, 150))  # one point lost
+    assert 0.762 - 0.757 > 0.005  # in floats, exactly half a point comes out a hair over...
+    assert int8_worth_shipping(report(0.762, 0.757, 100, 150))  # ...and still passes
+    assert not int8_worth_shipping(report(0.762, 0.7569, 100, 150))
     assert not int8_worth_shipping(report(0.900, 0.900, 100, 90))  # slower
     no_labels = {
         "top1_agreement": 0.99,

@@ -125,31 +125,21 @@ def test_cli_train_own_species_export_evaluate_card(
     rc = main(["train", "--data", "setA", "--out", "run", *TINY])
     assert rc == 2 and "--resume" in capsys.readouterr().err
 
-    # shipping with --int8: the copy stays beside the model only if it qualified
-    import leafid_train.card as card_module
+    # with --int8 the copy stays beside the model only if it qualifies; without, an old
+    # copy beside the model is stale and goes
     import leafid_train.export_run as export_module
 
     timed = export_module.compare
     monkeypatch.setattr(
         export_module, "compare", lambda *a, **k: timed(*a, **(k | {"min_seconds": 0.02}))
     )
+    copy = tmp_path / "ship" / "leafid.int8.onnx"
     for ships in (False, True):
         decision = {"ships": ships, "faster": True, "val_drop": 0.0, "test_drop": None}
-        monkeypatch.setattr(card_module, "int8_decision", lambda run, d=decision: d)
+        monkeypatch.setattr(export_module, "int8_decision", lambda run, d=decision: d)
         rc = main(["export", "run", "--out", "ship/leafid.onnx", "--int8", "--card", "ship"])
         assert rc == 0
-        assert (tmp_path / "ship" / "leafid.int8.onnx").is_file() is ships
-        assert ("removed" in capsys.readouterr().out) is not ships
-
-
-def test_datasets_manifest_and_verify_commands(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    root = make_imagefolder(tmp_path / "setA", per_class=2)
-    out = tmp_path / "manifests"
-    assert main(["datasets", "manifest", str(root), "--manifest-dir", str(out)]) == 0
-    assert (out / "setA.json").is_file() and (out / "setA.md").is_file()
-    assert main(["datasets", "verify", str(root), "--manifest-dir", str(out)]) == 0
-    (root / "images" / "rubra" / "rubra_000.jpg").unlink()
-    assert main(["datasets", "verify", str(root), "--manifest-dir", str(out)]) == 1
-    assert "does not match its manifest" in capsys.readouterr().err
+        assert copy.is_file() is ships
+        assert ("no INT8 copy kept" in capsys.readouterr().out) is not ships
+    assert main(["export", "run", "--out", "ship/leafid.onnx"]) == 0
+    assert not copy.is_file() and "removed the INT8 copy" in capsys.readouterr().out

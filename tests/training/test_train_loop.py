@@ -109,12 +109,24 @@ class Interrupt(Exception):
     pass
 
 
-def test_int8_export_has_its_own_calibration(tmp_path: Path) -> None:
+def test_int8_export_has_its_own_calibration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import leafid_train.export_run as export_module
+
+    decided = []
+
+    def qualifies(run: Path) -> dict[str, Any]:  # the tiny model's copy is kept whatever it is
+        decided.append(json.loads((run / "int8_report.json").read_text()))
+        return {"ships": True, "faster": True, "val_drop": 0.0, "test_drop": None}
+
+    monkeypatch.setattr(export_module, "int8_decision", qualifies)
     make_ood(tmp_path / "nonleaf")
     cfg = tiny_config(tmp_path, ood=[str(tmp_path / "nonleaf")])
     run_training(cfg, quiet=True)
     run = tmp_path / "run"
     report = export_run(run, tmp_path / "m.onnx", int8=True, compare_seconds=0.02, compare_rounds=1)
+    assert len(decided) == 1 and decided[0]["int8"] == str(tmp_path / "m.int8.onnx")
     fp32, int8 = Classifier(tmp_path / "m.onnx"), Classifier(tmp_path / "m.int8.onnx")
     assert int8.spec.classes == fp32.spec.classes
     # refit on the int8 model's own raw logits of the run's val and OOD val images
@@ -131,7 +143,7 @@ def test_int8_export_has_its_own_calibration(tmp_path: Path) -> None:
     assert "int8 QDQ" in int8.spec.training_data["quantization"]
     assert "quantization" not in fp32.spec.training_data
     saved = json.loads((run / "int8_report.json").read_text())
-    assert saved["ship_int8"] is report["int8_ship"]
+    assert saved["ship_int8"] is report["int8_ship"] is True
     assert saved["calibration"]["temperature"] == pytest.approx(want["temperature"])
 
 
@@ -260,3 +272,23 @@ def test_own_species_folder_joins_the_label_space(tmp_path: Path) -> None:
     _, spec = load_best(tmp_path / "run", cfg)
     assert spec.labels == ["caerulea", "rubra", "viridis", "mitragyna_speciosa"]
     assert spec.classes[3].scientific_name == "Mitragyna speciosa"
+
+
+def test_int8_copy_that_does_not_qualify_is_not_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import leafid_train.export_run as export_module
+
+    monkeypatch.setattr(
+        export_module,
+        "int8_decision",
+        lambda run: {"ships": False, "faster": True, "val_drop": 0.02, "test_drop": None},
+    )
+    run_training(tiny_config(tmp_path), quiet=True)
+    report = export_run(
+        tmp_path / "run", tmp_path / "m.onnx", int8=True, compare_seconds=0.02, compare_rounds=1
+    )
+    assert report["int8_ship"] is False and report["int8_removed"] is True
+    assert (tmp_path / "m.onnx").is_file() and not (tmp_path / "m.int8.onnx").exists()
+    saved = json.loads((tmp_path / "run" / "int8_report.json").read_text())
+    assert saved["ship_int8"] is False and "on test" in saved["rule"]

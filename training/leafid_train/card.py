@@ -20,12 +20,13 @@ from typing import Any
 
 from leafid.classifier import Classifier
 from leafid.errors import InvalidRequestError
-from leafid.paths import INT8_MODEL_FILENAME
+from leafid.paths import int8_copy_path
 from leafid.results import CAVEAT
 from leafid.spec import ModelSpec
 from leafid_train.commands import register
 from leafid_train.config import TrainConfig
 from leafid_train.manifest import load_manifest
+from leafid_train.quantize import int8_decision
 
 DATASET_NOTES = {
     "flavia": (
@@ -140,6 +141,22 @@ def exported_spec(run_dir: Path, model: Path | None = None) -> ModelSpec:
     return Classifier(path).spec
 
 
+def shipped_int8(run_dir: Path, model: Path | None = None) -> Path | None:
+    """The INT8 copy shipped beside ``model`` (default: the run's exported model), or None.
+
+    A copy counts only when it is on disk and the run's :func:`int8_decision` says it
+    ships; then it, not ``model``, is what users get by default.
+    """
+    decision = int8_decision(run_dir)
+    if not (decision and decision["ships"]):
+        return None
+    exported = _load(run_dir / "export.json")
+    if model is None and exported is None:
+        return None
+    copy = int8_copy_path(model if model is not None else exported["onnx"])  # type: ignore[index]
+    return copy if copy.is_file() else None
+
+
 def render_card(run_dir: Path, model: Path | None = None) -> str:
     """The Markdown text of the model card of a run (exported to ``model``)."""
     cfg = TrainConfig.load(run_dir / "config.json")
@@ -150,8 +167,8 @@ def render_card(run_dir: Path, model: Path | None = None) -> str:
     exported = _load(run_dir / "export.json")
     td = summary["training_data"]
     spec = exported_spec(run_dir, model)
-    decision = int8_decision(run_dir)
-    ships = bool(decision and decision["ships"])
+    int8_copy = shipped_int8(run_dir, model)
+    ships = int8_copy is not None
     out = [
         f"# Model card: {spec.model_name} {spec.model_version}",
         "",
@@ -177,9 +194,9 @@ def render_card(run_dir: Path, model: Path | None = None) -> str:
     ]
     if ships:
         out.append(
-            f"- Shipped default: `{SHIPPED_INT8}`, the INT8 copy (it passes the rule in "
-            "*INT8 quantisation* below; its own temperature and threshold); `leafid.onnx` is "
-            "the fp32 original."
+            f"- Shipped default: `{int8_copy.name}`, the INT8 copy (it passes the rule in "
+            "*INT8 quantisation* below; its own temperature and threshold); "
+            f"`{int8_copy.name.replace('.int8.onnx', '.onnx')}` is the fp32 original."
         )
     if exported:
         out.append(
@@ -254,7 +271,7 @@ def render_card(run_dir: Path, model: Path | None = None) -> str:
         "",
     ]
     if ships:
-        out += _eval_section(ev8, f"shipped INT8 model (`{SHIPPED_INT8}`)")
+        out += _eval_section(ev8, f"shipped INT8 model (`{int8_copy.name}`)")
         out += _eval_section(ev, "fp32 model", plots=False)
     else:
         out += _eval_section(ev, "fp32 model")
@@ -282,7 +299,7 @@ def render_card(run_dir: Path, model: Path | None = None) -> str:
         "- Scores are calibrated on the val split of these datasets; on other photo "
         "conditions they may be over- or under-confident.",
         "",
-        *_int8_section(run_dir, ev),
+        *_int8_section(run_dir, ev, int8_copy),
         "## Reproduce",
         "",
         "```sh",
@@ -313,42 +330,8 @@ def _evaluate_commands(run_dir: Path, cfg: TrainConfig) -> list[str]:
     return lines
 
 
-SHIPPED_INT8 = INT8_MODEL_FILENAME
-MAX_INT8_TOP1_DROP = 0.005  # half a point, on val and (when evaluated) on test
-
-
-def int8_decision(run_dir: Path) -> dict[str, Any] | None:
-    """Whether the run's INT8 copy ships as the default model, and why.
-
-    It ships when it is faster at batch 1 and 16 and its top-1 drops by at most half a
-    point on val and, once both models were evaluated, on test.
-
-    Returns:
-        None when the run has no INT8 copy, else ``{"ships", "faster", "val_drop",
-        "test_drop"}`` (``test_drop`` is None before ``eval_int8/`` exists).
-    """
-    report = _load(run_dir / "int8_report.json")
-    if report is None:
-        return None
-    c = report["compare"]
-    ev, ev8 = (
-        _load(run_dir / "eval" / "metrics.json"),
-        _load(run_dir / "eval_int8" / "metrics.json"),
-    )
-    faster = all(c["int8"][k] > c["fp32"][k] for k in ("images_per_s_b1", "images_per_s_b16"))
-    val_drop = c["fp32"]["top1"] - c["int8"]["top1"]
-    test_drop = ev["top1"] - ev8["top1"] if ev and ev8 else None
-    drops = [val_drop] + ([test_drop] if test_drop is not None else [])
-    return {
-        "ships": faster and max(drops) <= MAX_INT8_TOP1_DROP,
-        "faster": faster,
-        "val_drop": val_drop,
-        "test_drop": test_drop,
-    }
-
-
-def _int8_section(run_dir: Path, ev: dict[str, Any] | None) -> list[str]:
-    """INT8 copy: speed and accuracy against fp32, and whether it ships."""
+def _int8_section(run_dir: Path, ev: dict[str, Any] | None, shipped: Path | None) -> list[str]:
+    """INT8 copy: speed and accuracy against fp32, and whether it ships (``shipped``)."""
     report = _load(run_dir / "int8_report.json")
     ev8 = _load(run_dir / "eval_int8" / "metrics.json")
     decision = int8_decision(run_dir)
@@ -374,11 +357,12 @@ def _int8_section(run_dir: Path, ev: dict[str, Any] | None) -> list[str]:
         )
     cal8 = report["calibration"]
     test_drop = decision["test_drop"]
-    verdict = (
-        f"INT8 is shipped as the default (`{SHIPPED_INT8}`)"
-        if decision["ships"]
-        else "INT8 is not shipped; fp32 is the default"
-    )
+    if shipped is not None:
+        verdict = f"INT8 is shipped as the default (`{shipped.name}`)"
+    elif decision["ships"]:
+        verdict = "INT8 qualifies, but this export did not ship a copy; fp32 is the default"
+    else:
+        verdict = "INT8 is not shipped; fp32 is the default"
     out += [
         "",
         f"INT8 calibration: T = {_num(cal8['temperature'])}, unknown threshold "
@@ -448,8 +432,7 @@ def write_card(run_dir: Path, out_dir: Path, model: Path | None = None) -> Path:
         InvalidRequestError: The run has not been exported.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    decision = int8_decision(run_dir)
-    evaluated = run_dir / ("eval_int8" if decision and decision["ships"] else "eval")
+    evaluated = run_dir / ("eval_int8" if shipped_int8(run_dir, model) else "eval")
     for png in ("confusion.png", "reliability.png"):
         src = evaluated / png
         if src.is_file():

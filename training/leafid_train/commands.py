@@ -139,7 +139,11 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--model-version", default=d.model_version)
     p.add_argument("--export", metavar="ONNX", help="export the model here when done")
-    p.add_argument("--int8", action="store_true", help="with --export, also write an int8 copy")
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="with --export, also make an INT8 copy (kept beside the model if it qualifies)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = _add(subparsers, "evaluate", "measure an ONNX model on ImageFolders (through Classifier)")
@@ -172,7 +176,11 @@ def register(subparsers: Any) -> None:
     p = _add(subparsers, "export", "export a run's best checkpoint to ONNX (spec inside)")
     p.add_argument("run", type=Path, metavar="RUN")
     p.add_argument("--out", type=Path, required=True, metavar="MODEL.onnx")
-    p.add_argument("--int8", action="store_true", help="also write MODEL.int8.onnx and compare")
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="also make MODEL.int8.onnx; kept (and the default) only if it qualifies",
+    )
     p.add_argument(
         "--card", type=Path, metavar="DIR", help="also write MODEL_CARD.md and the plots into DIR"
     )
@@ -282,12 +290,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _say_int8(report: dict[str, Any], run: Path) -> None:
-    """Print the int8 comparison and the ship / keep decision of an export report."""
-    if "int8_compare" not in report:
-        return
-    echo(f"wrote {report['int8']}: " + json.dumps(report["int8_compare"]))
-    verdict = "ship it" if report["int8_ship"] else "keep the fp32 model"
-    echo(f"int8 vs fp32: {verdict} (details in {run / 'int8_report.json'})")
+    """Print what happened to the INT8 copy in an export report."""
+    if "int8_compare" in report:
+        echo("int8 vs fp32: " + json.dumps(report["int8_compare"]))
+        if report["int8_ship"]:
+            echo(f"wrote {report['int8']}: it qualifies and is the default beside the fp32 model")
+        else:
+            echo(f"no INT8 copy kept: it does not qualify (see {run / 'int8_report.json'})")
+    elif report.get("int8_removed"):
+        echo("removed the INT8 copy made from an earlier export (stale beside the new model)")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -296,13 +307,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     echo(f"wrote {report['onnx']} (ONNX vs torch max |diff| {report['parity_max_abs_diff']:.1e})")
     _say_int8(report, args.run)
     if args.card:
-        card = load("card")
-        decision = card.int8_decision(args.run)
-        if "int8" in report and decision is not None and not decision["ships"]:
-            # shipping: an INT8 copy that did not qualify must not become the default
-            Path(report["int8"]).unlink(missing_ok=True)
-            echo(f"removed {report['int8']}: it does not qualify as the default (see the card)")
-        echo(f"wrote {card.write_card(args.run, args.card, model=args.out)}")
+        echo(f"wrote {load('card').write_card(args.run, args.card, model=args.out)}")
     return EXIT_OK
 
 

@@ -59,3 +59,10 @@ def all_gather(info: DistInfo, obj: Any) -> list[Any]:
     out: list[Any] = [None] * info.world_size
     dist.all_gather_object(out, obj)
     return out
+
+
+def broadcast_buffers(info: DistInfo, module: Any) -> None:
+    """Copy process 0's buffers (e.g. BatchNorm statistics) of ``module`` to every process."""
+    if info.enabled:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)

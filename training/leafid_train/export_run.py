@@ -11,11 +11,12 @@ from typing import Any
 import numpy as np
 
 from leafid.errors import InvalidRequestError, MissingExtraError, ModelError
+from leafid.paths import int8_copy_path
 from leafid.spec import ModelSpec
 from leafid_train.calibrate import calibration_report
 from leafid_train.config import TrainConfig
 from leafid_train.export import export_onnx, max_abs_diff, onnx_logits, save_onnx, set_metadata
-from leafid_train.quantize import compare, int8_worth_shipping, quantize_int8
+from leafid_train.quantize import compare, int8_decision, quantize_int8
 from leafid_train.train import RunData, build_data, load_best
 
 try:
@@ -138,16 +139,19 @@ def export_run(
         run_dir: A finished run folder (``best.pt``, ``config.json``, ``split.json``,
             ``calibration.json``, ``summary.json``).
         out: The fp32 ``.onnx`` to write.
-        int8: Also write ``<out stem>.int8.onnx`` (activation ranges from training
+        int8: Also make ``<out stem>.int8.onnx`` (activation ranges from training
             images, temperature and threshold refitted on its own val logits), compare
-            it with the fp32 model on val images and write the decision to
-            ``RUN/int8_report.json``.
+            it with the fp32 model on val images and write the decision
+            (:func:`~leafid_train.quantize.int8_decision`) to ``RUN/int8_report.json``.
+            An INT8 copy beside a model is its default (:mod:`leafid.paths`), so the
+            copy is kept only if it qualifies; without ``int8``, a copy left beside
+            ``out`` by an earlier export is stale and removed.
         compare_seconds: Seconds per speed figure and model in the comparison.
         compare_rounds: Alternating timing rounds in the comparison.
 
     Returns:
-        A report: paths, parity (max |logit difference|) and, with ``int8``, the
-        comparison and ``int8_ship`` (:func:`~leafid_train.quantize.int8_worth_shipping`).
+        A report: paths, parity (max |logit difference|), with ``int8`` the comparison
+        and ``int8_ship``, and ``int8_removed`` when an INT8 copy was deleted.
 
     Raises:
         InvalidRequestError: The run folder is incomplete.
@@ -181,7 +185,7 @@ def export_run(
         train_paths = data.paths("train")
         pick = _spread(len(train_paths), INT8_CALIBRATION_IMAGES)
         calibration = np.stack([data.cache.eval_array(train_paths[i]) for i in pick])
-        int8_path = out.with_name(out.stem + ".int8.onnx")
+        int8_path = int8_copy_path(out)
         quantize_int8(out, int8_path, calibration)
         int8_spec, int8_calibration = calibrate_int8(int8_path, spec, data, cfg, len(pick), run_dir)
         proto = onnx.load(str(int8_path))
@@ -195,15 +199,26 @@ def export_run(
             min_seconds=compare_seconds,
             rounds=compare_rounds,
         )
-        ship = int8_worth_shipping(comparison)
-        report.update(int8=str(int8_path), int8_compare=comparison, int8_ship=ship)
         int8_report = {
             "int8": str(int8_path),
-            "ship_int8": ship,
-            "rule": "faster at batch 1 and 16, val top-1 drop <= 0.5 points",
+            "rule": (
+                "faster at batch 1 and 16, top-1 drop <= 0.5 points on val and, once both "
+                "models were evaluated, on test"
+            ),
             "compare": comparison,
             "calibration": int8_calibration,
         }
-        (run_dir / "int8_report.json").write_text(json.dumps(int8_report, indent=2) + "\n")
+        report_path = run_dir / "int8_report.json"
+        report_path.write_text(json.dumps(int8_report, indent=2) + "\n")
+        decision = int8_decision(run_dir)  # reads the report just written
+        ship = bool(decision and decision["ships"])
+        report_path.write_text(json.dumps({**int8_report, "ship_int8": ship}, indent=2) + "\n")
+        report.update(int8=str(int8_path), int8_compare=comparison, int8_ship=ship)
+        if not ship:  # beside a model, an INT8 copy would become its default
+            int8_path.unlink()
+            report["int8_removed"] = True
+    elif int8_copy_path(out).is_file():  # made from an older fp32 model: stale
+        int8_copy_path(out).unlink()
+        report["int8_removed"] = True
     (run_dir / "export.json").write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -10,6 +10,7 @@ without it.
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import time
@@ -197,8 +198,13 @@ def compare(
     return result
 
 
-def int8_worth_shipping(report: dict[str, Any], max_top1_drop: float = 0.005) -> bool:
-    """Whether the INT8 model should replace the fp32 one.
+#: Largest accepted top-1 loss of the INT8 copy (half a point), on val and on test.
+MAX_INT8_TOP1_DROP = 0.005
+_ROUNDING = 1e-9  # a drop of exactly half a point computed in floats still passes
+
+
+def int8_worth_shipping(report: dict[str, Any], max_top1_drop: float = MAX_INT8_TOP1_DROP) -> bool:
+    """Whether the INT8 model may replace the fp32 one, judged on val (:func:`compare`).
 
     True when it is faster at batch 1 and 16 and top-1 drops by at most
     ``max_top1_drop`` (a fraction: 0.005 is half a point). Without labels the drop is
@@ -214,4 +220,38 @@ def int8_worth_shipping(report: dict[str, Any], max_top1_drop: float = 0.005) ->
     else:
         drop = 1.0 - report["top1_agreement"]
     faster = all(int8[k] > fp32[k] for k in ("images_per_s_b1", "images_per_s_b16"))
-    return bool(faster and drop <= max_top1_drop)
+    return bool(faster and drop <= max_top1_drop + _ROUNDING)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def int8_decision(run_dir: Path) -> dict[str, Any] | None:
+    """Whether a run's INT8 copy ships as the default model, and why.
+
+    It ships when :func:`int8_worth_shipping` holds on val (``int8_report.json``) and,
+    once both models were evaluated (``eval/`` and ``eval_int8/``), top-1 drops by at
+    most half a point on test too.
+
+    Returns:
+        None when the run has no ``int8_report.json``, else ``{"ships", "faster",
+        "val_drop", "test_drop"}`` (``test_drop`` is None before ``eval_int8/`` exists).
+    """
+    report = _read_json(run_dir / "int8_report.json")
+    if report is None:
+        return None
+    c = report["compare"]
+    ev = _read_json(run_dir / "eval" / "metrics.json")
+    ev8 = _read_json(run_dir / "eval_int8" / "metrics.json")
+    test_drop = ev["top1"] - ev8["top1"] if ev and ev8 else None
+    test_ok = test_drop is None or test_drop <= MAX_INT8_TOP1_DROP + _ROUNDING
+    return {
+        "ships": int8_worth_shipping(c) and test_ok,
+        "faster": all(c["int8"][k] > c["fp32"][k] for k in ("images_per_s_b1", "images_per_s_b16")),
+        "val_drop": c["fp32"]["top1"] - c["int8"]["top1"],
+        "test_drop": test_drop,
+    }

@@ -578,6 +578,8 @@ def run_training(
                     ema=ema,
                 )
             )
+            if ema is not None:  # each process averaged its own BatchNorm statistics
+                ddp.broadcast_buffers(info, ema.module)
             _, val = evaluate(scored, val_arrays, val_labels, info=info)
             row.update(val)
             row["world_size"] = info.world_size
