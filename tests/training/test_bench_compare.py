@@ -50,7 +50,7 @@ def test_speedups_divide_by_the_usual_row_of_the_same_case() -> None:
         bc.Measured(bc.USUAL, _result("model only", 1, None, [10.0])),
         bc.Measured(bc.USUAL, _result("model only", 16, None, [40.0])),
         bc.Measured(bc.LEAFID, _result("model only", 1, None, [31.0])),
-        bc.Measured(bc.LEAFID_INT8, _result("model only", 16, None, [90.0])),
+        bc.Measured(bc.LEAFID_INT8, _result("model only", 16, None, [90.0])),  # not a target
         bc.Measured(bc.LEAFID, _result("end-to-end 1mp JPEG", 16, 2, [50.0])),
     ]
     ratios = [ratio for _, ratio in bc.speedups(rows)]
@@ -64,9 +64,9 @@ def test_speedups_divide_by_the_usual_row_of_the_same_case() -> None:
     ]  # fmt: skip
     targets = bc.target_lines(rows)
     assert targets == [
-        "target end-to-end 12mp JPEG: leafid >= 5x usual: met "
+        "target end-to-end 12mp JPEG: leafid fp32 >= 5x usual: met "
         "(medians 5.67x, fastest repeats 5.00x)",
-        "target model only, batch 1: leafid >= 5x usual: NOT met "
+        "target model only, batch 1: leafid fp32 >= 5x usual: NOT met "
         "(medians 3.10x, fastest repeats 3.10x)",
     ]
     rows[1].result.rates = [19.0, 15.0, 19.0]  # fastest: 19 / 4 = 4.75x
