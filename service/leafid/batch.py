@@ -141,10 +141,16 @@ class Summary:
     failed: int = 0
 
 
+Decoded = list[tuple[str, np.ndarray | LeafidError]]
+
+
 def _batches(
     classifier: Classifier, paths: Sequence[str], workers: int, batch_size: int
-) -> Generator[list[tuple[str, np.ndarray | LeafidError]], None, None]:
-    """Decoded batches in input order, decoding ahead at most a couple of batches."""
+) -> Generator[tuple[Decoded, bool], None, None]:
+    """Decoded batches in input order, decoding ahead at most a couple of batches.
+
+    Each batch comes with whether all decoding is finished by then (nothing pending).
+    """
     read_ahead = 2 * batch_size + workers
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="leafid-decode")
     pending: deque[tuple[str, Future[np.ndarray | LeafidError]]] = deque()
@@ -158,24 +164,40 @@ def _batches(
                 pending.append((path, pool.submit(load_file, classifier, path)))
             if not pending:
                 return
-            batch: list[tuple[str, np.ndarray | LeafidError]] = []
+            batch: Decoded = []
             while pending and len(batch) < batch_size:
                 path, future = pending.popleft()
                 batch.append((path, future.result()))
-            yield batch
+            yield batch, not pending
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
 
 
+def _probabilities(classifier: Classifier, arrays: np.ndarray, split: int) -> np.ndarray:
+    """The model's probabilities of a batch, run as ``split`` concurrent parts.
+
+    Splitting lets the model use the cores the decoding threads no longer need once
+    decoding is finished (onnxruntime sessions may be run from several threads).
+    """
+    parts = [p for p in np.array_split(arrays, min(split, len(arrays))) if len(p)]
+    if len(parts) == 1:
+        return classifier.probabilities(arrays)
+    with ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix="leafid-infer") as pool:
+        return np.concatenate(list(pool.map(classifier.probabilities, parts)))
+
+
 def _classify_batch(
-    classifier: Classifier,
-    batch: list[tuple[str, np.ndarray | LeafidError]],
-    top_k: int,
-    summary: Summary,
+    classifier: Classifier, batch: Decoded, top_k: int, summary: Summary, split: int = 1
 ) -> list[Row]:
     """Rows of one decoded batch, in order; the good images go to the model together."""
     good = [(i, arr) for i, (_, arr) in enumerate(batch) if isinstance(arr, np.ndarray)]
-    preds = classifier.classify_arrays(np.stack([a for _, a in good]), top_k) if good else []
+    preds = (
+        classifier.predictions(
+            _probabilities(classifier, np.stack([a for _, a in good]), split), top_k
+        )
+        if good
+        else []
+    )
     by_index = {i: pred for (i, _), pred in zip(good, preds, strict=True)}
     rows: list[Row] = []
     for i, (path, item) in enumerate(batch):
@@ -222,8 +244,10 @@ def classify_paths(
     # closing(): on an error or Ctrl-C, pending decodes are cancelled at once.
     try:
         with closing(_batches(classifier, paths, workers, batch_size)) as batches:
-            for batch in batches:
-                rows = _classify_batch(classifier, batch, top_k, summary)
+            for batch, decoded_all in batches:
+                # with decoding done, the decoding threads' cores are free for the model
+                split = workers if decoded_all else 1
+                rows = _classify_batch(classifier, batch, top_k, summary, split)
                 if bar is None:
                     emit(rows)
                 else:

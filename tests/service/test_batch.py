@@ -167,3 +167,28 @@ def test_progress_bar_optional(
     summary = classify_paths(Classifier(tiny_model), paths, rows.extend, progress=True)
     assert summary.ok == 4 and len(rows) == 4
     assert ("img" in capsys.readouterr().err) is have_tqdm
+
+
+def test_last_batch_runs_in_parallel_parts_with_the_same_answers(
+    tiny_model: Path, photo_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clf = Classifier(tiny_model)
+    paths = find_images([str(photo_dir)])
+    arrays = np.stack([clf.load(Path(p).read_bytes()) for p in paths])
+    whole = clf.probabilities(arrays)
+    np.testing.assert_allclose(batch_mod._probabilities(clf, arrays, 3), whole, atol=1e-6)
+    np.testing.assert_allclose(batch_mod._probabilities(clf, arrays[:1], 3), whole[:1], atol=1e-6)
+
+    sizes: list[int] = []
+    real = Classifier.probabilities
+
+    def counting(self: Classifier, batch: np.ndarray) -> np.ndarray:
+        sizes.append(len(batch))
+        return real(self, batch)
+
+    monkeypatch.setattr(Classifier, "probabilities", counting)
+    rows: list[Row] = []
+    classify_paths(clf, paths * 3, rows.extend, workers=2, batch_size=4)  # 12 photos
+    # batches 1-2 while decoding may go on; the last one, decoded, as 2 parts of 2
+    assert sorted(sizes[-2:]) == [2, 2] and sum(sizes) == 12
+    assert [r["path"] for r in rows] == paths * 3

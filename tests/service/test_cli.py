@@ -354,20 +354,20 @@ def test_interrupt_keeps_finished_rows_then_resume_completes(
         "--batch-size",
         "2",
     ]
-    real = Classifier.classify_arrays
+    real = Classifier.probabilities
     calls: list[int] = []
 
-    def interrupted(self: Classifier, batch: np.ndarray, top_k: int = 5) -> Any:
+    def interrupted(self: Classifier, batch: np.ndarray) -> Any:
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(self, batch, top_k)
+        return real(self, batch)
 
-    monkeypatch.setattr(Classifier, "classify_arrays", interrupted)
+    monkeypatch.setattr(Classifier, "probabilities", interrupted)
     assert main(base) == 130
     assert len(_jsonl(out.read_text(encoding="utf-8"))) == 2
     assert "interrupted" in capsys.readouterr().err
-    monkeypatch.setattr(Classifier, "classify_arrays", real)
+    monkeypatch.setattr(Classifier, "probabilities", real)
     assert main([*base, "--resume"]) == 0
     paths = [r["path"] for r in _jsonl(out.read_text(encoding="utf-8"))]
     assert paths == sorted(str(p) for p in photos.glob("*.jpg"))
