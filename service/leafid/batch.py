@@ -179,7 +179,7 @@ def _probabilities(classifier: Classifier, arrays: np.ndarray, split: int) -> np
     Splitting lets the model use the cores the decoding threads no longer need once
     decoding is finished (onnxruntime sessions may be run from several threads).
     """
-    parts = [p for p in np.array_split(arrays, min(split, len(arrays))) if len(p)]
+    parts = np.array_split(arrays, min(split, len(arrays)))  # no empty parts
     if len(parts) == 1:
         return classifier.probabilities(arrays)
     with ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix="leafid-infer") as pool:

@@ -6,8 +6,9 @@ import os
 from pathlib import Path
 
 MODEL_FILENAME = "leafid.onnx"
+INT8_SUFFIX = ".int8.onnx"  # NAME.onnx -> NAME.int8.onnx, the INT8 copy beside a model
 #: The INT8 copy; shipped (and then the default) only when the model card's rule passes.
-INT8_MODEL_FILENAME = "leafid.int8.onnx"
+INT8_MODEL_FILENAME = MODEL_FILENAME.removesuffix(".onnx") + INT8_SUFFIX
 MODEL_ENV = "LEAFID_MODEL"
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -16,7 +17,18 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 def int8_copy_path(model: str | os.PathLike[str]) -> Path:
     """Where the INT8 copy of an fp32 model lives: ``NAME.onnx`` -> ``NAME.int8.onnx``."""
     path = Path(model)
-    return path.with_name(path.stem + ".int8.onnx")
+    return path.with_name(path.stem + INT8_SUFFIX)
+
+
+def fp32_of_int8_copy(copy: str | os.PathLike[str]) -> Path | None:
+    """The fp32 model an INT8 copy was made from (``NAME.int8.onnx`` -> ``NAME.onnx``).
+
+    Returns None when ``copy`` is not named like an INT8 copy.
+    """
+    path = Path(copy)
+    if not path.name.endswith(INT8_SUFFIX):
+        return None
+    return path.with_name(path.name.removesuffix(INT8_SUFFIX) + ".onnx")
 
 
 def shipped_model_candidates() -> list[Path]:

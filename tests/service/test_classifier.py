@@ -177,3 +177,13 @@ def test_shipped_model_when_present():
     (pred,) = clf.classify([noisy((40, 140, 40), (640, 480))])
     assert len(pred.results) == min(5, len(clf.spec.classes))
     assert 0.0 <= pred.results[0].score <= 1.0
+
+
+def test_int8_copy_names_go_both_ways(tmp_path):
+    from leafid.paths import INT8_MODEL_FILENAME, fp32_of_int8_copy, int8_copy_path
+
+    assert INT8_MODEL_FILENAME == "leafid.int8.onnx"
+    copy = int8_copy_path(tmp_path / "m.v2.onnx")
+    assert copy == tmp_path / "m.v2.int8.onnx"
+    assert fp32_of_int8_copy(copy) == tmp_path / "m.v2.onnx"
+    assert fp32_of_int8_copy(tmp_path / "m.onnx") is None

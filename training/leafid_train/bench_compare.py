@@ -39,6 +39,7 @@ from leafid.bench import (
 from leafid.classifier import Classifier
 from leafid.console import echo
 from leafid.errors import EXIT_OK, InvalidRequestError, ModelNotFoundError
+from leafid.paths import fp32_of_int8_copy, int8_copy_path
 from leafid.spec import ModelSpec
 from leafid_train.backbone import PRETRAINED_ARCH, build_backbone
 
@@ -279,19 +280,19 @@ def compare_models(args: argparse.Namespace) -> tuple[Path, Path | None]:
     path = Path(given.path)
     int8: Path | None = None
     if is_int8(given):
-        int8 = path
-        path = path.with_name(path.name.removesuffix(".int8.onnx") + ".onnx")
-        if path == int8 or not path.is_file():
+        int8, fp32 = path, fp32_of_int8_copy(path)
+        if fp32 is None or not fp32.is_file():
             raise ModelNotFoundError(
-                f"{int8} is an INT8 copy and its fp32 model {path} is missing: "
-                "give the fp32 model with --model"
+                f"{int8} is an INT8 copy and its fp32 model ({fp32 or 'NAME.onnx'}) is "
+                "missing: give the fp32 model with --model"
             )
+        path = fp32
     if args.int8:
         int8 = Path(args.int8)
         if not int8.is_file():
             raise ModelNotFoundError(f"int8 model not found: {int8}")
     elif int8 is None:
-        sibling = path.with_name(path.stem + ".int8.onnx")
+        sibling = int8_copy_path(path)
         int8 = sibling if sibling.is_file() else None
     return path, int8
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from leafid.classifier import Classifier
 from leafid.errors import InvalidRequestError
-from leafid.paths import int8_copy_path
+from leafid.paths import fp32_of_int8_copy, int8_copy_path
 from leafid.results import CAVEAT
 from leafid.spec import ModelSpec
 from leafid_train.commands import register
@@ -150,10 +150,12 @@ def shipped_int8(run_dir: Path, model: Path | None = None) -> Path | None:
     decision = int8_decision(run_dir)
     if not (decision and decision["ships"]):
         return None
-    exported = _load(run_dir / "export.json")
-    if model is None and exported is None:
-        return None
-    copy = int8_copy_path(model if model is not None else exported["onnx"])  # type: ignore[index]
+    if model is None:
+        exported = _load(run_dir / "export.json")
+        if exported is None:
+            return None
+        model = Path(exported["onnx"])
+    copy = int8_copy_path(model)
     return copy if copy.is_file() else None
 
 
@@ -192,11 +194,12 @@ def render_card(run_dir: Path, model: Path | None = None) -> str:
         f"{_num(cal['unknown_threshold'])} (best calibrated score below it is answered "
         f"*unknown*), chosen on val to keep {_pct(cfg.keep_fraction)} of correct answers.",
     ]
-    if ships:
+    if int8_copy is not None:
+        fp32 = fp32_of_int8_copy(int8_copy) or int8_copy
         out.append(
             f"- Shipped default: `{int8_copy.name}`, the INT8 copy (it passes the rule in "
             "*INT8 quantisation* below; its own temperature and threshold); "
-            f"`{int8_copy.name.replace('.int8.onnx', '.onnx')}` is the fp32 original."
+            f"`{fp32.name}` is the fp32 original."
         )
     if exported:
         out.append(
