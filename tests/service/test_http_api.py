@@ -171,6 +171,17 @@ def test_metrics_count_requests_images_and_unknowns(client: TestClient) -> None:
     )
 
 
+def test_metrics_label_requests_refused_before_routing(tiny_model: Path) -> None:
+    app = create_app(Settings(model=tiny_model, max_upload_bytes=1000))
+    with TestClient(app) as c:
+        assert c.post("/v1/identify", files=files(("a.jpg", jpeg("rubra")))).status_code == 413
+        assert c.get("/no/such/page").status_code == 404
+        text = c.get("/metrics").text
+    assert 'route="/v1/identify",status="413"} 1.0' in text  # body limit, before routing
+    assert 'route="unmatched",status="404"} 1.0' in text
+    assert 'route="/metrics"' not in text  # counted when it finishes, after this answer
+
+
 def test_each_app_has_its_own_registry(tiny_model: Path) -> None:
     a = create_app(Settings(model=tiny_model))
     b = create_app(Settings(model=tiny_model))

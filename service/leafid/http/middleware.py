@@ -88,11 +88,19 @@ class MetricsMiddleware:
         self.router_app = router_app
 
     def _route(self, scope: Scope) -> str:
-        for route in self.router_app.router.routes:
-            match, _ = route.matches(scope)
-            if match == Match.FULL:
-                return str(getattr(route, "path", "other"))
-        return "unmatched"
+        """The path template of the request's route (the router leaves it in the scope).
+
+        A request refused before routing (e.g. 413 from the body limit) is matched here.
+        """
+        matched = scope.get("route")
+        if matched is None:
+            for route in self.router_app.router.routes:
+                if route.matches(scope)[0] == Match.FULL:
+                    matched = route
+                    break
+            else:
+                return "unmatched"
+        return str(getattr(matched, "path", "other"))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Run the app, recording the request's route, status and latency."""
@@ -100,7 +108,6 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        route = self._route(scope)
         status = 500
         started = False
 
@@ -120,6 +127,6 @@ class MetricsMiddleware:
             await send_error(send, InternalError("internal server error"))
             status = 500
         finally:
-            labels = (route, scope["method"], str(status))
+            labels = (self._route(scope), scope["method"], str(status))
             self.metrics.requests.labels(*labels).inc()
             self.metrics.latency.labels(*labels).observe(time.perf_counter() - start)
