@@ -145,6 +145,26 @@ def test_leafnet_normalises_like_float_preprocess(imagenet_net: LeafNet) -> None
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize(
+    ("mean", "std"),
+    [(PRETRAINED_MEAN, PRETRAINED_STD), ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))],
+    ids=["shared", "per-channel"],
+)
+def test_leafnet_normalisation_matches_preprocess(
+    mean: tuple[float, float, float], std: tuple[float, float, float]
+) -> None:
+    """Shared (scalar) and per-channel mean/std both normalise as float preprocess does."""
+    spec = tiny_spec().replace(mean=mean, std=std)
+    net = LeafNet(torch.nn.Flatten(), spec.mean, spec.std)
+    assert net.mean.dim() == (0 if len(set(mean)) == 1 else 4)
+    photos = [noisy(c, (40, 30), seed=i) for i, c in enumerate(TINY_COLOURS.values())]
+    as_bytes = np.stack([preprocess(p, spec.replace(input_format="uint8_nhwc")) for p in photos])
+    as_float = np.stack([preprocess(p, spec.replace(input_format="float32_nchw")) for p in photos])
+    with torch.no_grad():
+        got = net(torch.from_numpy(as_bytes))
+    torch.testing.assert_close(got, torch.from_numpy(as_float).flatten(1), atol=1e-5, rtol=1e-5)
+
+
 def test_leafnet_rejects_non_uint8_nhwc(imagenet_net: LeafNet) -> None:
     with pytest.raises(ValueError, match="uint8"):
         imagenet_net(torch.zeros(1, 32, 32, 3))
@@ -157,7 +177,7 @@ def test_fresh_head_for_other_class_counts(imagenet_state: dict[str, torch.Tenso
     state = net.backbone.state_dict()
     assert net.backbone.get_classifier().out_features == 3
     assert torch.equal(state["conv_head.weight"], imagenet_state["conv_head.weight"])
-    assert torch.equal(net.mean.flatten(), torch.tensor(PRETRAINED_MEAN))
+    assert torch.equal(net.mean.expand(1, 3, 1, 1).flatten(), torch.tensor(PRETRAINED_MEAN))
     # Normalisation comes from the spec, never from a checkpoint.
     assert "mean" not in net.state_dict() and "std" not in net.state_dict()
 
