@@ -85,8 +85,14 @@ def test_usual_model_and_transform_fit_the_spec(tiny_model: Path) -> None:
     from PIL import Image
 
     clf = Classifier(tiny_model)
-    model, arch = bc.usual_model(clf.spec)
-    assert arch == "efficientnet_lite0"  # "tiny-test" is no timm name: the default arch
+    model, described = bc.usual_model(clf.spec)
+    # "tiny-test" is no timm name: the default arch, with the ImageNet weights a fine-tuned
+    # model starts from (random weights run slower in eager torch)
+    n = len(clf.spec.classes)
+    assert described == f"timm efficientnet_lite0 with {n} classes, ImageNet weights, fresh head"
+    imagenet = bc.build_backbone("efficientnet_lite0", 1000, pretrained=True)
+    torch = pytest.importorskip("torch")
+    assert torch.equal(model.conv_head.weight, imagenet.conv_head.weight)
     x = bc.usual_transform(clf.spec)(Image.new("RGB", (90, 60), (200, 30, 30)))
     assert tuple(x.shape) == (3, 32, 32)
     assert tuple(model(x.unsqueeze(0)).shape) == (1, len(clf.spec.classes))
@@ -129,13 +135,13 @@ def test_cli_bench_compare_prints_the_table(
     tiny_model: Path, capsys: Capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bc = pytest.importorskip("leafid_train.bench_compare")
-    monkeypatch.setattr(bc, "usual_model", lambda spec: (_small_torch_model(), "small"))
+    monkeypatch.setattr(bc, "usual_model", lambda spec: (_small_torch_model(), "a small test net"))
     int8 = tiny_model.with_name(tiny_model.stem + ".int8.onnx")
     int8.write_bytes(tiny_model.read_bytes())  # found next to the model
     args = ["--model", str(tiny_model), "--n12", "0", "--n1", "1", "--repeat", "1"]
     assert main(["bench", "--compare", *args]) == 0
     out = capsys.readouterr().out
-    assert "random weights" in out and "usual approach: torch" in out
+    assert "a small test net; PIL full-size decode" in out and "usual approach: torch" in out
     assert f"int8 model: {int8}" in out
     table = [line for line in out.splitlines() if line.startswith(("end-to-end", "model only"))]
     assert [line.split()[-1].endswith("x") for line in table] == [True] * 9

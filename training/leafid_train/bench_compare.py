@@ -3,10 +3,11 @@
 The usual approach is what a typical PyTorch script does: ``Image.open().convert("RGB")``
 (full-size decode), torchvision ``Resize``, ``CenterCrop``, ``ToTensor``, ``Normalize``,
 and an eager-mode torch model, one image at a time. Its model is the same architecture
-as the leafid model (timm, same number of classes) with random weights: weights do not
-change the speed. leafid's rows are those of ``leafid bench`` (:mod:`leafid.bench`),
-measured on the same generated photos, plus the int8 model's model-only rows when one
-is given. Every leafid row is divided by the usual row of the same case.
+as the leafid model (timm, same number of classes), with the ImageNet EfficientNet-Lite0
+weights where the architecture takes them (random weights ran 1.3-2x slower here in eager
+torch, so they would flatter leafid). leafid's rows are those of ``leafid bench``
+(:mod:`leafid.bench`), measured on the same generated photos, plus the int8 model's
+model-only rows when one is given. Every leafid row is divided by the usual row of the same case.
 
 Registered in the ``leafid.bench`` entry-point group (``leafid`` never imports this).
 """
@@ -41,7 +42,7 @@ from leafid.console import echo
 from leafid.errors import EXIT_OK, InvalidRequestError, ModelNotFoundError
 from leafid.paths import fp32_of_int8_copy, int8_copy_path
 from leafid.spec import ModelSpec
-from leafid_train.backbone import PRETRAINED_ARCH, build_backbone
+from leafid_train.backbone import PRETRAINED_ARCH, PRETRAINED_ARCHS, build_backbone
 
 USUAL = "usual: torch eager"
 LEAFID = "leafid fp32"
@@ -149,18 +150,22 @@ def usual_transform(spec: ModelSpec) -> transforms.Compose:
 
 
 def usual_model(spec: ModelSpec) -> tuple[nn.Module, str]:
-    """The spec's architecture in eval mode, random weights; returns (model, arch).
+    """The spec's architecture in eval mode; returns (model, what it is).
 
     The arch comes from the model name (``leafid-efficientnet-lite0``), or is
-    :data:`PRETRAINED_ARCH` when timm does not know that name.
+    :data:`PRETRAINED_ARCH` when timm does not know that name. Archs that take the
+    ImageNet lite0 weights get them (with a fresh head of the spec's class count), as a
+    fine-tuned model would have; others keep timm's random initialisation.
     """
     arch = spec.model_name.removeprefix("leafid-").replace("-", "_")
+    n = len(spec.classes)
     try:
-        model = build_backbone(arch, len(spec.classes), pretrained=False, drop_rate=0.0)
-    except InvalidRequestError:
+        model = build_backbone(arch, n, pretrained=arch in PRETRAINED_ARCHS, drop_rate=0.0)
+    except InvalidRequestError:  # not a timm architecture
         arch = PRETRAINED_ARCH
-        model = build_backbone(arch, len(spec.classes), pretrained=False, drop_rate=0.0)
-    return model.eval(), arch
+        model = build_backbone(arch, n, pretrained=True, drop_rate=0.0)
+    weights = "ImageNet weights, fresh head" if arch in PRETRAINED_ARCHS else "random weights"
+    return model.eval(), f"timm {arch} with {n} classes, {weights}"
 
 
 def usual_files(model: nn.Module, transform: transforms.Compose, paths: Sequence[str]) -> int:
@@ -304,7 +309,7 @@ def run(args: argparse.Namespace) -> int:
     leafid = {LEAFID: (classifier, model_classifier)}
     if int8 is not None:
         leafid[LEAFID_INT8] = make_classifiers(args, int8)
-    model, arch = usual_model(classifier.spec)
+    model, described = usual_model(classifier.spec)
     with synthetic_photos(args) as photos:
         rows = run_compare(
             model,
@@ -322,8 +327,7 @@ def run(args: argparse.Namespace) -> int:
         echo(f"int8 model: {int8}")
     echo(
         f"usual approach: torch {torch.__version__} eager, {torch.get_num_threads()} threads, "
-        f"timm {arch} with {len(classifier.spec.classes)} classes and random weights "
-        "(weights do not change the speed); PIL full-size decode; torchvision Resize("
+        f"{described}; PIL full-size decode; torchvision Resize("
         f"{classifier.spec.resize_size}), CenterCrop({classifier.spec.input_size}), ToTensor, "
         "Normalize; one image at a time"
     )
