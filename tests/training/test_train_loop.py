@@ -250,6 +250,31 @@ def test_head_only_epoch_changes_only_the_head(tmp_path: Path) -> None:
     assert changed == {"backbone.classifier.weight", "backbone.classifier.bias"}
 
 
+def test_oversampled_root_is_shown_n_times_per_epoch(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path, data=[str(tmp_path / "leaf"), str(tmp_path / "more")])
+    make_imagefolder(tmp_path / "more", classes={"alba": (240, 240, 230)})
+    data = build_data(cfg)
+    roots = [item.root for item in data.split.leaf["train"]]
+    plain = load_train_set(data, cfg.seed)
+    twice = load_train_set(data, cfg.seed, oversample={"more": 2})
+    assert len(plain) == len(roots) and len(twice) == len(roots) + roots.count("more")
+    shown = [roots[j] for j in twice.order]
+    assert shown.count("more") == 2 * roots.count("more") and shown.count("leaf") == roots.count(
+        "leaf"
+    )
+    # the two showings of one image are augmented differently
+    first, second = [i for i, j in enumerate(twice.order) if j == twice.order[-1]]
+    assert not torch.equal(twice[first][0], twice[second][0])
+    assert twice[first][1] == twice[second][1]
+
+
+def test_oversample_must_name_a_data_root(tmp_path: Path) -> None:
+    with pytest.raises(InvalidRequestError, match="ROOT=N"):
+        tiny_config(tmp_path, oversample=["leaf=0"])
+    with pytest.raises(InvalidRequestError, match=r"\['elsewhere'\], not a --data root"):
+        build_data(tiny_config(tmp_path, oversample=["elsewhere=2"]))
+
+
 def test_manifest_mismatch_stops_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = tiny_config(tmp_path, verify=True)
     write_manifest(open_root(tmp_path / "leaf"), tmp_path / "manifests")

@@ -254,6 +254,15 @@ def render_card(run_dir: Path, model: Path | None = None) -> str:
         f"{_num(summary['best_val_loss'])}).",
         f"- Training time: {summary['train_seconds'] / 60:.1f} min on CPU "
         f"({summary['world_size']} process(es)).",
+        *(
+            [
+                "- Oversampled: "
+                + ", ".join(f"{r} x{n}" for r, n in cfg.oversample_factors().items())
+                + " (each of its training images shown that many times per epoch)."
+            ]
+            if cfg.oversample
+            else []
+        ),
         f"- AdamW lr {cfg.lr} (head x{cfg.head_lr_scale}), weight decay {cfg.weight_decay}, "
         f"cosine schedule with {_pct(cfg.warmup_steps_frac)} warm-up, label smoothing "
         f"{cfg.label_smoothing}, batch {cfg.batch_size}, seed {cfg.seed}"

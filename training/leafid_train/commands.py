@@ -111,6 +111,13 @@ def register(subparsers: Any) -> None:
         help="validate and keep an EMA of the weights with this per-step decay (0: off)",
     )
     p.add_argument(
+        "--oversample",
+        action="append",
+        default=[],
+        metavar="ROOT=N",
+        help="show each training image of data root ROOT N times per epoch (repeatable)",
+    )
+    p.add_argument(
         "--patience",
         type=int,
         help=(
@@ -229,6 +236,7 @@ def _config(args: argparse.Namespace) -> Any:
         label_smoothing=args.label_smoothing,
         drop_rate=args.drop_rate,
         ema_decay=args.ema_decay,
+        oversample=args.oversample,
         patience=patience,
         split=tuple(args.split),
         seed=args.seed,

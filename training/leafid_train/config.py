@@ -70,6 +70,8 @@ class TrainConfig:
         drop_rate: Dropout before the head.
         ema_decay: Keep an exponential moving average of the weights with this decay per
             step and validate, keep and export it instead of the raw weights (0 = off).
+        oversample: ``ROOT=N`` items: each training image of data root ROOT is shown N
+            times per epoch (each time with its own augmentation), for a hard root.
         patience: Stop after this many epochs without a better val loss (0 = never).
         seed: Seeds torch, numpy, random and the split.
         split: Train / val / test fractions.
@@ -99,6 +101,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     drop_rate: float = 0.2
     ema_decay: float = 0.0
+    oversample: list[str] = field(default_factory=list)
     patience: int = 4
     seed: int = 20261125
     split: tuple[float, float, float] = (0.70, 0.15, 0.15)
@@ -128,8 +131,29 @@ class TrainConfig:
             problems.append("ema_decay must be in [0, 1)")
         if not 0.5 <= self.keep_fraction <= 1.0:
             problems.append("keep_fraction must be in [0.5, 1]")
+        try:
+            self.oversample_factors()
+        except InvalidRequestError as exc:
+            problems.append(str(exc))
         if problems:
             raise InvalidRequestError("invalid training config: " + "; ".join(problems))
+
+    def oversample_factors(self) -> dict[str, int]:
+        """``oversample`` as {root name: times per epoch}.
+
+        Raises:
+            InvalidRequestError: An item is not ``ROOT=N`` with a whole N >= 1, or a root
+                is named twice.
+        """
+        factors: dict[str, int] = {}
+        for item in self.oversample:
+            root, sep, times = item.rpartition("=")
+            if not sep or not root or not times.isdigit() or int(times) < 1 or root in factors:
+                raise InvalidRequestError(
+                    f"oversample needs distinct ROOT=N items with N >= 1, got {item!r}"
+                )
+            factors[root] = int(times)
+        return factors
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form."""

@@ -17,7 +17,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -139,6 +139,8 @@ def build_data(cfg: TrainConfig, split_file: Path | None = None) -> RunData:
     Raises:
         ManifestMismatchError: A root does not match its manifest (``cfg.verify``).
         DatasetError: A root is empty or unreadable.
+        InvalidRequestError: A root is both --data and --ood, or --oversample names a
+            root that is not a --data root.
     """
     roots = [open_root(d) for d in cfg.data]
     ood_roots = [open_root(d) for d in cfg.ood]
@@ -156,6 +158,12 @@ def build_data(cfg: TrainConfig, split_file: Path | None = None) -> RunData:
     overlap = {r.name for r in roots} & {r.name for r in ood_roots}
     if overlap:
         raise InvalidRequestError(f"a root cannot be both --data and --ood: {sorted(overlap)}")
+    unknown = set(cfg.oversample_factors()) - {r.name for r in roots}
+    if unknown:
+        raise InvalidRequestError(
+            f"--oversample names {sorted(unknown)}, not a --data root "
+            f"({', '.join(r.name for r in roots)})"
+        )
     if not split.leaf["train"] or not split.leaf["val"]:
         raise DatasetError("the split has no train or no val images: add more images per class")
     spec = build_spec(cfg, label_space(roots, leaf))
@@ -167,31 +175,55 @@ class TrainSet(Dataset):  # type: ignore[type-arg]
     """Augmented training images from preloaded arrays (shorter side = resize_size).
 
     Augmentation is seeded by (seed, epoch, index), so an epoch is the same after resume.
+    ``order`` lists the array shown at each index (an array listed twice is shown twice
+    per epoch, augmented differently); default: each array once.
     """
 
     def __init__(
-        self, arrays: list[np.ndarray], labels: np.ndarray, spec: ModelSpec, seed: int
+        self,
+        arrays: list[np.ndarray],
+        labels: np.ndarray,
+        spec: ModelSpec,
+        seed: int,
+        order: Sequence[int] | None = None,
     ) -> None:
         self.arrays = arrays
         self.labels = labels
         self.spec = spec
         self.seed = seed
+        self.order = list(range(len(arrays))) if order is None else list(order)
         self.epoch = 0
 
     def __len__(self) -> int:
-        return len(self.arrays)
+        return len(self.order)
 
     def __getitem__(self, i: int) -> tuple[Any, int]:
         rng = np.random.default_rng([self.seed, self.epoch, i])
-        arr = augment(self.arrays[i], self.spec.input_size, rng, self.spec.interpolation)
-        return torch.from_numpy(arr), int(self.labels[i])
+        j = self.order[i]
+        arr = augment(self.arrays[j], self.spec.input_size, rng, self.spec.interpolation)
+        return torch.from_numpy(arr), int(self.labels[j])
 
 
-def load_train_set(data: RunData, seed: int, show: bool = False) -> TrainSet:
-    """Decode (or read from the cache) every training image once."""
+def load_train_set(
+    data: RunData, seed: int, show: bool = False, oversample: Mapping[str, int] | None = None
+) -> TrainSet:
+    """Decode (or read from the cache) every training image once.
+
+    Args:
+        data: The run's data.
+        seed: Augmentation seed.
+        show: Progress bar on a terminal.
+        oversample: {root name: N}: that root's images are shown N times per epoch.
+    """
+    factors = dict(oversample or {})
     paths = data.paths("train")
     arrays = [data.cache.train_array(p) for p in _progress(paths, "decode train", show)]
-    return TrainSet(arrays, data.labels("train"), data.spec, seed)
+    order = [
+        i
+        for i, item in enumerate(data.split.leaf["train"])
+        for _ in range(factors.get(item.root, 1))
+    ]
+    return TrainSet(arrays, data.labels("train"), data.spec, seed, order)
 
 
 def _progress(items: Sequence[Any], desc: str, show: bool) -> Any:
@@ -518,7 +550,9 @@ def run_training(
             f"train {sizes['train']}, val {sizes['val']}, test {sizes['test']}; "
             f"OOD val {len(data.split.ood['val'])}"
         )
-        train_set = load_train_set(data, cfg.seed, show=info.is_main and not quiet)
+        train_set = load_train_set(
+            data, cfg.seed, show=info.is_main and not quiet, oversample=cfg.oversample_factors()
+        )
         val_arrays, val_labels = data.eval_arrays("val"), data.labels("val")
         sampler = DistributedSampler(
             train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=cfg.seed
