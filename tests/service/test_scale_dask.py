@@ -64,3 +64,31 @@ def test_no_images_and_bad_sizes_are_errors(client: object, tmp_path: Path) -> N
         dask_batch.classify_folder_dask([str(tmp_path)], client, tmp_path / "m.onnx")
     with pytest.raises(dask_batch.InvalidRequestError, match="chunk_size"):
         dask_batch.classify_folder_dask([str(tmp_path)], client, "m.onnx", chunk_size=0)
+
+
+def test_command_writes_the_cli_rows_with_and_without_dask(
+    client: object,
+    tiny_model: Path,
+    photo_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["classify", str(photo_dir), "--model", str(tiny_model), "--format", "jsonl"]) == 0
+    expected = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert expected
+    address = client.scheduler.address  # type: ignore[attr-defined]
+    for how in (["--processes", "0"], ["--scheduler", address]):
+        out = tmp_path / "rows.jsonl"
+        status = dask_batch.main([str(photo_dir), "--model", str(tiny_model), "-o", str(out), *how])
+        assert status == 0
+        assert [json.loads(line) for line in out.read_text().splitlines()] == expected
+        assert f"{len(expected)} files (0 failed) in " in capsys.readouterr().out
+
+
+def test_command_errors(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert dask_batch.main(["--model", str(tiny_model)]) == 2
+    assert "give image files or folders" in capsys.readouterr().err
+    assert dask_batch.main([str(tmp_path), "--model", str(tmp_path / "missing.onnx")]) == 2
+    assert "leafid: error:" in capsys.readouterr().err
