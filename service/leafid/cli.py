@@ -1,4 +1,4 @@
-"""The ``leafid`` command line: classify, identify, info, bench, and plugin commands.
+"""The ``leafid`` command line: classify, dask, identify, info, bench, and plugin commands.
 
 Other packages add subcommands through the ``leafid.commands`` entry-point group: each
 entry point is a ``register(subparsers) -> None`` function that adds parsers whose
@@ -9,14 +9,18 @@ codes in one place, :func:`main`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import sys
+import tempfile
+import time
 import warnings
 from collections.abc import Sequence
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
@@ -57,6 +61,7 @@ from leafid.output import (
 )
 from leafid.paths import MODEL_ENV
 from leafid.results import CAVEAT
+from leafid.scale import dask_batch
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +132,21 @@ def _default_format(output: str | None) -> str:
     return "table" if sys.stdout.isatty() else "jsonl"
 
 
+def open_output(path: str, append: bool = False) -> TextIO:
+    """Open a rows file for writing (``-o``), refusing a name that looks like a photo.
+
+    Raises:
+        InvalidRequestError: The name looks like an image, or the file cannot be opened.
+    """
+    if is_image_name(path):
+        # e.g. "-o photos/*.jpg": writing rows there would destroy a photo
+        raise InvalidRequestError(f"-o {path} is named like an image; not overwriting it")
+    try:
+        return open(path, "a" if append else "w", encoding="utf-8", newline="")
+    except OSError as exc:
+        raise InvalidRequestError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
 # --- classify ---------------------------------------------------------------------------
 
 
@@ -134,8 +154,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     """Classify every photo independently; one row per file."""
     fmt = args.format or _default_format(args.output)
     if args.output and is_image_name(args.output):
-        # e.g. "-o photos/*.jpg": writing rows there would destroy a photo
-        raise InvalidRequestError(f"-o {args.output} is named like an image; not overwriting it")
+        open_output(args.output)  # refuses it before any work
     if args.resume:
         if not args.output:
             raise InvalidRequestError("--resume needs an output file (-o FILE)")
@@ -166,12 +185,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
             return EXIT_SOME_FAILED if failed_before else EXIT_OK
         paths = todo
 
-    file: TextIO | None = None
-    if args.output:
-        try:
-            file = open(args.output, "a" if append else "w", encoding="utf-8", newline="")
-        except OSError as exc:
-            raise InvalidRequestError(f"cannot write {args.output}: {exc.strerror or exc}") from exc
+    file = open_output(args.output, append) if args.output else None
     stream = file if file is not None else sys.stdout
     writer = Writer(
         stream,
@@ -206,6 +220,58 @@ def cmd_classify(args: argparse.Namespace) -> int:
         err=True,
     )
     return EXIT_SOME_FAILED if summary.failed or failed_before else EXIT_OK
+
+
+# --- dask -------------------------------------------------------------------------------
+
+
+def cmd_dask(args: argparse.Namespace) -> int:
+    """Classify on a Dask cluster (rows as ``classify --format jsonl``) and report images/s."""
+    if not args.paths and not args.synthetic:
+        raise InvalidRequestError("give image files or folders, or --synthetic N")
+    classifier = Classifier(args.model)  # a missing or invalid model fails before Dask starts
+    file = open_output(args.output) if args.output else None
+    with contextlib.ExitStack() as stack:
+        if file is not None:
+            stack.enter_context(file)
+        paths = list(args.paths)
+        if args.synthetic:
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="leafid-dask-"))
+            echo(f"leafid: writing {args.synthetic} synthetic 12 MP photos (not timed)", err=True)
+            bench.write_photos(Path(folder), args.synthetic, bench.SIZES["12mp"])
+            paths.append(folder)
+        files = find_images(paths, args.recursive)
+        if not files:
+            raise InvalidRequestError("no images found in " + ", ".join(args.paths))
+        rows: list[Row] = []
+        if args.processes == 0 and not args.scheduler:
+            how = "in this process (the classify pipeline, no Dask)"
+            start = time.perf_counter()
+            classify_paths(classifier, files, rows.extend, top_k=args.top_k)
+        else:
+            started = time.perf_counter()
+            client = stack.enter_context(dask_batch.dask_client(args.processes, args.scheduler))
+            workers = dask_batch.warm_workers(client, classifier.path)
+            how = (
+                f"{workers} Dask worker(s) of {args.scheduler or 'a local cluster'} (start-up "
+                f"and model loading {time.perf_counter() - started:.1f} s, not counted)"
+            )
+            start = time.perf_counter()
+            rows = dask_batch.classify_folder_dask(
+                files, client, classifier.path, top_k=args.top_k, chunk_size=args.chunk_size
+            )
+        seconds = time.perf_counter() - start
+        if file is not None:
+            Writer(file, "jsonl", top_k=args.top_k, model_version=classifier.model_version).write(
+                rows
+            )
+    failed = sum("error" in row for row in rows)
+    echo(
+        f"leafid: {len(rows)} files ({failed} failed) in {seconds:.2f} s: "
+        f"{len(rows) / seconds:.1f} images/s, {how}",
+        err=True,
+    )
+    return EXIT_SOME_FAILED if failed else EXIT_OK
 
 
 # --- identify ---------------------------------------------------------------------------
@@ -348,6 +414,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_model_arguments(p)
     p.set_defaults(func=cmd_classify)
+
+    p = add(
+        "dask",
+        "classify on a Dask cluster (local worker processes or a scheduler; needs the "
+        "[scale] extra) and report images/s",
+    )
+    p.add_argument("paths", nargs="*", metavar="PATH", help="image files or folders")
+    p.add_argument("-r", "--recursive", action="store_true", help="look in sub-folders too")
+    p.add_argument(
+        "--top-k", type=int_at_least(1), default=5, metavar="K", help="candidates per row"
+    )
+    p.add_argument("-o", "--output", metavar="FILE", help="write the rows to FILE (JSON lines)")
+    p.add_argument("--model", metavar="M", help="ONNX model file, at this path on every worker")
+    p.add_argument(
+        "--processes",
+        type=int_at_least(0),
+        default=2,
+        metavar="N",
+        help="worker processes of a local cluster (default: 2); 0: no Dask, this process",
+    )
+    p.add_argument("--scheduler", metavar="ADDRESS", help="use this running Dask scheduler")
+    p.add_argument(
+        "--chunk-size",
+        type=int_at_least(1),
+        default=dask_batch.DEFAULT_CHUNK_SIZE,
+        metavar="N",
+        help=f"files per task (default: {dask_batch.DEFAULT_CHUNK_SIZE})",
+    )
+    p.add_argument(
+        "--synthetic",
+        type=int_at_least(0),
+        default=0,
+        metavar="N",
+        help="also classify N generated 12 MP photos (written on this machine: local "
+        "clusters only)",
+    )
+    p.set_defaults(func=cmd_dask)
 
     p = add("identify", "one answer from several photos of the same plant")
     p.add_argument("images", nargs="+", metavar="IMG", help="photos of one plant")

@@ -66,29 +66,36 @@ def test_no_images_and_bad_sizes_are_errors(client: object, tmp_path: Path) -> N
         dask_batch.classify_folder_dask([str(tmp_path)], client, "m.onnx", chunk_size=0)
 
 
-def test_command_writes_the_cli_rows_with_and_without_dask(
+def test_dask_command_writes_the_cli_rows(
     client: object,
     tiny_model: Path,
     photo_dir: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert main(["classify", str(photo_dir), "--model", str(tiny_model), "--format", "jsonl"]) == 0
-    expected = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert expected
+    (photo_dir / "broken.jpg").write_bytes(b"not a jpeg")
+    expected = cli_rows(photo_dir, tiny_model, capsys)
     address = client.scheduler.address  # type: ignore[attr-defined]
-    for how in (["--processes", "0"], ["--scheduler", address]):
+    # in this process, on a running scheduler, on a new local cluster
+    for how in (["--processes", "0"], ["--scheduler", address], ["--processes", "1"]):
         out = tmp_path / "rows.jsonl"
-        status = dask_batch.main([str(photo_dir), "--model", str(tiny_model), "-o", str(out), *how])
-        assert status == 0
+        args = ["dask", str(photo_dir), "--model", str(tiny_model), "-o", str(out), *how]
+        assert main(args) == 1  # the broken file
         assert [json.loads(line) for line in out.read_text().splitlines()] == expected
-        assert f"{len(expected)} files (0 failed) in " in capsys.readouterr().out
+        assert f"leafid: {len(expected)} files (1 failed) in " in capsys.readouterr().err
 
 
-def test_command_errors(
-    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_dask_command_errors(
+    tiny_model: Path, photo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert dask_batch.main(["--model", str(tiny_model)]) == 2
+    assert main(["dask", "--model", str(tiny_model)]) == 2
     assert "give image files or folders" in capsys.readouterr().err
-    assert dask_batch.main([str(tmp_path), "--model", str(tmp_path / "missing.onnx")]) == 2
-    assert "leafid: error:" in capsys.readouterr().err
+    assert main(["dask", str(photo_dir), "--model", str(tmp_path / "missing.onnx")]) == 2
+    assert "model file not found" in capsys.readouterr().err
+    assert main(["dask", str(tmp_path), "--model", str(tiny_model), "--processes", "0"]) == 2
+    assert "no images found" in capsys.readouterr().err
+    args = ["dask", str(photo_dir), "--model", str(tiny_model), "-o", str(photo_dir / "x.jpg")]
+    assert main(args) == 2
+    assert "named like an image" in capsys.readouterr().err
+    assert main([*args[:-1], str(tmp_path / "no" / "such" / "rows.jsonl")]) == 2
+    assert "cannot write" in capsys.readouterr().err

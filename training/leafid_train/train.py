@@ -144,6 +144,12 @@ def build_data(cfg: TrainConfig, split_file: Path | None = None) -> RunData:
     """
     roots = [open_root(d) for d in cfg.data]
     ood_roots = [open_root(d) for d in cfg.ood]
+    unknown = set(cfg.oversample_factors()) - {r.name for r in roots}
+    if unknown:
+        raise InvalidRequestError(
+            f"--oversample names {sorted(unknown)}, not a --data root "
+            f"({', '.join(r.name for r in roots)})"
+        )
     if cfg.verify:
         checked = verify_roots(roots + ood_roots)
         log.info("verified against manifests: %s", checked or "none found")
@@ -158,12 +164,6 @@ def build_data(cfg: TrainConfig, split_file: Path | None = None) -> RunData:
     overlap = {r.name for r in roots} & {r.name for r in ood_roots}
     if overlap:
         raise InvalidRequestError(f"a root cannot be both --data and --ood: {sorted(overlap)}")
-    unknown = set(cfg.oversample_factors()) - {r.name for r in roots}
-    if unknown:
-        raise InvalidRequestError(
-            f"--oversample names {sorted(unknown)}, not a --data root "
-            f"({', '.join(r.name for r in roots)})"
-        )
     if not split.leaf["train"] or not split.leaf["val"]:
         raise DatasetError("the split has no train or no val images: add more images per class")
     spec = build_spec(cfg, label_space(roots, leaf))

@@ -8,8 +8,10 @@ process loads the model once and keeps it (:func:`worker_classifier`).
 Workers read the files and the model by path: on a multi-machine cluster both must be
 at the same path on every machine (shared or copied storage).
 
-This module does not import Dask: it only calls ``client.map`` and ``client.gather`` of
-the ``distributed.Client`` it is given (``pip install 'leafid[scale]'``).
+Importing this module does not import Dask: the functions call ``client.map``,
+``client.gather`` and ``client.run`` of the ``distributed.Client`` they are given, and
+:func:`dask_client` imports ``dask.distributed`` when called (``pip install
+'leafid[scale]'``). ``leafid dask`` is the command-line form.
 
 Example::
 
@@ -18,40 +20,21 @@ Example::
 
     client = Client("tcp://scheduler:8786")
     rows = classify_folder_dask(["/data/photos"], client, "/models/leafid.onnx")
-
-``python -m leafid.scale.dask_batch PATH... --processes N`` does the same on a local
-cluster of N worker processes (or ``--scheduler ADDRESS``; ``--processes 0``: no Dask,
-the ``classify`` pipeline in this process) and reports images/s; ``--synthetic N``
-classifies N generated 12 MP photos instead of PATHs.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import os
-import sys
-import tempfile
 import threading
-import time
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
-from pathlib import Path
+from contextlib import contextmanager
 from typing import Any
 
 from leafid.batch import DEFAULT_BATCH_SIZE, DEFAULT_THREADS, classify_paths, find_images
 from leafid.classifier import Classifier
-from leafid.console import echo
-from leafid.errors import (
-    EXIT_OK,
-    EXIT_SOME_FAILED,
-    EXIT_USAGE,
-    InvalidRequestError,
-    LeafidError,
-    MissingExtraError,
-)
-from leafid.output import Row, Writer
-from leafid.paths import default_model_path
+from leafid.errors import InvalidRequestError, MissingExtraError
+from leafid.output import Row
 
 DEFAULT_CHUNK_SIZE = 64
 
@@ -152,8 +135,16 @@ def classify_folder_dask(
 
 
 @contextmanager
-def _client(processes: int, scheduler: str | None) -> Iterator[Any]:
-    """A Dask client of ``scheduler``, else of a local cluster of ``processes`` workers."""
+def dask_client(processes: int, scheduler: str | None = None) -> Iterator[Any]:
+    """A ``distributed.Client`` of ``scheduler``, else of a new local cluster.
+
+    Args:
+        processes: Worker processes of the local cluster (one thread each).
+        scheduler: Address of a running scheduler, e.g. ``tcp://host:8786``.
+
+    Raises:
+        MissingExtraError: Dask is not installed.
+    """
     try:
         distributed: Any = importlib.import_module("dask.distributed")  # untyped package
     except ImportError as exc:
@@ -163,94 +154,20 @@ def _client(processes: int, scheduler: str | None) -> Iterator[Any]:
             yield client
         return
     with (
-        distributed.LocalCluster(
-            n_workers=processes, threads_per_worker=1, processes=True, dashboard_address=None
+        distributed.LocalCluster(  # its HTTP server on any free port, not a fixed 8787
+            n_workers=processes, threads_per_worker=1, processes=True, dashboard_address=":0"
         ) as cluster,
         distributed.Client(cluster) as client,
     ):
         yield client
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m leafid.scale.dask_batch",
-        description="Classify files and folders on a Dask cluster (rows as `leafid classify "
-        "--format jsonl`) and report images/s.",
-    )
-    parser.add_argument("paths", nargs="*", metavar="PATH", help="image files and folders")
-    parser.add_argument("-r", "--recursive", action="store_true", help="look in sub-folders")
-    parser.add_argument("--model", help="ONNX model file (default: the shipped model)")
-    parser.add_argument(
-        "--processes",
-        type=int,
-        default=2,
-        metavar="N",
-        help="worker processes of a local cluster (2); 0: no Dask, this process alone",
-    )
-    parser.add_argument("--scheduler", metavar="ADDRESS", help="use this Dask scheduler")
-    parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, metavar="N")
-    parser.add_argument(
-        "--synthetic", type=int, default=0, metavar="N", help="classify N generated 12 MP photos"
-    )
-    parser.add_argument("-o", "--output", metavar="FILE", help="write the rows as JSON lines")
-    return parser
+def _load_model(model_path: str, threads: int) -> None:
+    worker_classifier(model_path, threads)  # the classifier itself stays on the worker
 
 
-def _run(args: argparse.Namespace) -> int:
-    if args.processes < 0 or args.synthetic < 0:
-        raise InvalidRequestError("--processes and --synthetic must be >= 0")
-    if not args.paths and not args.synthetic:
-        raise InvalidRequestError("give image files or folders, or --synthetic N")
-    model = os.path.abspath(args.model or default_model_path())
-    classifier = Classifier(model)  # a missing or invalid model fails here, before Dask
-    with ExitStack() as stack:
-        paths = list(args.paths)
-        if args.synthetic:
-            from leafid.bench import SIZES, write_photos
-
-            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="leafid-")))
-            echo(f"writing {args.synthetic} synthetic 12 MP photos (not timed)...", err=True)
-            write_photos(folder, args.synthetic, SIZES["12mp"])
-            paths.append(str(folder))
-        if args.processes == 0 and not args.scheduler:
-            how = "the classify pipeline in this process"
-            start = time.perf_counter()
-            rows: list[Row] = []
-            classify_paths(classifier, find_images(paths, args.recursive), rows.extend)
-        else:
-            started = time.perf_counter()
-            client = stack.enter_context(_client(args.processes, args.scheduler))
-            how = (
-                f"Dask scheduler {args.scheduler}"
-                if args.scheduler
-                else f"a local Dask cluster of {args.processes} worker processes"
-            )
-            how += f" (started in {time.perf_counter() - started:.1f} s, not counted)"
-            start = time.perf_counter()
-            rows = classify_folder_dask(
-                paths, client, model, recursive=args.recursive, chunk_size=args.chunk_size
-            )
-        seconds = time.perf_counter() - start
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            Writer(f, "jsonl", top_k=5, model_version=classifier.model_version).write(rows)
-    failed = sum("error" in row for row in rows)
-    echo(
-        f"{len(rows)} files ({failed} failed) in {seconds:.1f} s: "
-        f"{len(rows) / seconds:.1f} images/s with {how}"
-    )
-    return EXIT_SOME_FAILED if failed else EXIT_OK
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m leafid.scale.dask_batch``; returns the exit status."""
-    args = _parser().parse_args(argv)
-    try:
-        return _run(args)
-    except LeafidError as exc:
-        echo(f"leafid: error: {exc}", err=True)
-        return EXIT_USAGE
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def warm_workers(
+    client: Any, model_path: str | os.PathLike[str], threads: int = DEFAULT_THREADS
+) -> int:
+    """Load the model on every worker now (as the first task would); return the count."""
+    return len(client.run(_load_model, os.path.abspath(model_path), threads))
