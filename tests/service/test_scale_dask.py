@@ -86,7 +86,11 @@ def test_dask_command_writes_the_cli_rows(
 
 
 def test_dask_command_errors(
-    tiny_model: Path, photo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_model: Path,
+    photo_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     assert main(["dask", "--model", str(tiny_model)]) == 2
     assert "give image files or folders" in capsys.readouterr().err
@@ -99,3 +103,7 @@ def test_dask_command_errors(
     assert "named like an image" in capsys.readouterr().err
     assert main([*args[:-1], str(tmp_path / "no" / "such" / "rows.jsonl")]) == 2
     assert "cannot write" in capsys.readouterr().err
+    monkeypatch.setattr(dask_batch, "CONNECT_TIMEOUT_S", 1)
+    args = ["dask", str(photo_dir), "--model", str(tiny_model), "--scheduler", "tcp://127.0.0.1:9"]
+    assert main(args) == 2
+    assert "cannot reach Dask scheduler tcp://127.0.0.1:9" in capsys.readouterr().err

@@ -37,6 +37,8 @@ from leafid.errors import InvalidRequestError, MissingExtraError
 from leafid.output import Row
 
 DEFAULT_CHUNK_SIZE = 64
+CONNECT_TIMEOUT_S = 10
+"""Seconds to wait for a scheduler given by address."""
 
 _classifiers: dict[tuple[str, int], Classifier] = {}
 _classifiers_lock = threading.Lock()
@@ -144,13 +146,19 @@ def dask_client(processes: int, scheduler: str | None = None) -> Iterator[Any]:
 
     Raises:
         MissingExtraError: Dask is not installed.
+        InvalidRequestError: The scheduler cannot be reached (within
+            :data:`CONNECT_TIMEOUT_S`).
     """
     try:
         distributed: Any = importlib.import_module("dask.distributed")  # untyped package
     except ImportError as exc:
         raise MissingExtraError("scale", exc.name or "distributed") from exc
     if scheduler:
-        with distributed.Client(scheduler) as client:
+        try:
+            client = distributed.Client(scheduler, timeout=f"{CONNECT_TIMEOUT_S}s")
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise InvalidRequestError(f"cannot reach Dask scheduler {scheduler}: {exc}") from exc
+        with client:
             yield client
         return
     with (
