@@ -34,7 +34,8 @@ IMAGE_EXTENSIONS = frozenset(
 DEFAULT_BATCH_SIZE = 16
 # onnxruntime intra-op threads next to the decoding threads. Measured on 2 cores with
 # 12 MP JPEGs: 1 thread costs ~41 ms CPU per image, 0 (automatic: 2 spinning threads)
-# ~47 ms, because idle onnxruntime threads spin and take CPU from the decoders.
+# ~47 ms, because idle onnxruntime threads spin and take CPU from the decoders (measured
+# before make_session turned spinning off by default).
 DEFAULT_THREADS = 1
 
 

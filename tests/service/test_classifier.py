@@ -134,6 +134,17 @@ def test_make_session_is_the_classifiers_session(tmp_path):
         make_session(tmp_path / "junk.onnx")
 
 
+def test_idle_threads_spin_only_when_asked(tmp_path):
+    path = make_tiny_model(tmp_path / "m.onnx")
+
+    def spins(classifier: Classifier) -> str:
+        options = classifier.session.get_session_options()
+        return options.get_session_config_entry("session.intra_op.allow_spinning")
+
+    assert spins(Classifier(path)) == "0"  # decoding threads share the cores
+    assert spins(Classifier(path, spin=True)) == "1"
+
+
 def test_default_model_path_env(monkeypatch, tmp_path):
     monkeypatch.setenv("LEAFID_MODEL", str(tmp_path / "x.onnx"))
     assert default_model_path() == tmp_path / "x.onnx"
