@@ -36,6 +36,8 @@ from leafid.images import ImageLimits, read_bytes
 from leafid.output import Writer
 
 SIZES = {"12mp": (4000, 3000), "1mp": (1152, 864)}
+MODEL_BATCH_SIZES = (1, 16)
+"""Batch sizes of the model-only figures."""
 DISTINCT_PHOTOS = 4  # different images per size; the rest are copies under other names
 # ``--compare`` (torch next to leafid) comes from this entry-point group, so this module
 # never imports torch or leafid_train: training depends on the service, not back.
@@ -142,37 +144,39 @@ def write_photo_sets(
     }
 
 
-def pipeline_result(
-    classifier: Classifier,
-    name: str,
-    paths: Sequence[str],
-    workers: int,
-    batch_size: int,
-    repeat: int,
-) -> Result:
-    """Measure the ``classify`` pipeline on ``paths`` ``repeat`` times, after a warm-up."""
+Case = tuple[Result, Callable[[], int]]
+"""A row still to measure, and the run that :meth:`Result.measure` times for it."""
+
+
+def measure_rounds(cases: Sequence[Case], repeat: int) -> list[Result]:
+    """Measure every case once per round, ``repeat`` rounds; return their results.
+
+    Rows that are compared with each other are measured in turn, so a slow spell of a
+    shared machine falls on all of them alike, not on whichever row ran during it.
+    """
+    for _ in range(repeat):
+        for result, run in cases:
+            result.measure(run)
+    return [result for result, _ in cases]
+
+
+def pipeline_case(
+    classifier: Classifier, name: str, paths: Sequence[str], workers: int, batch_size: int
+) -> Case:
+    """The ``classify`` pipeline on ``paths`` as a case to measure (warmed up here)."""
     time_pipeline(classifier, paths[: min(len(paths), batch_size)], workers, batch_size)
     result = Result(
         f"end-to-end {name} JPEG", len(paths), batch_size, workers, _threads(classifier)
     )
-    for _ in range(repeat):
-        result.measure(partial(time_pipeline, classifier, paths, workers, batch_size))
-    return result
+    return result, partial(time_pipeline, classifier, paths, workers, batch_size)
 
 
-def model_results(
-    classifier: Classifier, sample: np.ndarray, images: int, repeat: int, case: str = "model only"
-) -> list[Result]:
-    """Measure the model alone at batch 1 and 16 on copies of one preprocessed ``sample``."""
-    results = []
-    for bs in (1, 16):
-        batch = np.stack([sample] * bs)
-        classifier.classify_arrays(batch)  # warm-up
-        result = Result(case, images, bs, None, _threads(classifier))
-        for _ in range(repeat):
-            result.measure(partial(time_model, classifier, batch, images))
-        results.append(result)
-    return results
+def model_case(classifier: Classifier, sample: np.ndarray, images: int, batch_size: int) -> Case:
+    """The model alone on copies of one preprocessed ``sample`` (warmed up here)."""
+    batch = np.stack([sample] * batch_size)
+    classifier.classify_arrays(batch)  # warm-up
+    result = Result("model only", images, batch_size, None, _threads(classifier))
+    return result, partial(time_model, classifier, batch, images)
 
 
 def first_sample(classifier: Classifier, photos: Mapping[str, Sequence[str]]) -> np.ndarray:
@@ -202,12 +206,14 @@ def run_bench(
         repeat: Runs per case.
     """
     clf = pipeline_classifier
-    results = [
-        pipeline_result(clf, name, paths, workers, batch_size, repeat)
-        for name, paths in photos.items()
-    ]
+    results: list[Result] = []
+    for name, paths in photos.items():
+        results += measure_rounds([pipeline_case(clf, name, paths, workers, batch_size)], repeat)
     n_model = max([len(p) for p in photos.values()] + [64])
-    return results + model_results(model_classifier, first_sample(clf, photos), n_model, repeat)
+    sample = first_sample(clf, photos)
+    for bs in MODEL_BATCH_SIZES:
+        results += measure_rounds([model_case(model_classifier, sample, n_model, bs)], repeat)
+    return results
 
 
 def _threads(classifier: Classifier) -> int:

@@ -1,10 +1,11 @@
 import io
+from functools import partial
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from leafid.bench import SIZES, synthetic_photo, write_photos
+from leafid.bench import SIZES, Result, measure_rounds, synthetic_photo, write_photos
 from leafid.bench import main as bench_main
 from leafid.cli import main
 
@@ -66,3 +67,17 @@ def test_python_dash_m_bench_uses_the_cli(tiny_model: Path, capsys: Capsys) -> N
 def test_bench_refuses_bad_options(tiny_model: Path, capsys: Capsys) -> None:
     assert main(["bench", "--model", str(tiny_model), "--batch-size", "0"]) == 2
     assert "--batch-size" in capsys.readouterr().err
+
+
+def test_measure_rounds_takes_turns() -> None:
+    order: list[str] = []
+
+    def run(name: str) -> int:
+        order.append(name)
+        return 2
+
+    cases = [(Result(name, 2, 1, None, 1), partial(run, name)) for name in ("usual", "leafid")]
+    results = measure_rounds(cases, 3)
+    assert order == ["usual", "leafid"] * 3
+    assert [r.case for r in results] == ["usual", "leafid"]
+    assert all(len(r.rates) == 3 and min(r.rates) > 0 for r in results)

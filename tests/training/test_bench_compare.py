@@ -117,10 +117,10 @@ def test_run_compare_measures_both_approaches(tiny_model: Path, tmp_path: Path) 
         (bc.LEAFID, "end-to-end 1mp JPEG"),
         (bc.LEAFID_INT8, "end-to-end 1mp JPEG"),
         (bc.USUAL, "model only, batch 1"),
-        (bc.USUAL, "model only, batch 16"),
         (bc.LEAFID, "model only, batch 1"),
-        (bc.LEAFID, "model only, batch 16"),
         (bc.LEAFID_INT8, "model only, batch 1"),
+        (bc.USUAL, "model only, batch 16"),
+        (bc.LEAFID, "model only, batch 16"),
         (bc.LEAFID_INT8, "model only, batch 16"),
     ]
     assert all(len(m.result.rates) == 2 and min(m.result.rates) > 0 for m in rows)

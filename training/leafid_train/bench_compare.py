@@ -29,12 +29,15 @@ from torchvision import transforms
 from leafid.batch import default_workers
 from leafid.bench import (
     COLUMNS_NOTE,
+    MODEL_BATCH_SIZES,
+    Case,
     Result,
     first_sample,
     machine_info,
     make_classifiers,
-    model_results,
-    pipeline_result,
+    measure_rounds,
+    model_case,
+    pipeline_case,
     synthetic_photos,
 )
 from leafid.classifier import Classifier
@@ -188,30 +191,21 @@ def usual_model_only(model: nn.Module, batch: torch.Tensor, images: int) -> int:
     return calls * len(batch)
 
 
-def usual_pipeline_result(
-    model: nn.Module, transform: transforms.Compose, name: str, paths: Sequence[str], repeat: int
-) -> Result:
-    """Measure :func:`usual_files` on ``paths`` ``repeat`` times, after a warm-up."""
+def usual_pipeline_case(
+    model: nn.Module, transform: transforms.Compose, name: str, paths: Sequence[str]
+) -> Case:
+    """:func:`usual_files` on ``paths`` as a case to measure (warmed up here)."""
     usual_files(model, transform, paths[:1])
     result = Result(f"end-to-end {name} JPEG", len(paths), 1, 1, torch.get_num_threads())
-    for _ in range(repeat):
-        result.measure(partial(usual_files, model, transform, paths))
-    return result
+    return result, partial(usual_files, model, transform, paths)
 
 
-def usual_model_results(
-    model: nn.Module, sample: torch.Tensor, images: int, repeat: int
-) -> list[Result]:
-    """Measure the torch model alone at batch 1 and 16 (the cases of the leafid rows)."""
-    results = []
-    for bs in (1, 16):
-        batch = sample.unsqueeze(0).repeat(bs, 1, 1, 1)
-        usual_model_only(model, batch, bs)  # warm-up
-        result = Result("model only", images, bs, None, torch.get_num_threads())
-        for _ in range(repeat):
-            result.measure(partial(usual_model_only, model, batch, images))
-        results.append(result)
-    return results
+def usual_model_case(model: nn.Module, sample: torch.Tensor, images: int, batch_size: int) -> Case:
+    """The torch model alone on copies of one transformed ``sample`` (warmed up here)."""
+    batch = sample.unsqueeze(0).repeat(batch_size, 1, 1, 1)
+    usual_model_only(model, batch, batch_size)  # warm-up
+    result = Result("model only", images, batch_size, None, torch.get_num_threads())
+    return result, partial(usual_model_only, model, batch, images)
 
 
 # --- one run -----------------------------------------------------------------------------
@@ -241,17 +235,28 @@ def run_compare(
         model_images: Images per model-only run.
 
     Returns:
-        The rows, each leafid row after the usual row of its case.
+        The rows, each leafid row after the usual row of its case. The rows of one case
+        are measured in turn, round after round (:func:`leafid.bench.measure_rounds`).
     """
     first = next(iter(leafid.values()))[0]
     transform = usual_transform(first.spec)
+    approaches = [USUAL, *leafid]
     rows: list[Measured] = []
+
+    def measure(cases: Sequence[Case]) -> None:  # one case of every approach, in turn
+        results = measure_rounds(cases, repeat)
+        rows.extend(Measured(a, r) for a, r in zip(approaches, results, strict=True))
+
     for name, paths in photos.items():
-        rows.append(Measured(USUAL, usual_pipeline_result(model, transform, name, paths, repeat)))
-        rows += [
-            Measured(approach, pipeline_result(clf, name, paths, workers, batch_size, repeat))
-            for approach, (clf, _) in leafid.items()
-        ]
+        measure(
+            [
+                usual_pipeline_case(model, transform, name, paths),
+                *(
+                    pipeline_case(clf, name, paths, workers, batch_size)
+                    for clf, _ in leafid.values()
+                ),
+            ]
+        )
     sample_paths = next(iter(photos.values()), [])
     if sample_paths:
         with Image.open(sample_paths[0]) as im:
@@ -259,11 +264,13 @@ def run_compare(
     else:
         tensor = transform(Image.new("RGB", (640, 480), (60, 140, 50)))
     sample = first_sample(first, photos)
-    rows += [Measured(USUAL, r) for r in usual_model_results(model, tensor, model_images, repeat)]
-    for approach, (_, model_clf) in leafid.items():
-        rows += [
-            Measured(approach, r) for r in model_results(model_clf, sample, model_images, repeat)
-        ]
+    for bs in MODEL_BATCH_SIZES:
+        measure(
+            [
+                usual_model_case(model, tensor, model_images, bs),
+                *(model_case(clf, sample, model_images, bs) for _, clf in leafid.values()),
+            ]
+        )
     return rows
 
 
