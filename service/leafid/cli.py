@@ -132,15 +132,23 @@ def _default_format(output: str | None) -> str:
     return "table" if sys.stdout.isatty() else "jsonl"
 
 
+def check_output_name(path: str) -> None:
+    """Refuse an ``-o`` file named like a photo (e.g. ``-o photos/*.jpg`` would destroy one).
+
+    Raises:
+        InvalidRequestError: The name looks like an image.
+    """
+    if is_image_name(path):
+        raise InvalidRequestError(f"-o {path} is named like an image; not overwriting it")
+
+
 def open_output(path: str, append: bool = False) -> TextIO:
     """Open a rows file for writing (``-o``), refusing a name that looks like a photo.
 
     Raises:
         InvalidRequestError: The name looks like an image, or the file cannot be opened.
     """
-    if is_image_name(path):
-        # e.g. "-o photos/*.jpg": writing rows there would destroy a photo
-        raise InvalidRequestError(f"-o {path} is named like an image; not overwriting it")
+    check_output_name(path)
     try:
         return open(path, "a" if append else "w", encoding="utf-8", newline="")
     except OSError as exc:
@@ -153,8 +161,8 @@ def open_output(path: str, append: bool = False) -> TextIO:
 def cmd_classify(args: argparse.Namespace) -> int:
     """Classify every photo independently; one row per file."""
     fmt = args.format or _default_format(args.output)
-    if args.output and is_image_name(args.output):
-        open_output(args.output)  # refuses it before any work
+    if args.output:
+        check_output_name(args.output)  # before any work
     if args.resume:
         if not args.output:
             raise InvalidRequestError("--resume needs an output file (-o FILE)")
