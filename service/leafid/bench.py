@@ -295,8 +295,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--int8",
         metavar="M",
-        help="with --compare: int8 model for model-only rows (default: <model>.int8.onnx "
-        "next to the model, when it exists)",
+        help="with --compare: int8 model for end-to-end and model-only rows (default: "
+        "<model>.int8.onnx next to the model, when it exists)",
     )
 
 

@@ -237,11 +237,13 @@ def cmd_dask(args: argparse.Namespace) -> int:
     """Classify on a Dask cluster (rows as ``classify --format jsonl``) and report images/s."""
     if not args.paths and not args.synthetic:
         raise InvalidRequestError("give image files or folders, or --synthetic N")
+    if args.output:
+        check_output_name(args.output)
+        folder = os.path.dirname(os.path.abspath(args.output))
+        if not os.access(folder, os.W_OK):
+            raise InvalidRequestError(f"cannot write {args.output}: no writable folder {folder}")
     classifier = Classifier(args.model)  # a missing or invalid model fails before Dask starts
-    file = open_output(args.output) if args.output else None
     with contextlib.ExitStack() as stack:
-        if file is not None:
-            stack.enter_context(file)
         paths = list(args.paths)
         if args.synthetic:
             folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="leafid-dask-"))
@@ -260,6 +262,8 @@ def cmd_dask(args: argparse.Namespace) -> int:
             started = time.perf_counter()
             client = stack.enter_context(dask_batch.dask_client(args.processes, args.scheduler))
             workers = dask_batch.warm_workers(client, classifier.path)
+            if workers == 0:  # tasks would wait for ever
+                raise InvalidRequestError(f"Dask scheduler {args.scheduler} has no workers")
             how = (
                 f"{workers} Dask worker(s) of {args.scheduler or 'a local cluster'} (start-up "
                 f"and model loading {time.perf_counter() - started:.1f} s, not counted)"
@@ -269,7 +273,8 @@ def cmd_dask(args: argparse.Namespace) -> int:
                 files, client, classifier.path, top_k=args.top_k, chunk_size=args.chunk_size
             )
         seconds = time.perf_counter() - start
-        if file is not None:
+    if args.output:  # opened only now: a run that fails earlier leaves an old file as it was
+        with open_output(args.output) as file:
             Writer(file, "jsonl", top_k=args.top_k, model_version=classifier.model_version).write(
                 rows
             )

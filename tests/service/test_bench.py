@@ -5,7 +5,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from leafid.bench import SIZES, Result, measure_rounds, synthetic_photo, write_photos
+from leafid.bench import (
+    SIZES,
+    Result,
+    make_classifiers,
+    measure_rounds,
+    synthetic_photo,
+    write_photos,
+)
 from leafid.bench import main as bench_main
 from leafid.cli import main
 
@@ -81,3 +88,16 @@ def test_measure_rounds_takes_turns() -> None:
     assert order == ["usual", "leafid"] * 3
     assert [r.case for r in results] == ["usual", "leafid"]
     assert all(len(r.rates) == 3 and min(r.rates) > 0 for r in results)
+
+
+def test_only_the_model_only_classifier_spins(tiny_model: Path) -> None:
+    from leafid.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "--model", str(tiny_model)])
+    end_to_end, model_only = make_classifiers(args)
+
+    def spins(classifier: object) -> str:
+        options = classifier.session.get_session_options()  # type: ignore[attr-defined]
+        return options.get_session_config_entry("session.intra_op.allow_spinning")
+
+    assert (spins(end_to_end), spins(model_only)) == ("0", "1")

@@ -104,6 +104,16 @@ def test_dask_command_errors(
     assert main([*args[:-1], str(tmp_path / "no" / "such" / "rows.jsonl")]) == 2
     assert "cannot write" in capsys.readouterr().err
     monkeypatch.setattr(dask_batch, "CONNECT_TIMEOUT_S", 1)
-    args = ["dask", str(photo_dir), "--model", str(tiny_model), "--scheduler", "tcp://127.0.0.1:9"]
-    assert main(args) == 2
+    old = tmp_path / "old_rows.jsonl"
+    old.write_text('{"path": "kept"}\n')
+    args = ["dask", str(photo_dir), "--model", str(tiny_model), "-o", str(old)]
+    assert main([*args, "--scheduler", "tcp://127.0.0.1:9"]) == 2
     assert "cannot reach Dask scheduler tcp://127.0.0.1:9" in capsys.readouterr().err
+    assert old.read_text() == '{"path": "kept"}\n'  # a failed run leaves the old rows
+    with (
+        distributed.LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as empty,
+        distributed.Client(empty),
+    ):
+        assert main([*args, "--scheduler", empty.scheduler_address]) == 2
+    assert "has no workers" in capsys.readouterr().err
+    assert old.read_text() == '{"path": "kept"}\n'

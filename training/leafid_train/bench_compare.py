@@ -7,7 +7,8 @@ as the leafid model (timm, same number of classes), with the ImageNet EfficientN
 weights where the architecture takes them (random weights ran 1.3-2x slower here in eager
 torch, so they would flatter leafid). leafid's rows are those of ``leafid bench``
 (:mod:`leafid.bench`), measured on the same generated photos, plus the int8 model's
-model-only rows when one is given. Every leafid row is divided by the usual row of the same case.
+end-to-end and model-only rows when one is given. Every leafid row is divided by the
+usual row of the same case.
 
 Registered in the ``leafid.bench`` entry-point group (``leafid`` never imports this).
 """

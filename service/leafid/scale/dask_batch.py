@@ -36,7 +36,7 @@ from leafid.classifier import Classifier
 from leafid.errors import InvalidRequestError, MissingExtraError
 from leafid.output import Row
 
-DEFAULT_CHUNK_SIZE = 16
+DEFAULT_CHUNK_SIZE = DEFAULT_BATCH_SIZE
 """Files per Dask task: one model batch (64 left a worker idle when 64 files made one task)."""
 CONNECT_TIMEOUT_S = 10
 """Seconds to wait for a scheduler given by address."""
