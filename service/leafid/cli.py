@@ -239,9 +239,9 @@ def cmd_dask(args: argparse.Namespace) -> int:
         raise InvalidRequestError("give image files or folders, or --synthetic N")
     if args.output:
         check_output_name(args.output)
-        folder = os.path.dirname(os.path.abspath(args.output))
-        if not os.access(folder, os.W_OK):
-            raise InvalidRequestError(f"cannot write {args.output}: no writable folder {folder}")
+        out_dir = os.path.dirname(os.path.abspath(args.output))
+        if not os.access(out_dir, os.W_OK):
+            raise InvalidRequestError(f"cannot write {args.output}: no writable folder {out_dir}")
     classifier = Classifier(args.model)  # a missing or invalid model fails before Dask starts
     with contextlib.ExitStack() as stack:
         paths = list(args.paths)
@@ -269,7 +269,7 @@ def cmd_dask(args: argparse.Namespace) -> int:
                 f"and model loading {time.perf_counter() - started:.1f} s, not counted)"
             )
             start = time.perf_counter()
-            rows = dask_batch.classify_folder_dask(
+            rows = dask_batch.classify_files_dask(
                 files, client, classifier.path, top_k=args.top_k, chunk_size=args.chunk_size
             )
         seconds = time.perf_counter() - start

@@ -64,6 +64,8 @@ def test_no_images_and_bad_sizes_are_errors(client: object, tmp_path: Path) -> N
         dask_batch.classify_folder_dask([str(tmp_path)], client, tmp_path / "m.onnx")
     with pytest.raises(dask_batch.InvalidRequestError, match="chunk_size"):
         dask_batch.classify_folder_dask([str(tmp_path)], client, "m.onnx", chunk_size=0)
+    with pytest.raises(dask_batch.InvalidRequestError, match="chunk_size"):
+        dask_batch.classify_files_dask(["a.jpg"], client, "m.onnx", chunk_size=0)
 
 
 def test_dask_command_writes_the_cli_rows(

@@ -50,3 +50,29 @@ def test_rng_state_of_each_rank() -> None:
     assert rank_rng_state(states, DistInfo()) is states[0]
     old_single = {"torch": 9}  # checkpoints before per-rank states
     assert rank_rng_state(old_single, DistInfo(rank=1, world_size=2)) is old_single
+
+
+def _broadcast_worker(rank: int, store: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from leafid_train import ddp
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        norm = torch.nn.BatchNorm1d(3)
+        norm.running_mean.fill_(rank + 1.0)  # each process's own statistics
+        ddp.broadcast_buffers(DistInfo(rank=rank, world_size=2), norm)
+        Path(out, f"{rank}.json").write_text(json.dumps(norm.running_mean.tolist()))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_broadcast_buffers_copies_rank_0s_statistics(tmp_path: Path) -> None:
+    torch.multiprocessing.start_processes(
+        _broadcast_worker,
+        args=(str(tmp_path / "store"), str(tmp_path)),
+        nprocs=2,
+        start_method="fork",
+    )
+    got = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in (0, 1)]
+    assert got == [[1.0, 1.0, 1.0]] * 2

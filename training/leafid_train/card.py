@@ -24,7 +24,7 @@ from leafid.paths import fp32_of_int8_copy, int8_copy_path
 from leafid.results import CAVEAT
 from leafid.spec import ModelSpec
 from leafid_train.commands import register
-from leafid_train.config import TrainConfig
+from leafid_train.config import TrainConfig, read_run_json
 from leafid_train.manifest import load_manifest
 from leafid_train.quantize import int8_decision
 
@@ -117,13 +117,6 @@ def train_command(cfg: TrainConfig) -> str:
     return " ".join(parts)
 
 
-def _load(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    data: dict[str, Any] = json.loads(path.read_text())
-    return data
-
-
 def exported_spec(run_dir: Path, model: Path | None = None) -> ModelSpec:
     """The spec inside the run's exported model (``model``, else the one in ``export.json``).
 
@@ -131,7 +124,7 @@ def exported_spec(run_dir: Path, model: Path | None = None) -> ModelSpec:
         InvalidRequestError: The run has not been exported.
         ModelError: The model file is not a usable leafid model.
     """
-    exported = _load(run_dir / "export.json")
+    exported = read_run_json(run_dir / "export.json")
     path = model or (Path(exported["onnx"]) if exported else None)
     if path is None or not path.is_file():
         raise InvalidRequestError(
@@ -151,7 +144,7 @@ def shipped_int8(run_dir: Path, model: Path | None = None) -> Path | None:
     if not (decision and decision["ships"]):
         return None
     if model is None:
-        exported = _load(run_dir / "export.json")
+        exported = read_run_json(run_dir / "export.json")
         if exported is None:
             return None
         model = Path(exported["onnx"])
@@ -164,9 +157,9 @@ def render_card(run_dir: Path, model: Path | None = None) -> str:
     cfg = TrainConfig.load(run_dir / "config.json")
     summary = json.loads((run_dir / "summary.json").read_text())
     cal = json.loads((run_dir / "calibration.json").read_text())
-    ev = _load(run_dir / "eval" / "metrics.json")
-    ev8 = _load(run_dir / "eval_int8" / "metrics.json")
-    exported = _load(run_dir / "export.json")
+    ev = read_run_json(run_dir / "eval" / "metrics.json")
+    ev8 = read_run_json(run_dir / "eval_int8" / "metrics.json")
+    exported = read_run_json(run_dir / "export.json")
     td = summary["training_data"]
     spec = exported_spec(run_dir, model)
     int8_copy = shipped_int8(run_dir, model)
@@ -344,8 +337,8 @@ def _evaluate_commands(run_dir: Path, cfg: TrainConfig) -> list[str]:
 
 def _int8_section(run_dir: Path, ev: dict[str, Any] | None, shipped: Path | None) -> list[str]:
     """INT8 copy: speed and accuracy against fp32, and whether it ships (``shipped``)."""
-    report = _load(run_dir / "int8_report.json")
-    ev8 = _load(run_dir / "eval_int8" / "metrics.json")
+    report = read_run_json(run_dir / "int8_report.json")
+    ev8 = read_run_json(run_dir / "eval_int8" / "metrics.json")
     decision = int8_decision(run_dir)
     if report is None or decision is None:
         return []

@@ -46,6 +46,14 @@ def resolve_root(name_or_path: str) -> Path:
     return candidate
 
 
+def read_run_json(path: Path) -> dict[str, Any] | None:
+    """A JSON file of a run folder (``eval/metrics.json``...), or None when it is absent."""
+    if not path.is_file():
+        return None
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
 @dataclass
 class TrainConfig:
     """Everything that decides a training run; saved as ``config.json`` in the run folder.

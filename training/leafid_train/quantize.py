@@ -10,7 +10,6 @@ without it.
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 import time
@@ -36,6 +35,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise MissingExtraError("train", "onnx") from exc
 
+from leafid_train.config import read_run_json
 from leafid_train.export import INPUT_NAME, OUTPUT_NAME, save_onnx
 
 log = logging.getLogger(__name__)
@@ -228,13 +228,6 @@ def _faster(report: dict[str, Any]) -> bool:
     return all(int8[k] > fp32[k] for k in ("images_per_s_b1", "images_per_s_b16"))
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    data: dict[str, Any] = json.loads(path.read_text())
-    return data
-
-
 def int8_decision(run_dir: Path) -> dict[str, Any] | None:
     """Whether a run's INT8 copy ships as the default model, and why.
 
@@ -246,12 +239,12 @@ def int8_decision(run_dir: Path) -> dict[str, Any] | None:
         None when the run has no ``int8_report.json``, else ``{"ships", "faster",
         "val_drop", "test_drop"}`` (``test_drop`` is None before ``eval_int8/`` exists).
     """
-    report = _read_json(run_dir / "int8_report.json")
+    report = read_run_json(run_dir / "int8_report.json")
     if report is None:
         return None
     c = report["compare"]
-    ev = _read_json(run_dir / "eval" / "metrics.json")
-    ev8 = _read_json(run_dir / "eval_int8" / "metrics.json")
+    ev = read_run_json(run_dir / "eval" / "metrics.json")
+    ev8 = read_run_json(run_dir / "eval_int8" / "metrics.json")
     test_drop = ev["top1"] - ev8["top1"] if ev and ev8 else None
     test_ok = test_drop is None or test_drop <= MAX_INT8_TOP1_DROP + _ROUNDING
     return {

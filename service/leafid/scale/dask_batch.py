@@ -87,6 +87,11 @@ def classify_chunk(
     return rows
 
 
+def _check_sizes(chunk_size: int, batch_size: int, decode_threads: int) -> None:
+    if min(chunk_size, batch_size, decode_threads) < 1:
+        raise InvalidRequestError("chunk_size, batch_size and decode_threads must be >= 1")
+
+
 def classify_folder_dask(
     paths: Sequence[str],
     client: Any,
@@ -118,11 +123,38 @@ def classify_folder_dask(
     Raises:
         InvalidRequestError: No images found, or a size option below 1.
     """
-    if min(chunk_size, batch_size, decode_threads) < 1:
-        raise InvalidRequestError("chunk_size, batch_size and decode_threads must be >= 1")
+    _check_sizes(chunk_size, batch_size, decode_threads)  # before listing a large tree
     files = find_images(paths, recursive)
     if not files:
         raise InvalidRequestError("no images found in " + ", ".join(paths))
+    return classify_files_dask(
+        files,
+        client,
+        model_path,
+        top_k=top_k,
+        chunk_size=chunk_size,
+        batch_size=batch_size,
+        threads=threads,
+        decode_threads=decode_threads,
+    )
+
+
+def classify_files_dask(
+    files: Sequence[str],
+    client: Any,
+    model_path: str | os.PathLike[str],
+    *,
+    top_k: int = 5,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    threads: int = DEFAULT_THREADS,
+    decode_threads: int = 1,
+) -> list[Row]:
+    """Classify a file list already made by :func:`leafid.batch.find_images`, in chunks.
+
+    Arguments as for :func:`classify_folder_dask`; returns one row per file, in order.
+    """
+    _check_sizes(chunk_size, batch_size, decode_threads)
     chunks = [files[i : i + chunk_size] for i in range(0, len(files), chunk_size)]
     futures = client.map(
         classify_chunk,
