@@ -93,6 +93,20 @@ def test_card_names_the_model_as_its_spec_does(tmp_path: Path) -> None:
     assert card.startswith("# Model card: leafid-own-name 3.1.4\n")
     other = make_tiny_model(tmp_path / "other.onnx", tiny_spec(model_version="9"))
     assert render_card(tmp_path / "run", other).startswith("# Model card: tiny-test 9\n")
+    # A version other than the run's came from 'leafid export --model-version'.
+    exports = [line for line in card.splitlines() if line.startswith("leafid export")]
+    assert len(exports) == 2
+    assert exports[0].endswith(" --model-version 3.1.4")  # the export into the run
+    assert " --model-version 3.1.4 --card " in exports[1]  # the export of the shipped copy
+
+
+def test_card_leaves_out_the_version_option_when_it_is_the_runs(tmp_path: Path) -> None:
+    model = make_tiny_model(
+        tmp_path / "m.onnx",
+        tiny_spec(model_version=TrainConfig(data=["setA"], out="x").model_version),
+    )
+    _fake_run(tmp_path / "run", model)
+    assert "--model-version" not in render_card(tmp_path / "run").split("## Reproduce")[1]
 
 
 def test_card_of_a_run_never_exported_is_refused(tmp_path: Path) -> None:

@@ -66,6 +66,8 @@ def test_export_is_a_valid_onnx_file_with_named_io(
     dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
     assert dims[1:] == [64, 64, 3] and isinstance(dims[0], str)
     assert proto.producer_name == "leafid_train"
+    ops = {node.op_type for node in proto.graph.node}
+    assert "GlobalAveragePool" in ops and "ReduceMean" not in ops  # graph_rewrite
     assert [p.key for p in proto.metadata_props] == [METADATA_KEY]
     assert list(path.parent.iterdir()) == [path]  # no temporary files left behind
 

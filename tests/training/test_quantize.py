@@ -133,3 +133,16 @@ def test_quantize_rejects_bad_calibration(
         quantize_int8(fp32, tmp_path / "x.onnx", np.zeros((2, 32, 32, 3), dtype=np.float32))
     with pytest.raises(InvalidRequestError, match="uint8"):
         quantize_int8(fp32, tmp_path / "x.onnx", np.zeros((0, 32, 32, 3), dtype=np.uint8))
+
+
+def test_int8_model_takes_the_uint8_image_directly_when_that_is_exact(tmp_path: Path) -> None:
+    spec = tiny_spec(mean=(127 / 255,) * 3, std=(128 / 255,) * 3)  # lite0's normalisation
+    fp32 = export_onnx(LeafNet(ColourNet(), spec.mean, spec.std), spec, tmp_path / "fp32.onnx")
+    calibration, _ = colour_batch(spec, 12, seed=100)
+    int8 = quantize_int8(fp32, tmp_path / "int8.onnx", calibration)
+    ops = [node.op_type for node in onnx.load(str(int8)).graph.node]
+    assert "Cast" not in ops and "Div" not in ops  # no float normalisation left
+    assert "GlobalAveragePool" in ops  # the mean over H and W, from the export
+    batch, labels = colour_batch(spec, 30, seed=0)
+    top8 = Classifier(int8).probabilities(batch).argmax(axis=1)
+    assert np.mean(top8 == labels) >= 0.9

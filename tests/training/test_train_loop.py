@@ -64,9 +64,10 @@ def test_train_calibrate_export_matches_torch(tmp_path: Path) -> None:
     assert calibration["temperature"] > 0 and calibration["ood_val_images"] == 4
     assert calibration["nll_after"] <= calibration["nll_before"] + 1e-9
 
-    report = export_run(run, tmp_path / "model.onnx")
+    report = export_run(run, tmp_path / "model.onnx", model_version="0.0.9")
     assert report["parity_max_abs_diff"] <= 1e-3
     clf = Classifier(tmp_path / "model.onnx")
+    assert clf.model_version == report["model_version"] == "0.0.9"  # not the run's
     assert clf.spec.temperature == pytest.approx(calibration["temperature"])
     assert clf.threshold == pytest.approx(calibration["unknown_threshold"])
     assert clf.spec.labels == ["caerulea", "rubra", "viridis"]

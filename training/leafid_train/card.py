@@ -162,6 +162,9 @@ def render_card(run_dir: Path, model: Path | None = None) -> str:
     exported = read_run_json(run_dir / "export.json")
     td = summary["training_data"]
     spec = exported_spec(run_dir, model)
+    version = (
+        "" if spec.model_version == cfg.model_version else f" --model-version {spec.model_version}"
+    )
     int8_copy = shipped_int8(run_dir, model)
     ships = int8_copy is not None
     out = [
@@ -309,9 +312,10 @@ def render_card(run_dir: Path, model: Path | None = None) -> str:
         "",
         "```sh",
         train_command(cfg),
-        *_evaluate_commands(run_dir, cfg),
+        *_evaluate_commands(run_dir, cfg, version),
         f"leafid export {cfg.out} --out {model or 'model/leafid.onnx'}"
         + (" --int8" if ships else "")
+        + version
         + f" --card {Path(model).parent if model else 'model'}",
         "```",
         "",
@@ -319,12 +323,17 @@ def render_card(run_dir: Path, model: Path | None = None) -> str:
     return "\n".join(out)
 
 
-def _evaluate_commands(run_dir: Path, cfg: TrainConfig) -> list[str]:
-    """Export into the run, then evaluate fp32 (and int8, if it was made) on test."""
+def _evaluate_commands(run_dir: Path, cfg: TrainConfig, version: str) -> list[str]:
+    """Export into the run, then evaluate fp32 (and int8, if it was made) on test.
+
+    ``version`` is the export's ``--model-version`` option, or "".
+    """
     run = Path(cfg.out)
     int8 = (run_dir / "int8_report.json").is_file()
     ood = "".join(f" --ood {d}" for d in cfg.ood)
-    lines = [f"leafid export {run} --out {run / 'model.onnx'}" + (" --int8" if int8 else "")]
+    lines = [
+        f"leafid export {run} --out {run / 'model.onnx'}" + (" --int8" if int8 else "") + version
+    ]
     for onnx_name, out_name in [("model.onnx", "eval")] + (
         [("model.int8.onnx", "eval_int8")] if int8 else []
     ):

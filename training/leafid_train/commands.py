@@ -192,6 +192,11 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--card", type=Path, metavar="DIR", help="also write MODEL_CARD.md and the plots into DIR"
     )
+    p.add_argument(
+        "--model-version",
+        metavar="VERSION",
+        help="version written into the model (default: the run's --model-version)",
+    )
     p.set_defaults(func=cmd_export)
 
     p = _add(subparsers, "datasets", "write or check dataset manifests (datasets/*.json)")
@@ -312,7 +317,9 @@ def _say_int8(report: dict[str, Any], run: Path) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """``leafid export``."""
-    report = load("export_run").export_run(args.run, args.out, int8=args.int8)
+    report = load("export_run").export_run(
+        args.run, args.out, int8=args.int8, model_version=args.model_version
+    )
     echo(f"wrote {report['onnx']} (ONNX vs torch max |diff| {report['parity_max_abs_diff']:.1e})")
     _say_int8(report, args.run)
     if args.card:

@@ -30,6 +30,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise MissingExtraError("train", exc.name or "torch") from exc
 
 from leafid_train.backbone import LeafNet
+from leafid_train.graph_rewrite import global_average_pools
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,9 @@ def export_onnx(model: LeafNet, spec: ModelSpec, out: Path, *, opset: int = MIN_
     """Write ``model`` as an ONNX file whose metadata holds ``spec``.
 
     Uses torch's ``torch.export``-based exporter (needs ``onnxscript``). The model is
-    put in eval mode. The file is checked with ``onnx.checker`` (full
-    check) and written atomically.
+    put in eval mode. Spatial means become ``GlobalAveragePool``
+    (:func:`~leafid_train.graph_rewrite.global_average_pools`). The file is checked with
+    ``onnx.checker`` (full check) and written atomically.
 
     Args:
         model: The trained network (uint8 NHWC input).
@@ -92,6 +94,7 @@ def export_onnx(model: LeafNet, spec: ModelSpec, out: Path, *, opset: int = MIN_
     if program is None:  # pragma: no cover - only for the TorchScript exporter
         raise RuntimeError("torch.onnx.export returned no program")
     proto = program.model_proto
+    global_average_pools(proto)
     set_metadata(proto, spec)
     proto.doc_string = f"leafid {spec.model_name} {spec.model_version}: uint8 RGB image -> logits"
     save_onnx(proto, out)

@@ -73,12 +73,17 @@ def headline_metrics(
     return metrics
 
 
-def run_spec(run_dir: Path, base: ModelSpec, cfg: TrainConfig) -> ModelSpec:
-    """The spec to ship: the trained spec plus calibration, metrics and data summary."""
+def run_spec(
+    run_dir: Path, base: ModelSpec, cfg: TrainConfig, model_version: str | None = None
+) -> ModelSpec:
+    """The spec to ship: the trained spec plus calibration, metrics and data summary.
+
+    ``model_version`` replaces the run's version (a new export of the same weights).
+    """
     calibration = json.loads((run_dir / "calibration.json").read_text())
     summary = json.loads((run_dir / "summary.json").read_text())
     return base.replace(
-        model_version=cfg.model_version,
+        model_version=model_version or cfg.model_version,
         temperature=float(calibration["temperature"]),
         unknown_threshold=float(calibration["unknown_threshold"]),
         metrics=headline_metrics(run_dir),
@@ -130,6 +135,7 @@ def export_run(
     out: Path,
     int8: bool = False,
     *,
+    model_version: str | None = None,
     compare_seconds: float = COMPARE_SECONDS,
     compare_rounds: int = COMPARE_ROUNDS,
 ) -> dict[str, Any]:
@@ -146,6 +152,8 @@ def export_run(
             An INT8 copy beside a model is its default (:mod:`leafid.paths`), so the
             copy is kept only if it qualifies; without ``int8``, a copy left beside
             ``out`` by an earlier export is stale and removed.
+        model_version: The version written into the spec; default: the run's. A new
+            export of the same weights whose outputs differ needs a new version.
         compare_seconds: Seconds per speed figure and model in the comparison.
         compare_rounds: Alternating timing rounds in the comparison.
 
@@ -162,7 +170,7 @@ def export_run(
             raise InvalidRequestError(f"{run_dir} is not a finished run: {name} is missing")
     cfg = TrainConfig.load(run_dir / "config.json")
     model, base = load_best(run_dir, cfg)
-    spec = run_spec(run_dir, base, cfg)
+    spec = run_spec(run_dir, base, cfg, model_version)
     cfg.verify = False  # the run was verified when it trained
     data = build_data(cfg, run_dir / "split.json")
     val = data.eval_arrays("val")
@@ -180,6 +188,7 @@ def export_run(
         "onnx": str(out),
         "parity_max_abs_diff": diff,
         "spec": spec.model_name,
+        "model_version": spec.model_version,
     }
     if int8:
         train_paths = data.paths("train")

@@ -37,6 +37,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from leafid_train.config import read_run_json
 from leafid_train.export import INPUT_NAME, OUTPUT_NAME, save_onnx
+from leafid_train.graph_rewrite import uint8_image_input
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,10 @@ def quantize_int8(
     """Write a static INT8 QDQ copy of an exported fp32 model.
 
     Activation ranges are calibrated (min/max) on ``calibration``: real preprocessed
-    training images. The leafid metadata is copied unchanged; the result passes the
-    full ``onnx.checker`` and is written atomically.
+    training images. Where the input normalisation is exact in uint8, the image goes
+    straight to the first quantised op (:func:`~leafid_train.graph_rewrite.uint8_image_input`).
+    The leafid metadata is copied unchanged; the result passes the full ``onnx.checker``
+    and is written atomically.
 
     Args:
         fp32_path: The model written by :func:`leafid_train.export.export_onnx`.
@@ -107,6 +110,7 @@ def quantize_int8(
             calibrate_method=CalibrationMethod.MinMax,
         )
         proto = onnx.load(str(quantized))
+    uint8_image_input(proto)
     onnx.helper.set_model_props(proto, {p.key: p.value for p in source.metadata_props})
     for field in ("producer_name", "producer_version", "model_version", "doc_string"):
         setattr(proto, field, getattr(source, field))
