@@ -8,7 +8,12 @@ ort = pytest.importorskip("onnxruntime")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from leafid_train.graph_rewrite import global_average_pools, uint8_image_input  # noqa: E402
+from leafid_train.graph_rewrite import (  # noqa: E402
+    exact_input_normalisation,
+    global_average_pools,
+    input_quant_overrides,
+    uint8_image_input,
+)
 
 pytestmark = pytest.mark.train
 
@@ -72,7 +77,15 @@ def test_other_means_are_left_alone(axes: list[int]) -> None:
     assert [n.op_type for n in model.graph.node] == ["ReduceMean"]
 
 
-def _normalised_qdq(mean: float, std: float, zero_point_type: type = np.uint8):
+def _normalised_qdq(
+    mean: float = 127 / 255,  # the lite0 weights' mean and std
+    std: float = 128 / 255,
+    q_scale: float = 1 / 128,
+    q_zero: int = 127,
+    zero_point_type: type = np.uint8,
+    extra_outputs: tuple[str, ...] = (),
+    extra_nodes: tuple = (),
+):
     """uint8 NHWC image -> Transpose -> Cast -> /255 -> -mean -> /std -> Q -> DQ -> Relu."""
     image = helper.make_tensor_value_info("image", TensorProto.UINT8, ["n", 3, 3, 3])
     out = helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", 3, 3, 3])
@@ -86,43 +99,72 @@ def _normalised_qdq(mean: float, std: float, zero_point_type: type = np.uint8):
         helper.make_node("QuantizeLinear", ["z", "q_scale", "q_zp"], ["q"]),
         helper.make_node("DequantizeLinear", ["q", "q_scale", "q_zp"], ["dq"]),
         helper.make_node("Relu", ["dq"], ["out"]),
+        *extra_nodes,
     ]
-    zp = -128 if zero_point_type is np.int8 else 128
     inits = {
         "c255": np.array(255.0, dtype=np.float32),
         "mean": np.array(mean, dtype=np.float32),
         "std": np.array(std, dtype=np.float32),
-        "q_scale": np.array(2 / 255, dtype=np.float32),  # a calibrated [-1, 1]-ish range
-        "q_zp": np.array(zp, dtype=zero_point_type),
+        "q_scale": np.array(q_scale, dtype=np.float32),
+        "q_zp": np.array(q_zero, dtype=zero_point_type),
     }
-    shape = helper.make_tensor_value_info("shape", TensorProto.INT64, [4])
-    return _model(nodes, [image], [out, shape], inits)
+    outputs = [out, helper.make_tensor_value_info("shape", TensorProto.INT64, [4])]
+    outputs += [
+        helper.make_tensor_value_info(
+            n, TensorProto.UINT8 if n == "q" else TensorProto.FLOAT, ["n", 3, 3, 3]
+        )
+        for n in extra_outputs
+    ]
+    return _model(nodes, [image], outputs, inits)
 
 
-def test_uint8_image_feeds_the_first_dequantize_exactly() -> None:
-    model = _normalised_qdq(127 / 255, 128 / 255)  # the lite0 weights' mean and std
-    image = np.random.default_rng(1).integers(0, 256, (2, 3, 3, 3), dtype=np.uint8)
-    exact = np.maximum((image.transpose(0, 3, 1, 2).astype(np.float64) - 127) / 128, 0)
+def _image() -> np.ndarray:
+    return np.random.default_rng(1).integers(0, 256, (2, 3, 3, 3), dtype=np.uint8)
+
+
+def test_exact_normalisation_is_found() -> None:
+    norm = exact_input_normalisation(_normalised_qdq())
+    assert norm is not None
+    assert (norm.uint8_name, norm.float_name) == ("t", "z")
+    assert [n.op_type for n in norm.nodes] == ["Cast", "Div", "Sub", "Div"]
+    assert norm.scale == pytest.approx(1 / 128) and norm.zero_point == 127
+    params = input_quant_overrides(_normalised_qdq())["z"][0]
+    assert float(params["scale"]) == pytest.approx(1 / 128) and int(params["zero_point"]) == 127
+    assert params["zero_point"].dtype == np.uint8
+
+
+def test_uint8_image_feeds_the_first_dequantize_and_computes_the_same() -> None:
+    model = _normalised_qdq()
+    before = _run(model, image=_image())
+    exact = np.maximum((_image().transpose(0, 3, 1, 2).astype(np.float64) - 127) / 128, 0)
+    np.testing.assert_allclose(before, exact, atol=1e-6)
     assert uint8_image_input(model)
     onnx.checker.check_model(model, full_check=True)
     ops = [n.op_type for n in model.graph.node]
     assert ops == ["Shape", "Transpose", "DequantizeLinear", "Relu"]
-    assert {i.name for i in model.graph.initializer} == {"t_uint8_scale", "t_uint8_zero_point"}
-    # No rounding left: the rewritten graph gives the normalised image itself.
-    np.testing.assert_allclose(_run(model, image=image), exact, atol=1e-6)
+    assert {i.name for i in model.graph.initializer} == {"q_scale", "q_zp"}
+    np.testing.assert_array_equal(_run(model, image=_image()), before)
 
 
 @pytest.mark.parametrize(
-    ("mean", "std", "zero_point_type"),
+    "kwargs",
     [
-        (0.5, 0.25, np.uint8),  # 255 * 0.5 is not a whole number
-        (127 / 255, 128 / 255, np.int8),  # int8 activations: a uint8 image does not fit
+        {"q_scale": 2 / 255, "q_zero": 128},  # calibrated parameters: Q would round
+        {"mean": 0.5, "std": 0.25, "q_scale": 1 / 63.75, "q_zero": 128},  # 255 * 0.5: no
+        {"zero_point_type": np.int8, "q_zero": -1},  # int8 activations: uint8 does not fit
+        {"extra_outputs": ("s",)},  # a chain tensor is a graph output
+        {"extra_outputs": ("q",)},  # so is the quantised image
+        {"extra_nodes": (helper.make_node("Neg", ["d"], ["neg"]),), "extra_outputs": ("neg",)},
     ],
 )
-def test_inexact_normalisation_is_left_alone(
-    mean: float, std: float, zero_point_type: type
-) -> None:
-    model = _normalised_qdq(mean, std, zero_point_type)
+def test_anything_else_is_left_alone(kwargs: dict) -> None:
+    model = _normalised_qdq(**kwargs)
     before = model.SerializeToString()
     assert not uint8_image_input(model)
     assert model.SerializeToString() == before
+
+
+def test_float_input_has_no_uint8_normalisation() -> None:
+    model = _mean_model([2, 3])
+    assert exact_input_normalisation(model) is None
+    assert input_quant_overrides(model) == {}

@@ -15,7 +15,7 @@ from leafid.errors import InvalidRequestError  # noqa: E402
 from leafid.preprocess import preprocess  # noqa: E402
 from leafid.spec import ModelSpec  # noqa: E402
 from leafid_train.backbone import LeafNet  # noqa: E402
-from leafid_train.export import export_onnx  # noqa: E402
+from leafid_train.export import export_onnx, onnx_logits  # noqa: E402
 from leafid_train.quantize import compare, int8_worth_shipping, quantize_int8  # noqa: E402
 
 pytestmark = pytest.mark.train
@@ -135,7 +135,9 @@ def test_quantize_rejects_bad_calibration(
         quantize_int8(fp32, tmp_path / "x.onnx", np.zeros((0, 32, 32, 3), dtype=np.uint8))
 
 
-def test_int8_model_takes_the_uint8_image_directly_when_that_is_exact(tmp_path: Path) -> None:
+def test_int8_model_takes_the_uint8_image_directly_when_that_is_exact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     spec = tiny_spec(mean=(127 / 255,) * 3, std=(128 / 255,) * 3)  # lite0's normalisation
     fp32 = export_onnx(LeafNet(ColourNet(), spec.mean, spec.std), spec, tmp_path / "fp32.onnx")
     calibration, _ = colour_batch(spec, 12, seed=100)
@@ -143,6 +145,11 @@ def test_int8_model_takes_the_uint8_image_directly_when_that_is_exact(tmp_path: 
     ops = [node.op_type for node in onnx.load(str(int8)).graph.node]
     assert "Cast" not in ops and "Div" not in ops  # no float normalisation left
     assert "GlobalAveragePool" in ops  # the mean over H and W, from the export
+    # The same quantisation without the rewrite computes the same logits.
+    monkeypatch.setattr("leafid_train.quantize.uint8_image_input", lambda proto: False)
+    kept = quantize_int8(fp32, tmp_path / "kept.onnx", calibration)
+    assert "Cast" in [node.op_type for node in onnx.load(str(kept)).graph.node]
     batch, labels = colour_batch(spec, 30, seed=0)
+    np.testing.assert_allclose(onnx_logits(int8, batch), onnx_logits(kept, batch), atol=1e-5)
     top8 = Classifier(int8).probabilities(batch).argmax(axis=1)
     assert np.mean(top8 == labels) >= 0.9

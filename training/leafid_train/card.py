@@ -163,7 +163,9 @@ def render_card(run_dir: Path, model: Path | None = None) -> str:
     td = summary["training_data"]
     spec = exported_spec(run_dir, model)
     version = (
-        "" if spec.model_version == cfg.model_version else f" --model-version {spec.model_version}"
+        ""
+        if spec.model_version == cfg.model_version
+        else f" --model-version {shlex.quote(spec.model_version)}"
     )
     int8_copy = shipped_int8(run_dir, model)
     ships = int8_copy is not None

@@ -83,7 +83,7 @@ def run_spec(
     calibration = json.loads((run_dir / "calibration.json").read_text())
     summary = json.loads((run_dir / "summary.json").read_text())
     return base.replace(
-        model_version=model_version or cfg.model_version,
+        model_version=cfg.model_version if model_version is None else model_version,
         temperature=float(calibration["temperature"]),
         unknown_threshold=float(calibration["unknown_threshold"]),
         metrics=headline_metrics(run_dir),

@@ -10,6 +10,8 @@ Needs the [train] extra (onnx).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -43,8 +45,19 @@ def _attribute(node: onnx.NodeProto, name: str, default: object) -> object:
     return default
 
 
+def _used_names(graph: onnx.GraphProto) -> set[str]:
+    """Tensor names that nodes (also inside subgraphs) read or the graph outputs."""
+    used = {o.name for o in graph.output}
+    for node in graph.node:
+        used.update(node.input)
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                used |= _used_names(sub)
+    return used
+
+
 def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
-    used = {name for node in graph.node for name in node.input}
+    used = _used_names(graph)
     for init in [i for i in graph.initializer if i.name not in used]:
         graph.initializer.remove(init)
 
@@ -55,7 +68,7 @@ def global_average_pools(proto: onnx.ModelProto) -> int:
     torch exports the head's pooling as ``ReduceMean`` over H and W. onnxruntime runs
     ``GlobalAveragePool`` in INT8 on channels-last data, but for ``ReduceMean`` the INT8
     model first dequantises and transposes the last feature map. Only a ``ReduceMean``
-    with constant axes {2, 3} (or {-2, -1}) of a rank-4 input is replaced; without
+    with constant axes {2, 3} (or {-2, -1}) of a rank-4 float input is replaced; without
     ``keepdims`` a ``Flatten`` follows the pool.
 
     Returns:
@@ -63,17 +76,22 @@ def global_average_pools(proto: onnx.ModelProto) -> int:
     """
     graph = proto.graph
     inferred = onnx.shape_inference.infer_shapes(proto).graph
-    ranks = {
+    float_ranks = {  # rank of each float tensor whose shape is known
         v.name: len(v.type.tensor_type.shape.dim)
         for v in [*inferred.value_info, *inferred.input]
         if v.type.tensor_type.HasField("shape")
+        and v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     }
     consts = _initializers(graph)
     replaced = 0
     for node in list(graph.node):
         if node.op_type != "ReduceMean":
             continue
-        if len(node.input) < 2 or node.input[1] not in consts or ranks.get(node.input[0]) != 4:
+        if (
+            len(node.input) < 2
+            or node.input[1] not in consts
+            or float_ranks.get(node.input[0]) != 4
+        ):
             continue
         axes = {int(a) % 4 for a in consts[node.input[1]].reshape(-1)}
         if axes != {2, 3}:
@@ -88,7 +106,8 @@ def global_average_pools(proto: onnx.ModelProto) -> int:
         for offset, added in enumerate(new):
             graph.node.insert(position + offset, added)
         replaced += 1
-    _drop_unused_initializers(graph)
+    if replaced:
+        _drop_unused_initializers(graph)
     return replaced
 
 
@@ -97,81 +116,140 @@ def _scalar(consts: dict[str, np.ndarray], name: str) -> float | None:
     return float(value.reshape(-1)[0]) if value is not None and value.size == 1 else None
 
 
-def uint8_image_input(proto: onnx.ModelProto) -> bool:
-    """Feed the uint8 image straight to the first ``DequantizeLinear`` of a QDQ model.
+@dataclass(frozen=True, eq=False)
+class InputNormalisation:
+    """The graph's float normalisation of its uint8 image, exact in uint8.
 
-    The exported graph turns the uint8 image into floats (``Cast``, ``/255``, ``-mean``,
-    ``/std``) and the quantiser then rounds the result back to uint8. When mean and std
-    are scalars and ``255 * mean`` is a whole number (as for the lite0 weights:
-    127/255 and 128/255), the uint8 image already *is* that quantised tensor, exactly,
-    with scale ``1 / (255 * std)`` and zero point ``255 * mean``. The float chain and its
-    ``QuantizeLinear`` are then removed, in place. Anything else is left as it is.
+    ``float_tensor = scale * (uint8_tensor - zero_point)`` holds for every uint8 value,
+    so the uint8 tensor is the normalised image quantised with these parameters.
+    """
+
+    nodes: tuple[onnx.NodeProto, ...]  # the Cast and the scalar arithmetic after it
+    uint8_name: str  # what the Cast reads: the image, or its Transpose
+    float_name: str  # the normalised image
+    scale: float
+    zero_point: int
+
+
+def exact_input_normalisation(proto: onnx.ModelProto) -> InputNormalisation | None:
+    """Find ``Cast`` then scalar ``Div``/``Mul``/``Sub``/``Add`` on a uint8 image input.
+
+    The exported graph normalises the image this way (``/255``, ``-mean``, ``/std``).
+    With scalar mean and std and ``255 * mean`` a whole number (the lite0 weights:
+    127/255 and 128/255), that is exact in uint8: scale ``1 / (255 * std)``, zero point
+    ``255 * mean``. Each tensor of the chain must feed only the next node and not be a
+    graph output.
 
     Returns:
-        Whether the graph was changed.
+        The chain, or None when there is none or it is not exact in uint8.
     """
     graph = proto.graph
+    if len(graph.input) != 1 or graph.input[0].type.tensor_type.elem_type != onnx.TensorProto.UINT8:
+        return None
     consts, users = _initializers(graph), _consumers(graph)
-    current, uint8_name = graph.input[0].name, graph.input[0].name
-    chain: list[onnx.NodeProto] = []
-    scale, offset, is_float = 1.0, 0.0, False  # value = scale * uint8 + offset
-    while True:
-        # Shape of the uint8 image may stay: it reads only the shape, which is kept.
-        nodes = [n for n in users.get(current, []) if is_float or n.op_type != "Shape"]
-        if len(nodes) != 1:
-            return False
-        node = nodes[0]
-        if node.op_type == "QuantizeLinear":
+    outputs = {o.name for o in graph.output}
+    current = uint8_name = graph.input[0].name
+    nodes: list[onnx.NodeProto] = []
+    scale, offset = 1.0, 0.0  # current = scale * uint8 + offset
+    while current not in outputs:
+        # Before the Cast, a Shape only reads the shape of a tensor that stays.
+        following = [n for n in users.get(current, []) if nodes or n.op_type != "Shape"]
+        if len(following) != 1:
             break
-        if node.op_type == "Transpose" and not is_float:
+        node = following[0]
+        if not nodes and node.op_type == "Transpose":
             uint8_name = node.output[0]
-            current = node.output[0]
-            continue
-        if node.op_type == "Cast" and _attribute(node, "to", None) == onnx.TensorProto.FLOAT:
-            is_float = True
-        elif node.op_type in ("Div", "Mul", "Sub", "Add") and is_float:
+        elif not nodes and node.op_type == "Cast":
+            if _attribute(node, "to", None) != onnx.TensorProto.FLOAT:
+                return None
+            nodes.append(node)
+        elif nodes and node.op_type in ("Div", "Mul", "Sub", "Add") and node.input[0] == current:
             value = _scalar(consts, node.input[1])
-            if node.input[0] != current or value is None or (value == 0 and node.op_type == "Div"):
-                return False
+            if value is None or (value == 0 and node.op_type == "Div"):
+                break
             if node.op_type == "Div":
                 scale, offset = scale / value, offset / value
             elif node.op_type == "Mul":
                 scale, offset = scale * value, offset * value
             else:
                 offset += -value if node.op_type == "Sub" else value
+            nodes.append(node)
         else:
-            return False
-        chain.append(node)
+            break
         current = node.output[0]
-    quantize = node
-    dequantizers = users.get(quantize.output[0], [])
+    if not nodes or current in outputs or scale <= 0:
+        return None
     zero_point = -offset / scale
+    if abs(zero_point - round(zero_point)) > 1e-3 or not 0 <= round(zero_point) <= 255:
+        return None
+    return InputNormalisation(tuple(nodes), uint8_name, current, scale, round(zero_point))
+
+
+def input_quant_overrides(proto: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
+    """``TensorQuantOverrides`` that give the normalised image its exact uint8 parameters.
+
+    For onnxruntime's ``quantize_static``: the parameters of
+    :func:`exact_input_normalisation` replace min/max calibrated ones. Empty when the
+    normalisation is not exact in uint8.
+    """
+    norm = exact_input_normalisation(proto)
+    if norm is None:
+        return {}
+    params = {
+        "scale": np.array(norm.scale, dtype=np.float32),
+        "zero_point": np.array(norm.zero_point, dtype=np.uint8),
+    }
+    return {norm.float_name: [params]}
+
+
+def uint8_image_input(proto: onnx.ModelProto) -> bool:
+    """Feed the uint8 image straight to the first ``DequantizeLinear`` of a QDQ model.
+
+    Where the graph normalises the image exactly in uint8
+    (:func:`exact_input_normalisation`) and quantises the result with those very
+    parameters (:func:`input_quant_overrides`), the ``QuantizeLinear`` gives back the
+    uint8 image itself. The float chain and that ``QuantizeLinear`` are then removed, in
+    place: the graph computes the same, with no float work on the image. Anything
+    else is left as it is.
+
+    Returns:
+        Whether the graph was changed.
+    """
+    graph = proto.graph
+    norm = exact_input_normalisation(proto)
+    if norm is None:
+        return False
+    consts, users = _initializers(graph), _consumers(graph)
+    following = users.get(norm.float_name, [])
+    if len(following) != 1 or following[0].op_type != "QuantizeLinear":
+        return False
+    quantize = following[0]
+    if len(quantize.input) < 3 or quantize.output[0] in {o.name for o in graph.output}:
+        return False
+    q_scale, q_zero = consts.get(quantize.input[1]), consts.get(quantize.input[2])
     if (
-        not is_float
-        or scale <= 0
-        or not dequantizers
-        or any(d.op_type != "DequantizeLinear" for d in dequantizers)
-        or len(quantize.input) < 3
-        or consts.get(quantize.input[2], np.zeros(0)).dtype != np.uint8
-        or abs(zero_point - round(zero_point)) > 1e-3
-        or not 0 <= round(zero_point) <= 255
+        q_scale is None
+        or q_zero is None
+        or q_scale.size != 1
+        or q_zero.dtype != np.uint8
+        or int(q_zero.reshape(-1)[0]) != norm.zero_point
+        or not np.isclose(float(q_scale.reshape(-1)[0]), norm.scale, rtol=1e-6, atol=0)
     ):
         return False
-    scale_name, zero_name = f"{uint8_name}_uint8_scale", f"{uint8_name}_uint8_zero_point"
-    graph.initializer.extend(
-        [
-            numpy_helper.from_array(np.array(scale, dtype=np.float32), scale_name),
-            numpy_helper.from_array(np.array(round(zero_point), dtype=np.uint8), zero_name),
-        ]
-    )
+    dequantizers = users.get(quantize.output[0], [])
+    if not dequantizers or any(
+        d.op_type != "DequantizeLinear" or list(d.input[1:]) != list(quantize.input[1:])
+        for d in dequantizers
+    ):
+        return False
     for dq in dequantizers:
-        dq.input[0], dq.input[1], dq.input[2] = uint8_name, scale_name, zero_name
-    for node in [*chain, quantize]:
+        dq.input[0] = norm.uint8_name
+    for node in [*norm.nodes, quantize]:
         graph.node.remove(node)
     _drop_unused_initializers(graph)
     log.info(
         "uint8 image fed to the first quantised op (scale %.6g, zero point %d)",
-        scale,
-        round(zero_point),
+        norm.scale,
+        norm.zero_point,
     )
     return True

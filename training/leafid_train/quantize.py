@@ -37,7 +37,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from leafid_train.config import read_run_json
 from leafid_train.export import INPUT_NAME, OUTPUT_NAME, save_onnx
-from leafid_train.graph_rewrite import uint8_image_input
+from leafid_train.graph_rewrite import input_quant_overrides, uint8_image_input
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,9 @@ def quantize_int8(
     """Write a static INT8 QDQ copy of an exported fp32 model.
 
     Activation ranges are calibrated (min/max) on ``calibration``: real preprocessed
-    training images. Where the input normalisation is exact in uint8, the image goes
-    straight to the first quantised op (:func:`~leafid_train.graph_rewrite.uint8_image_input`).
+    training images, except the normalised image's: where the normalisation is exact in
+    uint8 (and activations are uint8), it gets those exact parameters and the image goes
+    straight to the first quantised op (:mod:`leafid_train.graph_rewrite`).
     The leafid metadata is copied unchanged; the result passes the full ``onnx.checker``
     and is written atomically.
 
@@ -99,6 +100,9 @@ def quantize_int8(
         prepared = Path(tmp) / "prepared.onnx"
         quantized = Path(tmp) / "int8.onnx"
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        # uint8 activations: the normalised image gets its exact uint8 parameters, so
+        # that uint8_image_input can drop the float normalisation below.
+        overrides = input_quant_overrides(onnx.load(str(prepared))) if unsigned_activations else {}
         quantize_static(
             str(prepared),
             str(quantized),
@@ -108,6 +112,7 @@ def quantize_int8(
             activation_type=QuantType.QUInt8 if unsigned_activations else QuantType.QInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"TensorQuantOverrides": overrides},
         )
         proto = onnx.load(str(quantized))
     uint8_image_input(proto)
