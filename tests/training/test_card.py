@@ -33,6 +33,7 @@ def test_train_command_parses_back_to_the_same_config() -> None:
         keep_fraction=0.9,
         model_version="2.0.0",
         oversample=["swedish-leaf=2"],
+        device="cuda:1",
     )
     line = train_command(cfg)
     argv = shlex.split(line)  # also drops a trailing comment

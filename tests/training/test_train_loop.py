@@ -276,6 +276,17 @@ def test_oversample_must_name_a_data_root(tmp_path: Path) -> None:
         build_data(tiny_config(tmp_path, oversample=["elsewhere=2"]))
 
 
+def test_device_is_checked_before_the_run_folder_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(InvalidRequestError, match="device must be cpu or cuda"):
+        tiny_config(tmp_path, device="gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(InvalidRequestError, match="--device cuda needs CUDA"):
+        run_training(tiny_config(tmp_path, device="cuda"), quiet=True)
+    assert not (tmp_path / "run").exists()
+
+
 def test_manifest_mismatch_stops_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = tiny_config(tmp_path, verify=True)
     write_manifest(open_root(tmp_path / "leaf"), tmp_path / "manifests")

@@ -132,6 +132,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--workers", type=int, default=d.workers, help="DataLoader processes")
     p.add_argument("--threads", type=int, default=d.threads, help="torch threads (0: default)")
+    p.add_argument(
+        "--device", default=d.device, help="torch device that trains: cpu (default) or cuda[:N]"
+    )
     p.add_argument("--cache-dir", metavar="DIR", help="keep decoded images here as .npy")
     p.add_argument(
         "--no-verify",
@@ -248,6 +251,7 @@ def _config(args: argparse.Namespace) -> Any:
         seed=args.seed,
         workers=args.workers,
         threads=args.threads,
+        device=args.device,
         cache_dir=args.cache_dir,
         verify=args.verify,
         keep_fraction=args.keep_fraction,

@@ -85,6 +85,8 @@ class TrainConfig:
         split: Train / val / test fractions.
         workers: DataLoader worker processes.
         threads: torch intra-op threads (0 = torch default).
+        device: torch device that trains (``cpu``, ``cuda``, ``cuda:1``...); evaluation,
+            calibration and export run on the CPU.
         cache_dir: Optional folder for decoded-image ``.npy`` files.
         verify: Check each root against its manifest in ``datasets/``.
         keep_fraction: Share of correct val answers the unknown threshold keeps.
@@ -115,6 +117,7 @@ class TrainConfig:
     split: tuple[float, float, float] = (0.70, 0.15, 0.15)
     workers: int = 0
     threads: int = 0
+    device: str = "cpu"
     cache_dir: str | None = None
     verify: bool = True
     keep_fraction: float = 0.95
@@ -135,6 +138,8 @@ class TrainConfig:
             problems.append("workers, threads and patience must be >= 0")
         if not 0 < self.input_size <= self.resize_size:
             problems.append("need 0 < input_size <= resize_size")
+        if self.device.split(":")[0] not in ("cpu", "cuda"):
+            problems.append(f"device must be cpu or cuda[:N], got {self.device!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             problems.append("ema_decay must be in [0, 1)")
         if not 0.5 <= self.keep_fraction <= 1.0:

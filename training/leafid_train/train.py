@@ -353,11 +353,13 @@ def train_one_epoch(
     if head_only:
         net.backbone.eval()
         net.backbone.get_classifier().train()
+    device = next(net.parameters()).device
     total_loss, correct, seen = 0.0, 0, 0
     start = time.perf_counter()
     for step, (images, labels) in enumerate(_progress(loader, f"epoch {epoch}", show_progress)):
         if hook is not None:
             hook(epoch, step)
+        images, labels = images.to(device), labels.to(device)
         optimizer.zero_grad(set_to_none=True)
         logits = model(images)
         loss = criterion(logits, labels)
@@ -391,12 +393,13 @@ def predict_logits(
     info = info or ddp.DistInfo()
     net = model.module if hasattr(model, "module") else model
     net.eval()
+    device = next(net.parameters()).device
     mine = np.arange(info.rank, len(arrays), info.world_size)
     out = []
     with torch.no_grad():
         for start in range(0, len(mine), batch_size):
             idx = mine[start : start + batch_size]
-            out.append(net(torch.from_numpy(arrays[idx])).numpy())
+            out.append(net(torch.from_numpy(arrays[idx]).to(device)).cpu().numpy())
     n_classes = int(net.backbone.get_classifier().out_features) if not out else out[0].shape[1]
     logits = np.concatenate(out) if out else np.zeros((0, n_classes), dtype=np.float32)
     if not info.enabled:
@@ -535,6 +538,11 @@ def run_training(
             cfg = replace(saved, epochs=cfg.epochs, patience=cfg.patience)  # re-validated
         elif ckpt_path.is_file() or (out / "config.json").is_file():
             raise InvalidRequestError(f"{out} already holds a run: use --resume or another --out")
+        if cfg.device != "cpu" and (info.enabled or not torch.cuda.is_available()):
+            raise InvalidRequestError(
+                f"--device {cfg.device} needs CUDA (torch.cuda.is_available() is "
+                f"{torch.cuda.is_available()}) and one process (not torchrun)"
+            )
         ddp.barrier(info)  # every process has checked before rank 0 writes anything
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
@@ -564,7 +572,7 @@ def run_training(
             num_workers=cfg.workers,
             drop_last=len(sampler) > cfg.batch_size,
         )
-        model = build_model(cfg, data.spec)
+        model = build_model(cfg, data.spec).to(cfg.device)
         optimizer = build_optimizer(model, cfg)
         scheduler = build_scheduler(optimizer, cfg.epochs * len(loader), cfg.warmup_steps_frac)
         criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
