@@ -279,11 +279,16 @@ def test_oversample_must_name_a_data_root(tmp_path: Path) -> None:
 def test_device_is_checked_before_the_run_folder_is_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with pytest.raises(InvalidRequestError, match="device must be cpu or cuda"):
-        tiny_config(tmp_path, device="gpu")
+    for bad in ("gpu", "cuda:x", "cuda:"):
+        with pytest.raises(InvalidRequestError, match="device must be cpu or cuda"):
+            tiny_config(tmp_path, device=bad)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(InvalidRequestError, match="--device cuda needs CUDA"):
+    with pytest.raises(InvalidRequestError, match=r"--device cuda needs .*\(0 found\)"):
         run_training(tiny_config(tmp_path, device="cuda"), quiet=True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(InvalidRequestError, match=r"--device cuda:1 needs .*\(1 found\)"):
+        run_training(tiny_config(tmp_path, device="cuda:1"), quiet=True)
     assert not (tmp_path / "run").exists()
 
 

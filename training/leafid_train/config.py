@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,8 @@ class TrainConfig:
         workers: DataLoader worker processes.
         threads: torch intra-op threads (0 = torch default).
         device: torch device that trains (``cpu``, ``cuda``, ``cuda:1``...); evaluation,
-            calibration and export run on the CPU.
+            calibration and export run on the CPU. A resumed CUDA run is not bit-identical
+            to an uninterrupted one (the CUDA random state is not checkpointed).
         cache_dir: Optional folder for decoded-image ``.npy`` files.
         verify: Check each root against its manifest in ``datasets/``.
         keep_fraction: Share of correct val answers the unknown threshold keeps.
@@ -138,7 +140,7 @@ class TrainConfig:
             problems.append("workers, threads and patience must be >= 0")
         if not 0 < self.input_size <= self.resize_size:
             problems.append("need 0 < input_size <= resize_size")
-        if self.device.split(":")[0] not in ("cpu", "cuda"):
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             problems.append(f"device must be cpu or cuda[:N], got {self.device!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             problems.append("ema_decay must be in [0, 1)")

@@ -538,11 +538,14 @@ def run_training(
             cfg = replace(saved, epochs=cfg.epochs, patience=cfg.patience)  # re-validated
         elif ckpt_path.is_file() or (out / "config.json").is_file():
             raise InvalidRequestError(f"{out} already holds a run: use --resume or another --out")
-        if cfg.device != "cpu" and (info.enabled or not torch.cuda.is_available()):
-            raise InvalidRequestError(
-                f"--device {cfg.device} needs CUDA (torch.cuda.is_available() is "
-                f"{torch.cuda.is_available()}) and one process (not torchrun)"
-            )
+        if cfg.device != "cpu":
+            index = int(cfg.device.partition(":")[2] or 0)
+            gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if info.enabled or index >= gpus:
+                raise InvalidRequestError(
+                    f"--device {cfg.device} needs that CUDA device ({gpus} found) "
+                    "and one process (not torchrun)"
+                )
         ddp.barrier(info)  # every process has checked before rank 0 writes anything
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
