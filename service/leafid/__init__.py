@@ -10,7 +10,7 @@ from leafid.preprocess import preprocess
 from leafid.results import CAVEAT, Candidate, Prediction
 from leafid.spec import ClassInfo, ModelSpec
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place it is stated: pyproject reads it
 
 __all__ = [
     "CAVEAT",

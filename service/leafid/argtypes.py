@@ -1,4 +1,9 @@
-"""argparse ``type=`` converters shared by every ``leafid`` subcommand."""
+"""argparse ``type=`` converters shared by every ``leafid`` subcommand, training's included.
+
+The one place for such checkers: an option whose value has a range uses one of these
+rather than a bare ``int`` or ``float``, so a bad value is a usage error naming the
+range.
+"""
 
 from __future__ import annotations
 
@@ -31,6 +36,14 @@ def positive_float(text: str) -> float:
     value = float(_number(text, float))
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """A number >= 0."""
+    value = float(_number(text, float))
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from leafid.classifier import Classifier
 from leafid.console import echo
 from leafid.errors import BadImageError, LeafidError
+from leafid.extras import optional
 from leafid.images import read_bytes
 from leafid.output import Row, error_row, success_row
 
@@ -32,10 +33,9 @@ IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif"}
 )
 DEFAULT_BATCH_SIZE = 16
-# onnxruntime intra-op threads next to the decoding threads. Measured on 2 cores with
-# 12 MP JPEGs: 1 thread costs ~41 ms CPU per image, 0 (automatic: 2 spinning threads)
-# ~47 ms, because idle onnxruntime threads spin and take CPU from the decoders (measured
-# before make_session turned spinning off by default).
+# onnxruntime intra-op threads next to the decoding threads: these already keep every
+# core busy, so more model threads would only compete with them for the same cores
+# (``leafid bench --threads N`` measures it on a given machine).
 DEFAULT_THREADS = 1
 
 
@@ -262,9 +262,7 @@ def classify_paths(
 
 
 def _progress_bar(total: int) -> Any:
-    try:
-        from tqdm import tqdm  # the [progress] extra
-    except ImportError:
-        log.debug("no progress bar: tqdm is not installed")
+    tqdm = optional("tqdm")  # the [progress] extra
+    if tqdm is None:
         return None
-    return tqdm(total=total, unit="img", file=sys.stderr, leave=False)
+    return tqdm.tqdm(total=total, unit="img", file=sys.stderr, leave=False)

@@ -32,7 +32,9 @@ from leafid.batch import DEFAULT_BATCH_SIZE, DEFAULT_THREADS, classify_paths, de
 from leafid.classifier import Classifier
 from leafid.console import echo
 from leafid.errors import EXIT_OK, MissingExtraError
+from leafid.extras import require_extra
 from leafid.images import ImageLimits, read_bytes
+from leafid.options import add_model_option, add_renamed_option
 from leafid.output import Writer
 
 SIZES = {"12mp": (4000, 3000), "1mp": (1152, 864)}
@@ -80,7 +82,7 @@ class Result:
     case: str
     images: int
     batch_size: int
-    workers: int | None
+    decode_threads: int | None
     threads: int
     rates: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
@@ -105,13 +107,18 @@ class Result:
 
 
 def time_pipeline(
-    classifier: Classifier, paths: Sequence[str], workers: int, batch_size: int
+    classifier: Classifier, paths: Sequence[str], decode_threads: int, batch_size: int
 ) -> int:
     """Run the ``classify`` pipeline over ``paths``, rows written as JSON lines; return n."""
     with open(os.devnull, "w", encoding="utf-8") as sink:
         writer = Writer(sink, "jsonl", top_k=5, model_version=classifier.model_version)
         summary = classify_paths(
-            classifier, paths, writer.write, workers=workers, batch_size=batch_size, progress=False
+            classifier,
+            paths,
+            writer.write,
+            workers=decode_threads,
+            batch_size=batch_size,
+            progress=False,
         )
     if summary.failed:
         raise RuntimeError(f"{summary.failed} benchmark images failed to classify")
@@ -161,14 +168,14 @@ def measure_rounds(cases: Sequence[Case], repeat: int) -> list[Result]:
 
 
 def pipeline_case(
-    classifier: Classifier, name: str, paths: Sequence[str], workers: int, batch_size: int
+    classifier: Classifier, name: str, paths: Sequence[str], decode_threads: int, batch_size: int
 ) -> Case:
     """The ``classify`` pipeline on ``paths`` as a case to measure (warmed up here)."""
-    time_pipeline(classifier, paths[: min(len(paths), batch_size)], workers, batch_size)
+    time_pipeline(classifier, paths[: min(len(paths), batch_size)], decode_threads, batch_size)
     result = Result(
-        f"end-to-end {name} JPEG", len(paths), batch_size, workers, _threads(classifier)
+        f"end-to-end {name} JPEG", len(paths), batch_size, decode_threads, _threads(classifier)
     )
-    return result, partial(time_pipeline, classifier, paths, workers, batch_size)
+    return result, partial(time_pipeline, classifier, paths, decode_threads, batch_size)
 
 
 def model_case(classifier: Classifier, sample: np.ndarray, images: int, batch_size: int) -> Case:
@@ -191,7 +198,7 @@ def run_bench(
     model_classifier: Classifier,
     photos: Mapping[str, Sequence[str]],
     *,
-    workers: int,
+    decode_threads: int,
     batch_size: int,
     repeat: int,
 ) -> list[Result]:
@@ -201,14 +208,16 @@ def run_bench(
         pipeline_classifier: Used end-to-end, next to the decoding threads.
         model_classifier: Used for the model-only figures (may have more threads).
         photos: Photo paths per size name.
-        workers: Decoding threads.
+        decode_threads: Decoding threads end-to-end.
         batch_size: Images per model call end-to-end.
         repeat: Runs per case.
     """
     clf = pipeline_classifier
     results: list[Result] = []
     for name, paths in photos.items():
-        results += measure_rounds([pipeline_case(clf, name, paths, workers, batch_size)], repeat)
+        results += measure_rounds(
+            [pipeline_case(clf, name, paths, decode_threads, batch_size)], repeat
+        )
     n_model = max([len(p) for p in photos.values()] + [64])
     sample = first_sample(clf, photos)
     for bs in MODEL_BATCH_SIZES:
@@ -223,14 +232,14 @@ def _threads(classifier: Classifier) -> int:
 def format_table(results: Sequence[Result]) -> list[str]:
     """The benchmark table, one string per line."""
     lines = [
-        f"{'case':<20} {'images':>6} {'batch':>5} {'workers':>7} {'ort_thr':>7} "
+        f"{'case':<20} {'images':>6} {'batch':>5} {'dec_thr':>7} {'ort_thr':>7} "
         f"{'img/s':>7} {'best':>7} {'cpu%':>5} {'cpu_ms/img':>10}"
     ]
     for r in results:
-        workers = "-" if r.workers is None else str(r.workers)
+        decoders = "-" if r.decode_threads is None else str(r.decode_threads)
         threads = str(r.threads) if r.threads else "auto"
         lines.append(
-            f"{r.case:<20} {r.images:>6} {r.batch_size:>5} {workers:>7} {threads:>7} "
+            f"{r.case:<20} {r.images:>6} {r.batch_size:>5} {decoders:>7} {threads:>7} "
             f"{r.median:>7.1f} {max(r.rates):>7.1f} {statistics.median(r.cpu) * 100:>5.0f} "
             f"{statistics.median(r.cpu_ms):>10.1f}"
         )
@@ -251,15 +260,21 @@ def machine_info(classifier: Classifier) -> list[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the benchmark's options to ``parser``."""
-    parser.add_argument("--model", metavar="M", help="ONNX model file")
+    add_model_option(parser)
     parser.add_argument(
         "--n12", type=int_at_least(0), default=64, metavar="N", help="12 MP photos (64)"
     )
     parser.add_argument(
         "--n1", type=int_at_least(0), default=64, metavar="N", help="1 MP photos (64)"
     )
-    parser.add_argument(
-        "--workers", type=int_at_least(1), default=None, metavar="N", help="decoding threads (CPUs)"
+    add_renamed_option(
+        parser,
+        "--decode-threads",
+        "--workers",
+        type=int_at_least(1),
+        default=None,
+        metavar="N",
+        help="decoding threads (CPUs)",
     )
     parser.add_argument(
         "--batch-size",
@@ -309,14 +324,13 @@ def load_compare() -> Callable[[argparse.Namespace], int]:
     found = entry_points(group=COMPARE_GROUP, name="compare")
     if not found:
         raise MissingExtraError("train", "torch")
-    try:
+    with require_extra("train"):
         handler: Callable[[argparse.Namespace], int] = next(iter(found)).load()
-    except ImportError as exc:
-        raise MissingExtraError("train", exc.name or "torch") from exc
     return handler
 
 
 COLUMNS_NOTE = (
+    "dec_thr: decoding threads; ort_thr: onnxruntime threads; "
     "img/s: median of the repeats; best: the fastest repeat; cpu%: CPU time used / wall "
     f"time (at most {100 * (os.cpu_count() or 1)}%; less means the machine was shared); "
     "cpu_ms/img: CPU time per image, all threads (medians); model only: idle onnxruntime "
@@ -353,14 +367,14 @@ def run_command(args: argparse.Namespace) -> int:
     """Handler of ``leafid bench``: measure and print the table."""
     if args.compare:
         return load_compare()(args)
-    workers = args.workers or default_workers()
+    decode_threads = args.decode_threads or default_workers()
     classifier, model_classifier = make_classifiers(args)
     with synthetic_photos(args) as photos:
         results = run_bench(
             classifier,
             model_classifier,
             photos,
-            workers=workers,
+            decode_threads=decode_threads,
             batch_size=args.batch_size,
             repeat=args.repeat,
         )

@@ -45,9 +45,9 @@ def make_session(
         threads: Intra-op threads (0 lets onnxruntime choose).
         spin: Let idle intra-op threads spin-wait for the next operator (onnxruntime's
             default). Off by default: leafid usually decodes images on the same cores,
-            and spinning threads take CPU from the decoders. On, when the model has the
-            cores to itself, batch-1 latency on 2 threads fell from 3.0-4.2 ms to 2.3-2.4 ms
-            here (the shipped INT8 model).
+            and spinning threads take CPU from the decoders. On when the model has the
+            cores to itself: a thread that spins starts the next operator sooner than
+            one that sleeps, which lowers small-batch latency.
 
     Raises:
         InvalidModelError: onnxruntime cannot load the file.

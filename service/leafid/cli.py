@@ -1,4 +1,4 @@
-"""The ``leafid`` command line: classify, dask, identify, info, bench, and plugin commands.
+"""The ``leafid`` command line: classify, dask, identify, info, bench, serve, loadtest, plugins.
 
 Other packages add subcommands through the ``leafid.commands`` entry-point group: each
 entry point is a ``register(subparsers) -> None`` function that adds parsers whose
@@ -48,7 +48,10 @@ from leafid.errors import (
     ModelError,
     ModelNotFoundError,
 )
+from leafid.extras import not_installed
+from leafid.http import commands as http_commands
 from leafid.images import ImageLimits
+from leafid.options import add_model_option, add_renamed_option
 from leafid.output import (
     FORMATS,
     RESUMABLE_FORMATS,
@@ -84,9 +87,7 @@ Every answer is a visual identification only, not a quality or safety test.
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--model``, ``--threshold``, ``--threads``, ``--max-bytes``, ``--max-pixels``."""
     limits = ImageLimits()
-    parser.add_argument(
-        "--model", metavar="M", help=f"ONNX model file (default: ${MODEL_ENV} or the shipped model)"
-    )
+    add_model_option(parser)
     parser.add_argument(
         "--threshold",
         type=fraction,
@@ -215,7 +216,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
             paths,
             emit,
             top_k=args.top_k,
-            workers=args.workers,
+            workers=args.decode_threads,
             batch_size=args.batch_size,
         )
     finally:
@@ -411,7 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip files already in -o FILE and append the rest (jsonl and csv only)",
     )
-    p.add_argument(
+    add_renamed_option(
+        p,
+        "--decode-threads",
         "--workers",
         type=int_at_least(1),
         default=None,
@@ -431,7 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "dask",
         "classify on a Dask cluster (local worker processes or a scheduler; needs the "
-        "[scale] extra) and report images/s",
+        "[scale] extra) and report images/s; the model is read at the same path on every "
+        "Dask worker",
     )
     p.add_argument("paths", nargs="*", metavar="PATH", help="image files or folders")
     p.add_argument("-r", "--recursive", action="store_true", help="look in sub-folders too")
@@ -439,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--top-k", type=int_at_least(1), default=5, metavar="K", help="candidates per row"
     )
     p.add_argument("-o", "--output", metavar="FILE", help="write the rows to FILE (JSON lines)")
-    p.add_argument("--model", metavar="M", help="ONNX model file, at this path on every worker")
+    add_model_option(p)
     p.add_argument(
         "--processes",
         type=int_at_least(0),
@@ -473,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_identify)
 
     p = add("info", "show the model's version, classes, calibration and metrics")
-    p.add_argument("--model", metavar="M", help="ONNX model file")
+    add_model_option(p)
     p.add_argument("--format", choices=("text", "json"), default="text", help="output format")
     p.set_defaults(func=cmd_info)
 
@@ -481,29 +485,49 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_arguments(p)
     p.set_defaults(func=bench.run_command)
 
+    http_commands.register(sub)  # serve, loadtest: part of leafid, not a plugin
     load_plugins(sub)
     return parser
 
 
 def load_plugins(subparsers: Any) -> list[str]:
-    """Let every ``leafid.commands`` entry point add its subcommands.
+    """Let every ``leafid.commands`` entry point of another package add its subcommands.
 
-    A plugin that cannot be imported or fails to register is skipped (logged at debug
-    level): a missing optional part must not break the other commands.
+    Entry points into leafid itself are skipped: :func:`build_parser` registers those
+    commands directly. A plugin whose package is not installed (or that needs a
+    package that is not) is skipped quietly, logged at debug level. Any other failure
+    to load or register is a bug in the plugin: it is named with its error in a
+    warning on stderr (the traceback with ``-v``), and the other commands still work.
 
     Returns:
         Names of the entry points that registered.
     """
     loaded = []
     for ep in entry_points(group=PLUGIN_GROUP):
+        if ep.module.partition(".")[0] == "leafid":
+            continue
         try:
             register = ep.load()
             register(subparsers)
-        except Exception:  # any plugin failure only removes that plugin's commands
-            log.debug("skipping leafid command plugin %s (%s)", ep.name, ep.value, exc_info=True)
+        except Exception as exc:  # a plugin failure only removes that plugin's commands
+            if not_installed(exc) is not None or _is_part_of(ep.module, exc):
+                log.debug("skipping leafid command plugin %s: %s", ep.name, exc, exc_info=True)
+            else:
+                log.debug("leafid command plugin %s failed", ep.name, exc_info=True)
+                echo(
+                    f"leafid: warning: command plugin {ep.name} ({ep.value}) failed to load, "
+                    f"its commands are missing: {type(exc).__name__}: {exc}",
+                    err=True,
+                )
             continue
         loaded.append(ep.name)
     return loaded
+
+
+def _is_part_of(module: str, exc: Exception) -> bool:
+    """Whether ``exc`` says that ``module`` itself, or a package it is in, is not installed."""
+    name = exc.name if isinstance(exc, ModuleNotFoundError) else None
+    return name is not None and (module == name or module.startswith(name + "."))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

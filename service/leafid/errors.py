@@ -19,9 +19,12 @@ class LeafidError(Exception):
 
 
 class ImageError(LeafidError):
-    """An input image could not be used."""
+    """An input image could not be used: the base of the kinds below, never raised itself.
 
-    code = "bad_image"
+    Catch this to handle every image problem; each subclass has its own ``code``.
+    """
+
+    code = "image_error"
     http_status = 400
 
 

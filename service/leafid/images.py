@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from leafid.errors import BadImageError, InvalidRequestError, TooLargeError, UnsupportedTypeError
+from leafid.extras import optional
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +40,10 @@ _HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b
 
 
 def _register_heif() -> bool:
-    try:
-        from pillow_heif import register_heif_opener
-    except ImportError:
+    pillow_heif = optional("pillow_heif")  # the [heic] extra
+    if pillow_heif is None:
         return False
-    register_heif_opener()
+    pillow_heif.register_heif_opener()
     return True
 
 

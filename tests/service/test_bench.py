@@ -45,7 +45,7 @@ def test_bench_prints_table(tiny_model: Path, capsys: Capsys) -> None:
         "1",
         "--batch-size",
         "2",
-        "--workers",
+        "--decode-threads",
         "2",
     ]
     assert main(["bench", *args]) == 0
@@ -61,7 +61,7 @@ def test_bench_prints_table(tiny_model: Path, capsys: Capsys) -> None:
         ["model", "only", "64"],
     ]
     assert [row[-7] for row in table] == ["2", "2", "1", "16"]  # batch column
-    assert [row[-6] for row in table] == ["2", "2", "-", "-"]  # decode workers
+    assert [row[-6] for row in table] == ["2", "2", "-", "-"]  # decoding threads
     assert all(float(row[-4]) > 0 for row in table)  # img/s
 
 

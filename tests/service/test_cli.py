@@ -16,6 +16,7 @@ from conftest import encode, noisy
 from leafid.classifier import Classifier
 from leafid.cli import main
 from leafid.errors import MissingExtraError
+from leafid.options import MODEL_HELP
 from leafid.results import CAVEAT
 
 Capsys = pytest.CaptureFixture[str]
@@ -461,9 +462,10 @@ def test_info_json(tiny_model: Path, capsys: Capsys) -> None:
 
 
 class _FakeEntryPoint:
-    def __init__(self, name: str, target: Any) -> None:
+    def __init__(self, name: str, target: Any, module: str | None = None) -> None:
         self.name = name
-        self.value = f"fake.{name}:register"
+        self.module = module or f"fake_{name}.commands"
+        self.value = f"{self.module}:register"
         self._target = target
 
     def load(self) -> Any:
@@ -491,13 +493,30 @@ def _register_clash(subparsers: Any) -> None:
     subparsers.add_parser("classify")
 
 
+def _register_buggy(subparsers: Any) -> None:
+    subparsers.add_parser("buggy")
+    raise RuntimeError("boom in register")
+
+
+def _register_serve_again(subparsers: Any) -> None:
+    raise AssertionError("leafid's own entry point must not be loaded")
+
+
+def _not_installed(name: str) -> ModuleNotFoundError:
+    return ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+
 @pytest.fixture
 def plugins(monkeypatch: pytest.MonkeyPatch) -> None:
     eps = [
-        _FakeEntryPoint("broken", ModuleNotFoundError("No module named 'leafid_train.commands'")),
+        _FakeEntryPoint("broken", _not_installed("leafid_train"), "leafid_train.commands"),
+        _FakeEntryPoint("needs_extra", _not_installed("torch")),
         _FakeEntryPoint("clash", _register_clash),
         _FakeEntryPoint("hello", _register_hello),
         _FakeEntryPoint("train", _register_train),
+        _FakeEntryPoint("buggy", _register_buggy),
+        _FakeEntryPoint("typo", _not_installed("leafid_train.conifg"), "leafid_train.commands"),
+        _FakeEntryPoint("serve", _register_serve_again, "leafid.http.commands"),
     ]
 
     def fake_entry_points(*, group: str) -> list[_FakeEntryPoint]:
@@ -519,15 +538,96 @@ def test_plugins_load_and_broken_ones_are_skipped(capsys: Capsys) -> None:
 
 
 @pytest.mark.usefixtures("plugins")
+def test_a_plugin_whose_package_is_missing_is_skipped_quietly(capsys: Capsys) -> None:
+    assert main(["hello"]) == 0
+    err = capsys.readouterr().err
+    assert "broken" not in err and "needs_extra" not in err
+
+
+@pytest.mark.usefixtures("plugins")
+def test_a_broken_plugin_is_named_with_its_error(capsys: Capsys) -> None:
+    assert main(["hello"]) == 0  # the other commands still work
+    err = capsys.readouterr().err
+    assert "command plugin buggy (fake_buggy.commands:register)" in err
+    assert "RuntimeError: boom in register" in err
+    assert "command plugin clash" in err  # a name leafid already has
+    # a missing module of the plugin's own package is a bug in it, not a missing extra
+    assert "command plugin typo" in err and "leafid_train.conifg" in err
+
+
+@pytest.mark.usefixtures("plugins")
 def test_missing_extra_message_and_exit_2(capsys: Capsys) -> None:
     assert main(["train"]) == 2
     err = capsys.readouterr().err
     assert "pip install 'leafid[train]'" in err and "Traceback" not in err
 
 
+@pytest.mark.usefixtures("plugins")
+def test_serve_is_leafids_own_command_not_its_entry_point(capsys: Capsys) -> None:
+    sub = argparse.ArgumentParser().add_subparsers()
+    assert "serve" not in cli.load_plugins(sub)
+    assert main(["serve", "--help"]) == 0  # registered directly, once
+    captured = capsys.readouterr()
+    assert "--inference-slots" in captured.out
+    assert "plugin serve" not in captured.err  # its entry point was not loaded
+
+
 def test_real_entry_points_do_not_break_the_cli(capsys: Capsys) -> None:
     assert main(["--help"]) == 0
-    assert "classify" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "classify" in captured.out and "serve" in captured.out
+    assert "warning" not in captured.err
+
+
+def test_version_is_stated_once(capsys: Capsys) -> None:
+    import tomllib
+
+    import leafid
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"leafid {leafid.__version__}"
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    assert "version" not in pyproject["project"] and "version" in pyproject["project"]["dynamic"]
+    assert pyproject["tool"]["hatch"]["version"]["path"] == "service/leafid/__init__.py"
+
+
+# --- renamed options --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "old", "new", "dest"),
+    [
+        (["classify", "x.jpg"], "--workers", "--decode-threads", "decode_threads"),
+        (["bench"], "--workers", "--decode-threads", "decode_threads"),
+        (["serve"], "--workers", "--processes", "processes"),
+        (["serve"], "--concurrency", "--inference-slots", "inference_slots"),
+        (["loadtest"], "--concurrency", "--clients", "clients"),
+    ],
+)
+def test_renamed_option_and_its_hidden_old_name(
+    argv: list[str], old: str, new: str, dest: str, capsys: Capsys
+) -> None:
+    parser = cli.build_parser()
+    assert getattr(parser.parse_args([*argv, new, "3"]), dest) == 3
+    assert capsys.readouterr().err == ""
+    assert getattr(parser.parse_args([*argv, old, "4"]), dest) == 4
+    assert f"{old} is deprecated; use {new}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser.parse_args([*argv, old, "0"])  # checked like the new name
+    capsys.readouterr()
+    assert main([argv[0], "--help"]) == 0
+    out = capsys.readouterr().out
+    assert new in out and old not in out
+
+
+def test_model_option_has_one_help_text(capsys: Capsys) -> None:
+    helps = set()
+    for command in ("classify", "identify", "info", "dask", "bench", "serve", "loadtest"):
+        assert main([command, "--help"]) == 0
+        out = " ".join(capsys.readouterr().out.split())
+        assert "--model M" in out
+        helps.add(out.split("--model M ", 1)[1].split(" --")[0])
+    assert helps == {MODEL_HELP}
 
 
 # --- end to end -------------------------------------------------------------------------

@@ -77,7 +77,7 @@ def test_cli_refuses_bad_files_and_classifies_unusual_ones(
     bad_dir, bad, unusual_dir, unusual = corpus
     out = tmp_path / "out.jsonl"
     argv = ["classify", str(bad_dir), str(unusual_dir), "-o", str(out)]
-    argv += ["--model", str(tiny_model), "--batch-size", "4", "--workers", "2"]
+    argv += ["--model", str(tiny_model), "--batch-size", "4", "--decode-threads", "2"]
     assert main(argv) == 1  # some failed, the rest are complete
     _check_rows(_rows(out), bad, unusual)
     # --resume finds every file done, including the non-UTF-8 names; the bad ones

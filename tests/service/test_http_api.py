@@ -235,6 +235,18 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     assert "one" not in repr(s)
 
 
+def test_inference_slots_setting_and_its_former_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().inference_slots == 2
+    assert Settings(inference_slots=4).inference_slots == 4
+    monkeypatch.setenv("LEAFID_INFERENCE_CONCURRENCY", "3")  # its former name
+    assert Settings().inference_slots == 3
+    monkeypatch.setenv("LEAFID_INFERENCE_SLOTS", "5")
+    assert Settings().inference_slots == 5
+    monkeypatch.setenv("INFERENCE_SLOTS", "7")  # without the prefix: not leafid's
+    monkeypatch.delenv("LEAFID_INFERENCE_SLOTS")
+    assert Settings().inference_slots == 3
+
+
 def test_cors_when_configured(tiny_model: Path) -> None:
     app = create_app(Settings(model=tiny_model, cors_origins=["https://leaf.example"]))
     with TestClient(app) as c:

@@ -200,9 +200,7 @@ class SlowClassifier(Classifier):
 
 
 def test_queue_full_answers_503_with_retry_after(tiny_model: Path) -> None:
-    app = create_app(
-        Settings(model=tiny_model, inference_concurrency=1, queue_size=1, retry_after_s=2)
-    )
+    app = create_app(Settings(model=tiny_model, inference_slots=1, queue_size=1, retry_after_s=2))
     slow = SlowClassifier(tiny_model)
     app.dependency_overrides[get_classifier] = lambda: slow
     data = jpeg()
@@ -249,7 +247,11 @@ def test_unexpected_exception_is_a_plain_500(
         assert_error(r, 500, "internal_error")
         assert "secret" not in r.text
         assert c.get("/healthz").status_code == 200
+        metrics = c.get("/metrics").text
     assert "secret internal detail" in caplog.text  # logged for the operator
+    for route in ("/v1/identify", "/v1/classify"):  # the catch-all's 500s are counted
+        line = f'leafid_http_requests_total{{method="POST",route="{route}",status="500"}} 1.0'
+        assert line in metrics.splitlines()
 
 
 def test_missing_model_stops_start_up(tmp_path: Path) -> None:

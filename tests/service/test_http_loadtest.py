@@ -29,12 +29,12 @@ def parse(*argv: str) -> argparse.Namespace:
 
 
 def test_register_adds_serve_and_loadtest() -> None:
-    args = parse("serve", "--port", "9001", "--workers", "2")
+    args = parse("serve", "--port", "9001", "--processes", "2")
     assert args.func is commands.cmd_serve
-    assert (args.host, args.port, args.workers) == ("127.0.0.1", 9001, 2)
+    assert (args.host, args.port, args.processes) == ("127.0.0.1", 9001, 2)
     args = parse("loadtest", "--requests", "5", "--duration", "1")
     assert args.func is commands.cmd_loadtest
-    assert args.url is None and args.concurrency == 8  # run_from_args: loadtest.DEFAULT_URL
+    assert args.url is None and args.clients == 8  # run_from_args: loadtest.DEFAULT_URL
 
 
 def test_commands_module_imports_no_web_framework() -> None:
@@ -95,7 +95,7 @@ def test_make_jpeg_is_a_photo_sized_jpeg() -> None:
 def test_run_load_against_a_server(tiny_model: Path) -> None:
     with running_server(create_app(Settings(model=tiny_model))) as url:
         report = loadtest.run_load(
-            url, concurrency=3, requests=24, duration_s=20, warmup=3, image_size=(320, 240)
+            url, clients=3, requests=24, duration_s=20, warmup=3, image_size=(320, 240)
         )
     assert report.errors == 0, report.error_kinds
     assert report.requests == 24
@@ -106,7 +106,7 @@ def test_run_load_against_a_server(tiny_model: Path) -> None:
 def test_run_load_counts_errors(tiny_model: Path) -> None:
     app = create_app(Settings(model=tiny_model, api_keys=["k"]))
     with running_server(app) as url:
-        report = loadtest.run_load(url, concurrency=2, requests=6, warmup=0, image_size=(64, 48))
+        report = loadtest.run_load(url, clients=2, requests=6, warmup=0, image_size=(64, 48))
     assert report.errors == 6
     assert report.error_kinds == {"http_401": 6}
 
@@ -114,7 +114,7 @@ def test_run_load_counts_errors(tiny_model: Path) -> None:
 def test_loadtest_spawn_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model = make_tiny_model(tmp_path / "m.onnx")
     args = parse(
-        "loadtest", "--spawn", "--model", str(model), "--concurrency", "2",
+        "loadtest", "--spawn", "--model", str(model), "--clients", "2",
         "--requests", "10", "--duration", "10", "--warmup", "2", "--image-size", "320x240",
         "--json",
     )  # fmt: skip

@@ -46,7 +46,7 @@ def test_loadtest_round_robins_over_two_replicas(tiny_model: Path, capsys: Capsy
         running_server(create_app(Settings(model=tiny_model))) as url_b,
     ):
         args = parse(
-            "loadtest", "--url", url_a, "--url", url_b, "--concurrency", "3",
+            "loadtest", "--url", url_a, "--url", url_b, "--clients", "3",
             "--requests", "12", "--warmup", "2", "--image-size", "160x120", "--json",
         )  # fmt: skip
         assert commands.cmd_loadtest(args) == 0
@@ -61,7 +61,7 @@ def test_loadtest_round_robins_over_two_replicas(tiny_model: Path, capsys: Capsy
 def test_report_lines_show_per_url_counts_and_rss() -> None:
     report = loadtest.Report(
         url="http://a http://b",
-        concurrency=2,
+        clients=2,
         image="x",
         per_url_requests={"http://a": 3, "http://b": 2},
         rss_every_s=10.0,
@@ -77,7 +77,7 @@ def test_report_lines_show_per_url_counts_and_rss() -> None:
 def test_rss_is_sampled_during_the_run(tiny_model: Path) -> None:
     with running_server(create_app(Settings(model=tiny_model))) as url:
         report = loadtest.run_load(
-            url, concurrency=2, requests=10_000, duration_s=0.6, warmup=1,
+            url, clients=2, requests=10_000, duration_s=0.6, warmup=1,
             image_size=(64, 48), server_pid=os.getpid(), rss_every_s=0.1,
         )  # fmt: skip
     assert report.errors == 0 and report.requests > 0

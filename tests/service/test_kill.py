@@ -63,7 +63,7 @@ def test_sigkill_batch_then_resume_gives_every_file_once(tiny_model: Path, tmp_p
     inputs = {str(photos / f"leaf_{i:03d}.png") for i in range(200)}
     out = tmp_path / "out.jsonl"
     argv = ["classify", str(photos), "-o", str(out), "--model", str(tiny_model)]
-    argv += ["--batch-size", "4", "--workers", "1"]
+    argv += ["--batch-size", "4", "--decode-threads", "1"]
 
     proc = _leafid(tmp_path / "log.txt", *argv)
     _wait_for(lambda: _line_count(out) >= 20, 60, proc, "20 rows")
@@ -125,7 +125,7 @@ def test_sigterm_server_finishes_requests_in_flight_and_exits_0(
         str(tiny_model),
         "--port",
         str(port),
-        "--concurrency",
+        "--inference-slots",
         "1",
         "--threads",
         "1",
@@ -137,7 +137,7 @@ def test_sigterm_server_finishes_requests_in_flight_and_exits_0(
     try:
         _wait_for(lambda: not _refused(port), 60, proc, "the server to listen")
         # one request = 12 photos that take a while to decode; 6 requests queue behind
-        # concurrency 1, so most are waiting or running when SIGTERM comes
+        # one inference slot, so most are waiting or running when SIGTERM comes
         arr = np.random.default_rng(0).integers(0, 256, (900, 1200, 3), dtype=np.uint8)
         arr[..., 0] = np.maximum(arr[..., 0], 200)
         photo = encode(Image.fromarray(arr, "RGB"), "PNG", compress_level=1)

@@ -107,8 +107,8 @@ def format_compare(rows: Sequence[Measured]) -> list[str]:
     for (m, ratio), (_, best_ratio) in pairs:
         r = m.result
         threads = str(r.threads) if r.threads else "auto"
-        if r.workers is not None:
-            threads += f"+{r.workers}d"
+        if r.decode_threads is not None:
+            threads += f"+{r.decode_threads}d"
         lines.append(
             f"{m.case:<22} {m.approach:<20} {r.images:>6} {r.batch_size:>5} {threads:>7} "
             f"{r.median:>7.1f} {max(r.rates):>7.1f} {statistics.median(r.cpu) * 100:>5.0f} "
@@ -324,7 +324,7 @@ def run(args: argparse.Namespace) -> int:
             model,
             leafid,
             photos,
-            workers=args.workers or default_workers(),
+            workers=args.decode_threads or default_workers(),
             batch_size=args.batch_size,
             repeat=max(1, args.repeat),
             model_images=max([args.n12, args.n1, 64]),

@@ -42,7 +42,7 @@ from leafid.errors import (
 from leafid.http.errors import AuthError, on_http_error, on_leafid_error, on_validation_error
 from leafid.http.gate import InferenceGate
 from leafid.http.metrics import Metrics
-from leafid.http.middleware import BodyLimitMiddleware, MetricsMiddleware
+from leafid.http.middleware import BodyLimitMiddleware, CatchAllMiddleware, MetricsMiddleware
 from leafid.http.schemas import (
     ERROR_RESPONSES,
     ClassifyOut,
@@ -260,7 +260,7 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
                 (time.perf_counter() - started) * 1000,
             )
         app.state.gate = InferenceGate(
-            settings.inference_concurrency,
+            settings.inference_slots,
             settings.queue_size,
             settings.retry_after_s,
             app.state.metrics.rejected,
@@ -290,6 +290,8 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
             allow_methods=["GET", "POST"],
             allow_headers=["X-API-Key", "Authorization"],
         )
+    # added last = outermost: metrics see every answer, the catch-all's 500 included
+    app.add_middleware(CatchAllMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics, router_app=app)
     _add_routes(app)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -1,8 +1,8 @@
 """The ``leafid serve`` and ``leafid loadtest`` subcommands.
 
-Registered through the ``leafid.commands`` entry-point group. This module imports only
-the standard library and leafid at its top, so the CLI loads fast and works without
-the ``service`` extra; FastAPI and uvicorn are imported when ``serve`` runs.
+:mod:`leafid.cli` registers them directly (and ``python -m leafid.http``). This module
+imports only the standard library and leafid at its top, so the CLI loads fast and
+works without the ``service`` extra; FastAPI and uvicorn are imported when ``serve`` runs.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from types import FrameType
 from typing import Any
 
 from leafid.argtypes import int_at_least, positive_float
-from leafid.errors import EXIT_OK, InvalidRequestError, MissingExtraError
+from leafid.errors import EXIT_OK, InvalidRequestError
+from leafid.extras import require_extra
+from leafid.options import add_model_option, add_renamed_option
 
 log = logging.getLogger(__name__)
 
@@ -38,21 +40,30 @@ def register(subparsers: Any) -> None:
             "LEAFID_API_KEYS=key1,key2, LEAFID_MAX_UPLOAD_BYTES, LEAFID_CORS_ORIGINS."
         ),
     )
-    serve.add_argument(
-        "--model", metavar="M", help="ONNX model (default: $LEAFID_MODEL or shipped)"
-    )
+    add_model_option(serve)
     serve.add_argument("--host", default=DEFAULT_HOST, help=f"address (default: {DEFAULT_HOST})")
     serve.add_argument(
         "--port", type=int_at_least(0), default=DEFAULT_PORT, help=f"default: {DEFAULT_PORT}"
     )
-    serve.add_argument(
-        "--workers", type=int_at_least(1), default=1, help="uvicorn worker processes (default 1)"
+    add_renamed_option(
+        serve,
+        "--processes",
+        "--workers",
+        type=int_at_least(1),
+        default=1,
+        metavar="N",
+        help="server processes, each with its own copy of the model (default 1)",
     )
     serve.add_argument(
         "--threads", type=int_at_least(0), metavar="N", help="onnxruntime threads per inference"
     )
-    serve.add_argument(
-        "--concurrency", type=int_at_least(1), metavar="N", help="inferences run at once"
+    add_renamed_option(
+        serve,
+        "--inference-slots",
+        "--concurrency",
+        type=int_at_least(1),
+        metavar="N",
+        help="requests decoded and classified at once, per process",
     )
     serve.add_argument(
         "--queue-size", type=int_at_least(0), metavar="N", help="requests allowed to wait"
@@ -70,7 +81,8 @@ def register(subparsers: Any) -> None:
         help="measure a running service: req/s, latency percentiles, errors, RSS",
         description=(
             "Post generated JPEGs to /v1/identify from N concurrent clients for a bounded "
-            "number of requests and time. Only loopback URLs unless --allow-remote."
+            "number of requests and time. Only loopback URLs unless --allow-remote. With "
+            "--spawn, the server runs --model."
         ),
     )
     load.add_argument(
@@ -80,7 +92,15 @@ def register(subparsers: Any) -> None:
         help=f"service URL (default: http://{DEFAULT_HOST}:{DEFAULT_PORT}); repeat for "
         "several replicas, sent requests round-robin",
     )
-    load.add_argument("--concurrency", type=int_at_least(1), default=8, help="clients (default 8)")
+    add_renamed_option(
+        load,
+        "--clients",
+        "--concurrency",
+        type=int_at_least(1),
+        default=8,
+        metavar="N",
+        help="clients sending at the same time (default 8)",
+    )
     load.add_argument("--requests", type=int_at_least(1), default=1000, help="most requests sent")
     load.add_argument("--duration", type=positive_float, default=20.0, help="most seconds (20)")
     load.add_argument("--warmup", type=int_at_least(0), default=16, help="untimed requests first")
@@ -98,7 +118,7 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="start 'leafid serve' on a free loopback port, measure, then stop it",
     )
-    load.add_argument("--model", metavar="M", help="with --spawn: the model to serve")
+    add_model_option(load)
     load.add_argument(
         "--serve-arg",
         action="append",
@@ -149,19 +169,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     stops the server gracefully (requests in flight are answered, for at most 30 s)
     and the command returns 0, as after Ctrl-C (SIGINT).
     """
-    try:
+    with require_extra("service"):
         import uvicorn
         from pydantic import ValidationError
 
         from leafid.http.app import create_app, load_classifier
         from leafid.http.settings import Settings
-    except ImportError as exc:
-        raise MissingExtraError("service", exc.name or "fastapi") from exc
 
     overrides: dict[str, Any] = {
         "model": Path(args.model).resolve() if args.model else None,
         "threads": args.threads,
-        "inference_concurrency": args.concurrency,
+        "inference_slots": args.inference_slots,
         "queue_size": args.queue_size,
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -178,13 +196,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "access_log": args.log_level == "debug",
     }
     with _sigterm_exits_cleanly():
-        if args.workers == 1:
+        if args.processes == 1:
             uvicorn.run(create_app(settings, classifier), **common)
         else:
-            del classifier  # each worker process loads its own copy
-            for key, value in overrides.items():  # workers read their settings from the env
+            del classifier  # each process loads its own copy
+            for key, value in overrides.items():  # processes read their settings from the env
                 os.environ[f"LEAFID_{key.upper()}"] = str(value)
-            uvicorn.run("leafid.http.app:create_app", factory=True, workers=args.workers, **common)
+            uvicorn.run(
+                "leafid.http.app:create_app", factory=True, workers=args.processes, **common
+            )
     return EXIT_OK
 
 

@@ -12,17 +12,15 @@ from leafid.http.errors import ServiceBusyError
 
 
 class InferenceGate:
-    """At most ``concurrency`` requests in decode+inference, at most ``queue_size`` waiting.
+    """At most ``slots`` requests in decode+inference, at most ``queue_size`` waiting.
 
     A request arriving when all slots are busy and the queue is full is refused at
     once with :class:`ServiceBusyError` (503 + ``Retry-After``) and counted in
     ``rejected``.
     """
 
-    def __init__(
-        self, concurrency: int, queue_size: int, retry_after_s: int, rejected: Counter
-    ) -> None:
-        self._semaphore = anyio.Semaphore(concurrency)
+    def __init__(self, slots: int, queue_size: int, retry_after_s: int, rejected: Counter) -> None:
+        self._semaphore = anyio.Semaphore(slots)
         self.queue_size = queue_size
         self.retry_after_s = retry_after_s
         self.rejected = rejected

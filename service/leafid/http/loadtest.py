@@ -49,7 +49,7 @@ class Report:
 
     Attributes:
         url: The service's base URL (several: joined with spaces).
-        concurrency: Client threads.
+        clients: Client threads.
         image: The uploaded photo: ``WxH, N bytes``.
         requests: Timed requests sent (warm-up excluded).
         errors: Timed requests that failed (not HTTP 200, or no answer).
@@ -73,7 +73,7 @@ class Report:
     """
 
     url: str
-    concurrency: int
+    clients: int
     image: str
     requests: int = 0
     errors: int = 0
@@ -98,7 +98,7 @@ class Report:
         out = [
             f"url            {self.url}",
             f"image          {self.image}",
-            f"concurrency    {self.concurrency}",
+            f"clients        {self.clients}",
             f"requests       {self.requests} in {self.elapsed_s:.2f} s",
             f"throughput     {self.rps:.1f} req/s",
             f"latency (ms)   p50 {self.p50_ms:.1f}  p95 {self.p95_ms:.1f}  "
@@ -392,7 +392,7 @@ class _RssSampler(threading.Thread):
 def run_load(
     url: str | Sequence[str],
     *,
-    concurrency: int = 8,
+    clients: int = 8,
     requests: int = 1000,
     duration_s: float = 20.0,
     warmup: int = 16,
@@ -406,7 +406,7 @@ def run_load(
     Args:
         url: The service's base URL, e.g. ``http://127.0.0.1:8000``, or several URLs,
             sent one request each in turn.
-        concurrency: Client threads sending at the same time.
+        clients: Client threads sending at the same time.
         requests: Most timed requests.
         duration_s: Most seconds for the timed part.
         warmup: Untimed requests sent first (by the same clients).
@@ -423,31 +423,31 @@ def run_load(
     body, content_type = multipart_body("loadtest.jpg", jpeg)
     run = _Run(urls, body, content_type, allow_remote)
     run.start(warmup, requests, duration_s)
-    clients = [_Client(run) for _ in range(concurrency)]
+    client_threads = [_Client(run) for _ in range(clients)]
     sampler = _RssSampler(server_pid, rss_every_s) if server_pid and rss_every_s else None
     if sampler is not None:
         sampler.start()
     cpu_before = server_cpu_s(server_pid) if server_pid else 0.0
     own_before = time.process_time()
-    for c in clients:
+    for c in client_threads:
         c.start()
-    for c in clients:
+    for c in client_threads:
         c.join()
     ended = time.perf_counter()
     rss_samples = sampler.stop() if sampler is not None else []
     own_cpu = time.process_time() - own_before
     server_cpu = server_cpu_s(server_pid) - cpu_before if server_pid else None
-    latencies = sorted(x * 1000.0 for c in clients for x in c.latencies)
+    latencies = sorted(x * 1000.0 for c in client_threads for x in c.latencies)
     errors: Counter[str] = Counter()
     sent: Counter[str] = Counter({u: 0 for u in urls})
-    for c in clients:
+    for c in client_threads:
         errors.update(c.errors)
         sent.update(c.sent)
     elapsed = ended - run.timed_started if run.timed_started else 0.0
     n_sent = len(latencies) + sum(errors.values()) + warmup
     return Report(
         url=" ".join(urls),
-        concurrency=concurrency,
+        clients=clients,
         image=f"{image_size[0]}x{image_size[1]} JPEG, {len(jpeg)} bytes",
         requests=len(latencies) + sum(errors.values()),
         errors=sum(errors.values()),
@@ -545,7 +545,7 @@ def run_from_args(args: argparse.Namespace) -> int:
                 check_url(url, args.allow_remote)
         report = run_load(
             urls,
-            concurrency=args.concurrency,
+            clients=args.clients,
             requests=args.requests,
             duration_s=args.duration,
             warmup=args.warmup,

@@ -1,4 +1,4 @@
-"""ASGI middleware of the service: the request body limit and request metrics."""
+"""ASGI middleware of the service: the request body limit, request metrics, the catch-all."""
 
 from __future__ import annotations
 
@@ -75,11 +75,41 @@ class BodyLimitMiddleware:
         )
 
 
-class MetricsMiddleware:
-    """Counts and times every request; answers unexpected exceptions with a 500.
+class CatchAllMiddleware:
+    """Answers an exception nothing else handled with a 500 ``internal_error``.
 
-    This is the catch-all: an exception nothing else handled is logged with its
-    traceback and the client gets ``internal_error`` without details.
+    The exception is logged with its traceback; the client is told no details. When
+    the answer has already started, the exception is raised on (nothing can be sent).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the app; answer an unhandled exception with a 500."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watching_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watching_send)
+        except Exception:
+            log.exception("unhandled error in %s %s", scope["method"], scope["path"])
+            if started:
+                raise
+            await send_error(send, InternalError("internal server error"))
+
+
+class MetricsMiddleware:
+    """Counts and times every request, by route template, method and status.
+
+    A request whose handling raised before an answer started counts as a 500.
     """
 
     def __init__(self, app: ASGIApp, metrics: Metrics, router_app: FastAPI) -> None:
@@ -109,23 +139,15 @@ class MetricsMiddleware:
             return
         start = time.perf_counter()
         status = 500
-        started = False
 
         async def recording_send(message: Message) -> None:
-            nonlocal status, started
+            nonlocal status
             if message["type"] == "http.response.start":
                 status = int(message["status"])
-                started = True
             await send(message)
 
         try:
             await self.app(scope, receive, recording_send)
-        except Exception:
-            log.exception("unhandled error in %s %s", scope["method"], scope["path"])
-            if started:
-                raise
-            await send_error(send, InternalError("internal server error"))
-            status = 500
         finally:
             labels = (self._route(scope), scope["method"], str(status))
             self.metrics.requests.labels(*labels).inc()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from leafid.paths import default_model_path
@@ -26,7 +26,9 @@ class Settings(BaseSettings):
         max_pixels: Largest accepted image width * height.
         max_images: Most photos in one ``/v1/identify`` request.
         max_batch: Most photos in one ``/v1/classify`` request.
-        inference_concurrency: Requests decoded and classified at the same time.
+        inference_slots: Requests decoded and classified at the same time
+            (``$LEAFID_INFERENCE_SLOTS``; the former ``$LEAFID_INFERENCE_CONCURRENCY``
+            is still read).
         queue_size: Requests allowed to wait for a free slot; more are refused with 503.
         retry_after_s: Seconds sent in ``Retry-After`` when the queue is full.
         threads: onnxruntime intra-op threads per inference (0 lets onnxruntime choose).
@@ -34,7 +36,7 @@ class Settings(BaseSettings):
         cors_origins: Origins allowed to call the API from a browser; empty means none.
     """
 
-    model_config = SettingsConfigDict(env_prefix="LEAFID_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="LEAFID_", extra="ignore", populate_by_name=True)
 
     model: Path = Field(default_factory=default_model_path)
     max_upload_bytes: int = Field(default=25 * MiB, gt=0)
@@ -42,7 +44,12 @@ class Settings(BaseSettings):
     max_pixels: int = Field(default=50_000_000, gt=0)
     max_images: int = Field(default=5, ge=1)
     max_batch: int = Field(default=16, ge=1)
-    inference_concurrency: int = Field(default=2, ge=1)
+    inference_slots: int = Field(
+        default=2,
+        ge=1,
+        # the prefix is not added to aliases; the first one set wins
+        validation_alias=AliasChoices("LEAFID_INFERENCE_SLOTS", "LEAFID_INFERENCE_CONCURRENCY"),
+    )
     queue_size: int = Field(default=32, ge=0)
     retry_after_s: int = Field(default=1, ge=0)
     threads: int = Field(default=1, ge=0)

@@ -33,11 +33,12 @@ from typing import Any
 
 from leafid.batch import DEFAULT_BATCH_SIZE, DEFAULT_THREADS, classify_paths, find_images
 from leafid.classifier import Classifier
-from leafid.errors import InvalidRequestError, MissingExtraError
+from leafid.errors import InvalidRequestError
+from leafid.extras import require_extra
 from leafid.output import Row
 
 DEFAULT_CHUNK_SIZE = DEFAULT_BATCH_SIZE
-"""Files per Dask task: one model batch (64 left a worker idle when 64 files made one task)."""
+"""Files per Dask task: one model batch, so that a small job is still spread over every worker."""
 CONNECT_TIMEOUT_S = 10
 """Seconds to wait for a scheduler given by address."""
 
@@ -182,10 +183,8 @@ def dask_client(processes: int, scheduler: str | None = None) -> Iterator[Any]:
         InvalidRequestError: The scheduler cannot be reached (within
             :data:`CONNECT_TIMEOUT_S`).
     """
-    try:
+    with require_extra("scale"):
         distributed: Any = importlib.import_module("dask.distributed")  # untyped package
-    except ImportError as exc:
-        raise MissingExtraError("scale", exc.name or "distributed") from exc
     if scheduler:
         try:
             client = distributed.Client(scheduler, timeout=f"{CONNECT_TIMEOUT_S}s")

@@ -1,0 +1,68 @@
+"""Command-line options shared by several ``leafid`` subcommands, declared once here."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from leafid.console import echo
+from leafid.paths import MODEL_ENV
+
+MODEL_HELP = f"ONNX model file (default: ${MODEL_ENV} or the shipped model)"
+
+
+def add_model_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--model M``, the ONNX model file of every subcommand that loads one."""
+    parser.add_argument("--model", metavar="M", help=MODEL_HELP)
+
+
+class _DeprecatedAlias(argparse.Action):
+    """Stores like the option it stands for, after a note on stderr naming the new spelling."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        self.new_flag: str = kwargs.pop("new_flag")
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        echo(f"leafid: {option_string} is deprecated; use {self.new_flag}", err=True)
+        setattr(namespace, self.dest, values)
+
+
+def add_renamed_option(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    old_flag: str,
+    type: Callable[[str], Any],
+    **kwargs: Any,
+) -> argparse.Action:
+    """Add option ``flag`` and keep its former name ``old_flag`` working, hidden from help.
+
+    Args:
+        parser: The subcommand's parser.
+        flag: The option's name, e.g. ``--decode-threads``.
+        old_flag: Its former name, e.g. ``--workers``: still accepted, with a note on stderr.
+        type: Converts the value (a :mod:`leafid.argtypes` checker), for both names.
+        kwargs: Other ``add_argument`` keywords of ``flag`` (``default``, ``help``...).
+
+    Returns:
+        The action of ``flag``.
+    """
+    action = parser.add_argument(flag, type=type, **kwargs)
+    parser.add_argument(
+        old_flag,
+        action=_DeprecatedAlias,
+        new_flag=flag,
+        dest=action.dest,
+        type=type,
+        metavar=action.metavar,
+        default=argparse.SUPPRESS,
+        help=argparse.SUPPRESS,
+    )
+    return action
