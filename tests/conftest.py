@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -108,3 +109,26 @@ def photo_dir(tmp_path: Path) -> Path:
         noisy(colour).save(root / f"{slug}.jpg", quality=90)
     solid((128, 128, 128)).save(root / "grey.png")
     return root
+
+
+ODD_SIZE = (13, 11)
+
+
+@pytest.fixture
+def odd_image(monkeypatch: pytest.MonkeyPatch) -> bytes:
+    """A PNG whose decoding raises an exception Pillow does not document (IndexError).
+
+    Malformed files can upset Pillow in such unplanned ways; this one does it on purpose
+    while the fixture is active (images of other sizes decode as usual).
+    """
+    from PIL import ImageOps
+
+    real = ImageOps.exif_transpose
+
+    def transpose(img: Image.Image, **kwargs: Any) -> Image.Image | None:
+        if img.size == ODD_SIZE:
+            raise IndexError("tile index out of range")
+        return real(img, **kwargs)
+
+    monkeypatch.setattr(ImageOps, "exif_transpose", transpose)
+    return encode(Image.new("RGB", ODD_SIZE, (220, 30, 30)), "PNG")

@@ -1,9 +1,9 @@
 """The batch pipeline of ``leafid classify``: find images, decode in threads, classify in batches.
 
-Files are read and decoded (:func:`leafid.images.read_bytes` + :meth:`Classifier.load`)
-by a pool of threads (Pillow releases the GIL while decoding) with bounded read-ahead,
-while the calling thread runs the model on batches. Rows come out in input order, one
-batch at a time, so the caller can write and flush them as they are done.
+Files are read and decoded (:meth:`Classifier.try_load`) by a pool of threads (Pillow
+releases the GIL while decoding) with bounded read-ahead, while the calling thread runs
+the model on batches (:meth:`Classifier.classify_loaded`). Rows come out in input order,
+one batch at a time, so the caller can write and flush them as they are done.
 """
 
 from __future__ import annotations
@@ -18,13 +18,10 @@ from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from leafid.classifier import Classifier
+from leafid.classifier import Classifier, Loaded
 from leafid.console import echo
-from leafid.errors import BadImageError, LeafidError
+from leafid.errors import ImageError
 from leafid.extras import optional
-from leafid.images import read_bytes
 from leafid.output import Row, error_row, success_row
 
 log = logging.getLogger(__name__)
@@ -119,19 +116,6 @@ def find_images(paths: Sequence[str], recursive: bool = False) -> list[str]:
     return out
 
 
-def load_file(classifier: Classifier, path: str) -> np.ndarray | LeafidError:
-    """Read, decode and preprocess one file; a failure is returned, not raised."""
-    try:
-        return classifier.load(read_bytes(path, classifier.limits))
-    except LeafidError as exc:
-        return exc
-    except OSError as exc:
-        return BadImageError(f"cannot read image: {exc}")
-    except Exception as exc:  # a malformed file can upset Pillow in unplanned ways
-        log.debug("unexpected error decoding %s", path, exc_info=True)
-        return BadImageError(f"cannot decode image: {type(exc).__name__}: {exc}")
-
-
 @dataclass
 class Summary:
     """Counts of one run."""
@@ -142,7 +126,7 @@ class Summary:
     failed: int = 0
 
 
-Decoded = list[tuple[str, np.ndarray | LeafidError]]
+Decoded = list[tuple[str, Loaded]]
 
 
 def _batches(
@@ -154,7 +138,7 @@ def _batches(
     """
     read_ahead = 2 * batch_size + workers
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="leafid-decode")
-    pending: deque[tuple[str, Future[np.ndarray | LeafidError]]] = deque()
+    pending: deque[tuple[str, Future[Loaded]]] = deque()
     todo = iter(paths)
     try:
         while True:
@@ -162,7 +146,7 @@ def _batches(
                 path = next(todo, None)
                 if path is None:
                     break
-                pending.append((path, pool.submit(load_file, classifier, path)))
+                pending.append((path, pool.submit(classifier.try_load, path)))
             if not pending:
                 return
             batch: Decoded = []
@@ -174,41 +158,20 @@ def _batches(
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _probabilities(classifier: Classifier, arrays: np.ndarray, split: int) -> np.ndarray:
-    """The model's probabilities of a batch, run as ``split`` concurrent parts.
-
-    Splitting lets the model use the cores the decoding threads no longer need once
-    decoding is finished (onnxruntime sessions may be run from several threads).
-    """
-    parts = np.array_split(arrays, min(split, len(arrays)))  # no empty parts
-    if len(parts) == 1:
-        return classifier.probabilities(arrays)
-    with ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix="leafid-infer") as pool:
-        return np.concatenate(list(pool.map(classifier.probabilities, parts)))
-
-
 def _classify_batch(
-    classifier: Classifier, batch: Decoded, top_k: int, summary: Summary, split: int = 1
+    classifier: Classifier, batch: Decoded, top_k: int, summary: Summary, parts: int = 1
 ) -> list[Row]:
     """Rows of one decoded batch, in order; the good images go to the model together."""
-    good = [(i, arr) for i, (_, arr) in enumerate(batch) if isinstance(arr, np.ndarray)]
-    preds = (
-        classifier.predictions(
-            _probabilities(classifier, np.stack([a for _, a in good]), split), top_k
-        )
-        if good
-        else []
-    )
-    by_index = {i: pred for (i, _), pred in zip(good, preds, strict=True)}
+    answers = classifier.classify_loaded([item for _, item in batch], top_k, parts)
     rows: list[Row] = []
-    for i, (path, item) in enumerate(batch):
-        if isinstance(item, LeafidError):
-            rows.append(error_row(path, item))
+    for (path, _), answer in zip(batch, answers, strict=True):
+        if isinstance(answer, ImageError):
+            rows.append(error_row(path, answer))
             summary.failed += 1
         else:
-            rows.append(success_row(path, by_index[i]))
+            rows.append(success_row(path, answer))
             summary.ok += 1
-            summary.unknown += by_index[i].unknown
+            summary.unknown += answer.unknown
     summary.total += len(rows)
     return rows
 
@@ -247,8 +210,8 @@ def classify_paths(
         with closing(_batches(classifier, paths, workers, batch_size)) as batches:
             for batch, decoded_all in batches:
                 # with decoding done, the decoding threads' cores are free for the model
-                split = workers if decoded_all else 1
-                rows = _classify_batch(classifier, batch, top_k, summary, split)
+                parts = workers if decoded_all else 1
+                rows = _classify_batch(classifier, batch, top_k, summary, parts)
                 if bar is None:
                     emit(rows)
                 else:

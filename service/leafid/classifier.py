@@ -1,24 +1,43 @@
-"""The inference core: one onnxruntime session, calibrated top-k, unknown, fusion."""
+"""The inference core: one onnxruntime session, calibrated top-k, unknown, fusion.
+
+Many images are answered in two steps, the same for every caller (``leafid classify``,
+``leafid identify``, the service, evaluation): :meth:`Classifier.try_load` turns each
+input into a model input or the typed :class:`~leafid.errors.ImageError` saying why it
+cannot be used, then :meth:`Classifier.classify_loaded` (or
+:meth:`Classifier.identify_loaded`) runs the model on the good ones and puts each error
+back in its place.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from leafid.errors import InvalidModelError, InvalidRequestError, ModelNotFoundError
-from leafid.images import ImageLimits, decode
+from leafid.errors import ImageError, InvalidModelError, InvalidRequestError, ModelNotFoundError
+from leafid.images import ImageLimits, decode, read_bytes
 from leafid.paths import default_model_path
 from leafid.preprocess import preprocess
-from leafid.results import Candidate, Prediction
+from leafid.results import Candidate, Identification, Prediction
 from leafid.spec import METADATA_KEY, ModelSpec
 
 log = logging.getLogger(__name__)
+
+ImageInput = bytes | str | os.PathLike[str]
+"""One image to answer: its encoded bytes (an upload) or the path of its file."""
+
+Loaded = np.ndarray | ImageError
+"""One image after :meth:`Classifier.try_load`: a model input, or why there is none."""
+
+T = TypeVar("T")
+_END = object()
 
 
 def load_spec(session: ort.InferenceSession) -> ModelSpec:
@@ -64,6 +83,36 @@ def make_session(
         )
     except Exception as exc:  # onnxruntime raises its own untyped errors
         raise InvalidModelError(f"cannot load ONNX model {path}: {exc}") from exc
+
+
+def decode_input(data: bytes, spec: ModelSpec, limits: ImageLimits) -> Image.Image:
+    """Decode image bytes for a model with this spec (JPEGs drafted down to its resize size).
+
+    Raises:
+        ImageError: The bytes are not a usable image (see :func:`leafid.images.decode`).
+    """
+    return decode(data, limits, min_side=spec.resize_size)
+
+
+def in_place(loaded: Sequence[Loaded], answers: Iterable[T]) -> list[T | ImageError]:
+    """The answers of the good inputs in their places, each error left where it was.
+
+    Args:
+        loaded: Inputs after :meth:`Classifier.try_load`.
+        answers: One answer per good input, in order.
+    """
+    todo = iter(answers)
+    out: list[T | ImageError] = [
+        item if isinstance(item, ImageError) else next(todo) for item in loaded
+    ]
+    if next(todo, _END) is not _END:
+        raise ValueError("more answers than good inputs")
+    return out
+
+
+def _named(exc: ImageError, name: str) -> ImageError:
+    """The same kind of error, with the image's name in front of the message."""
+    return type(exc)(f"{name}: {exc}")
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -138,9 +187,26 @@ class Classifier:
         return self.spec.model_version
 
     def load(self, data: bytes) -> np.ndarray:
-        """Decode encoded image bytes and preprocess them into one model input."""
-        img = decode(data, self.limits, min_side=self.spec.resize_size)
-        return preprocess(img, self.spec)
+        """Decode encoded image bytes and preprocess them into one model input.
+
+        Raises:
+            ImageError: The bytes are not a usable image.
+        """
+        return preprocess(decode_input(data, self.spec, self.limits), self.spec)
+
+    def try_load(self, image: ImageInput) -> Loaded:
+        """Read (a path, with :attr:`limits`), decode and preprocess one image.
+
+        Returns:
+            The model input, or the :class:`~leafid.errors.ImageError` saying why the
+            image cannot be used (returned, not raised: one bad image of many is not
+            a failure of the others).
+        """
+        try:
+            data = image if isinstance(image, bytes) else read_bytes(image, self.limits)
+            return self.load(data)
+        except ImageError as exc:
+            return exc
 
     def prepare(self, img: Image.Image) -> np.ndarray:
         """Preprocess an already decoded RGB image into one model input."""
@@ -162,6 +228,18 @@ class Classifier:
                 f"{len(self.spec.classes)})"
             )
         return softmax(logits, self.spec.temperature)
+
+    def probabilities_in_parts(self, batch: np.ndarray, parts: int) -> np.ndarray:
+        """:meth:`probabilities` of a batch, run as up to ``parts`` concurrent model calls.
+
+        Lets the model use cores that nothing else needs (onnxruntime sessions may be
+        run from several threads); the answers are those of one call.
+        """
+        chunks = np.array_split(batch, max(1, min(parts, len(batch))))  # no empty chunks
+        if len(chunks) == 1:
+            return self.probabilities(batch)
+        with ThreadPoolExecutor(len(chunks), thread_name_prefix="leafid-infer") as pool:
+            return np.concatenate(list(pool.map(self.probabilities, chunks)))
 
     def predictions(self, probs: np.ndarray, top_k: int = 5) -> list[Prediction]:
         """Turn rows of calibrated probabilities into ranked predictions."""
@@ -194,6 +272,29 @@ class Classifier:
         """Predictions for a batch of preprocessed inputs, one per input."""
         return self.predictions(self.probabilities(batch), top_k)
 
+    def classify_loaded(
+        self, loaded: Sequence[Loaded], top_k: int = 5, parts: int = 1
+    ) -> list[Prediction | ImageError]:
+        """One prediction per good input, in one model call; each error stays in its place.
+
+        Args:
+            loaded: Outputs of :meth:`try_load`.
+            top_k: Candidates per prediction.
+            parts: Run the model call as this many concurrent parts
+                (see :meth:`probabilities_in_parts`).
+        """
+        good = [item for item in loaded if isinstance(item, np.ndarray)]
+        if not good:
+            return in_place(loaded, [])
+        probs = self.probabilities_in_parts(np.stack(good), parts)
+        return in_place(loaded, self.predictions(probs, top_k))
+
+    def classify_images(
+        self, images: Sequence[ImageInput], top_k: int = 5
+    ) -> list[Prediction | ImageError]:
+        """A prediction, or the typed error saying why there is none, for each image."""
+        return self.classify_loaded([self.try_load(image) for image in images], top_k)
+
     def classify(self, images: Sequence[Image.Image], top_k: int = 5) -> list[Prediction]:
         """Classify decoded RGB images independently, in one onnxruntime call."""
         if not images:
@@ -215,6 +316,37 @@ class Classifier:
         if batch.shape[0] == 0:
             raise InvalidRequestError("identify needs at least one image")
         return self.fuse(self.probabilities(batch), top_k)
+
+    def identify_loaded(
+        self, loaded: Sequence[Loaded], names: Sequence[str], top_k: int = 5
+    ) -> Identification:
+        """Identify one plant from several photos: the identify policy of CLI and service.
+
+        The photos that could be used are fused into one answer (and each gets its own
+        answer too); each photo that could not be used keeps its error in its place.
+
+        Args:
+            loaded: The photos after :meth:`try_load`.
+            names: The photos' names (file names or paths), for the error below.
+            top_k: Candidates per answer.
+
+        Raises:
+            InvalidRequestError: There are no photos.
+            ImageError: None of the photos could be used: the first photo's error, its
+                name in front of the message.
+        """
+        if len(loaded) != len(names):
+            raise ValueError("one name per photo")
+        if not loaded:
+            raise InvalidRequestError("identify needs at least one image")
+        good = [item for item in loaded if isinstance(item, np.ndarray)]
+        if not good:
+            first = loaded[0]
+            assert isinstance(first, ImageError)
+            raise _named(first, names[0]) from first
+        probs = self.probabilities(np.stack(good))  # one model call for all photos
+        own = self.predictions(probs, top_k)
+        return Identification(self.fuse(probs, top_k), tuple(in_place(loaded, own)))
 
     def identify(self, images: Sequence[Image.Image], top_k: int = 5) -> Prediction:
         """One fused answer for several decoded photos of the same plant."""

@@ -34,7 +34,6 @@ from leafid.batch import (
     default_workers,
     find_images,
     is_image_name,
-    load_file,
 )
 from leafid.classifier import Classifier
 from leafid.console import echo
@@ -42,6 +41,7 @@ from leafid.errors import (
     EXIT_OK,
     EXIT_SOME_FAILED,
     EXIT_USAGE,
+    ImageError,
     InvalidRequestError,
     LeafidError,
     MissingExtraError,
@@ -63,7 +63,7 @@ from leafid.output import (
     read_done_paths,
 )
 from leafid.paths import MODEL_ENV
-from leafid.results import CAVEAT
+from leafid.results import CAVEAT, error_dict
 from leafid.scale import dask_batch
 
 log = logging.getLogger(__name__)
@@ -292,32 +292,37 @@ def cmd_dask(args: argparse.Namespace) -> int:
 
 
 def cmd_identify(args: argparse.Namespace) -> int:
-    """Fuse several photos of one plant into one answer."""
+    """Fuse several photos of one plant into one answer (:meth:`Classifier.identify_loaded`).
+
+    The answer comes from the photos that could be used; each one that could not is
+    named on stderr and listed in ``errors``. When none could be used, the result
+    carries the first photo's error instead of an answer.
+    """
     fmt = args.format or _default_format(None)
     classifier = make_classifier(args)
-    arrays: list[np.ndarray] = []
-    used: list[str] = []
+    loaded = [classifier.try_load(path) for path in args.images]
     errors: list[Row] = []
-    for path in args.images:
-        item = load_file(classifier, path)
-        if isinstance(item, LeafidError):
+    for path, item in zip(args.images, loaded, strict=True):
+        if isinstance(item, ImageError):
             errors.append(error_row(path, item))
             echo(f"leafid: {path}: {item}", err=True)
-        else:
-            arrays.append(item)
-            used.append(path)
-    result: Row = {"paths": [display_path(p) for p in used]}
-    if arrays:
-        result.update(classifier.identify_arrays(np.stack(arrays), args.top_k).to_dict())
-    else:
-        result["error"] = {"type": "bad_image", "message": "none of the images could be used"}
+    names = [display_path(path) for path in args.images]
+    result: Row = {
+        "paths": [n for n, item in zip(names, loaded, strict=True) if isinstance(item, np.ndarray)]
+    }
+    try:
+        identified = classifier.identify_loaded(loaded, names, args.top_k)
+    except ImageError as exc:
+        result["error"] = error_dict(exc)
         echo("leafid: none of the images could be used", err=True)
+    else:
+        result.update(identified.fused.to_dict())
     result["errors"] = errors
     if fmt == "json":
         echo(json.dumps(result, ensure_ascii=False, indent=2))
     elif fmt == "jsonl":
         echo(json.dumps(result, ensure_ascii=False))
-    elif arrays:
+    elif "error" not in result:
         _identify_table(result)
     return EXIT_SOME_FAILED if errors else EXIT_OK
 

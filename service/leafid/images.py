@@ -135,7 +135,8 @@ def decode(data: bytes, limits: ImageLimits, min_side: int = 0) -> Image.Image:
     Raises:
         TooLargeError: Over the byte or pixel limit.
         UnsupportedTypeError: Not an image type leafid can read.
-        BadImageError: Truncated or corrupt image data.
+        BadImageError: Truncated or corrupt image data, and any unplanned exception
+            Pillow raises on a malformed file: every failure is an ImageError.
     """
     if len(data) > limits.max_bytes:
         raise TooLargeError(f"file is {len(data)} bytes, over the limit of {limits.max_bytes}")
@@ -156,6 +157,8 @@ def decode(data: bytes, limits: ImageLimits, min_side: int = 0) -> Image.Image:
         raise UnsupportedTypeError("not a recognised image file") from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise BadImageError(f"cannot read image header: {exc}") from exc
+    except Exception as exc:
+        raise _unplanned(exc) from exc
 
     width, height = img.size
     if width * height > limits.max_pixels:
@@ -177,6 +180,14 @@ def decode(data: bytes, limits: ImageLimits, min_side: int = 0) -> Image.Image:
         raise TooLargeError(f"image has too many pixels: {exc}") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise BadImageError(f"cannot decode image: {exc}") from exc
+    except Exception as exc:
+        raise _unplanned(exc) from exc
+
+
+def _unplanned(exc: Exception) -> BadImageError:
+    """The error for an exception Pillow was not documented to raise (a malformed file)."""
+    log.debug("unexpected error decoding an image", exc_info=exc)
+    return BadImageError(f"cannot decode image: {type(exc).__name__}: {exc}")
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

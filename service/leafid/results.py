@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from leafid.errors import LeafidError
+from leafid.errors import ImageError, LeafidError
 
 CAVEAT = (
     "Visual identification only — not a quality or safety test. A match says nothing "
@@ -63,6 +63,20 @@ class Prediction:
             "caveat": CAVEAT,
             "model_version": self.model_version,
         }
+
+
+@dataclass(frozen=True)
+class Identification:
+    """One plant identified from several photos of it.
+
+    Attributes:
+        fused: The answer fused from the photos that could be used.
+        images: Each photo's own answer, or the error saying why it could not be
+            used, in the photos' order.
+    """
+
+    fused: Prediction
+    images: tuple[Prediction | ImageError, ...]
 
 
 def error_dict(exc: LeafidError) -> dict[str, str]:

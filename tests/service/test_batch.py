@@ -5,11 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import leafid.batch as batch_mod
 from conftest import encode, noisy
-from leafid.batch import classify_paths, find_images, is_image_name, load_file
-from leafid.classifier import Classifier
-from leafid.errors import LeafidError
+from leafid.batch import classify_paths, find_images, is_image_name
+from leafid.classifier import Classifier, ImageInput, Loaded
 from leafid.output import Row
 
 
@@ -80,37 +78,6 @@ def test_empty_folder_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "no image files" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(
-    ("data", "code"),
-    [
-        (b"", "bad_image"),
-        (b"just some text", "unsupported_type"),
-        (encode(noisy((200, 30, 30), (64, 48)))[:300], "bad_image"),
-    ],
-    ids=["zero-byte", "text", "truncated"],
-)
-def test_load_file_returns_typed_errors(
-    tiny_model: Path, tmp_path: Path, data: bytes, code: str
-) -> None:
-    path = _touch(tmp_path / "bad.jpg", data)
-    item = load_file(Classifier(tiny_model), str(path))
-    assert isinstance(item, LeafidError)
-    assert item.code == code
-
-
-def test_load_file_wraps_unexpected_exceptions(
-    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    clf = Classifier(tiny_model)
-
-    def boom(data: bytes) -> np.ndarray:
-        raise IndexError("weird file")
-
-    monkeypatch.setattr(clf, "load", boom)
-    item = load_file(clf, str(_touch(tmp_path / "a.jpg")))
-    assert isinstance(item, LeafidError) and "IndexError" in str(item)
-
-
 def test_classify_paths_keeps_order_and_batches(tiny_model: Path, photo_dir: Path) -> None:
     paths = find_images([str(photo_dir)])
     paths.insert(2, str(photo_dir / "missing.jpg"))
@@ -128,19 +95,31 @@ def test_classify_paths_keeps_order_and_batches(tiny_model: Path, photo_dir: Pat
     assert (summary.total, summary.ok, summary.unknown, summary.failed) == (5, 4, 1, 1)
 
 
+def test_classify_paths_writes_an_error_row_for_an_unplanned_pillow_exception(
+    tiny_model: Path, photo_dir: Path, odd_image: bytes
+) -> None:
+    paths = find_images([str(photo_dir)])
+    paths.insert(1, str(_touch(photo_dir / "odd.png", odd_image)))
+    rows: list[Row] = []
+    summary = classify_paths(Classifier(tiny_model), paths, rows.extend, workers=2, batch_size=2)
+    assert [r["path"] for r in rows] == paths
+    assert rows[1]["error"]["type"] == "bad_image" and "IndexError" in rows[1]["error"]["message"]
+    assert (summary.ok, summary.failed) == (4, 1)
+
+
 def test_classify_paths_reads_ahead_boundedly(
     tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     img = encode(noisy((30, 200, 40)))
     paths = [str(_touch(tmp_path / f"{i:03d}.jpg", img)) for i in range(40)]
     started: list[str] = []
-    real = batch_mod.load_file
+    real = Classifier.try_load
 
-    def counting(clf: Classifier, path: str) -> np.ndarray | LeafidError:
-        started.append(path)
-        return real(clf, path)
+    def counting(clf: Classifier, image: ImageInput) -> Loaded:
+        started.append(str(image))
+        return real(clf, image)
 
-    monkeypatch.setattr(batch_mod, "load_file", counting)
+    monkeypatch.setattr(Classifier, "try_load", counting)
     seen_at_first_emit: list[int] = []
 
     def emit(rows: list[Row]) -> None:
@@ -174,11 +153,6 @@ def test_last_batch_runs_in_parallel_parts_with_the_same_answers(
 ) -> None:
     clf = Classifier(tiny_model)
     paths = find_images([str(photo_dir)])
-    arrays = np.stack([clf.load(Path(p).read_bytes()) for p in paths])
-    whole = clf.probabilities(arrays)
-    np.testing.assert_allclose(batch_mod._probabilities(clf, arrays, 3), whole, atol=1e-6)
-    np.testing.assert_allclose(batch_mod._probabilities(clf, arrays[:1], 3), whole[:1], atol=1e-6)
-
     sizes: list[int] = []
     real = Classifier.probabilities
 
@@ -192,3 +166,6 @@ def test_last_batch_runs_in_parallel_parts_with_the_same_answers(
     # batches 1-2 while decoding may go on; the last one, decoded, as 2 parts of 2
     assert sorted(sizes[-2:]) == [2, 2] and sum(sizes) == 12
     assert [r["path"] for r in rows] == paths * 3
+    whole: list[Row] = []
+    classify_paths(clf, paths * 3, whole.extend, workers=1, batch_size=12)  # one call
+    assert [r["best_match"] for r in rows] == [r["best_match"] for r in whole]

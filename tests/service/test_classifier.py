@@ -4,10 +4,18 @@ import numpy as np
 import pytest
 
 from conftest import TINY_COLOURS, encode, make_tiny_model, noisy, solid, tiny_spec
-from leafid.classifier import Classifier, make_session, softmax
-from leafid.errors import InvalidModelError, InvalidRequestError, ModelNotFoundError
+from leafid.classifier import Classifier, in_place, make_session, softmax
+from leafid.errors import (
+    BadImageError,
+    InvalidModelError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    TooLargeError,
+    UnsupportedTypeError,
+)
+from leafid.images import ImageLimits
 from leafid.paths import default_model_path, shipped_model_candidates
-from leafid.results import CAVEAT
+from leafid.results import CAVEAT, Prediction
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +83,133 @@ def test_identify_fuses_photos(clf):
     assert fused.results[0].score > one.results[0].score
     with pytest.raises(InvalidRequestError):
         clf.identify([])
+
+
+# --- many images: a prediction or a typed error each, in place ---------------------------
+
+
+def _jpeg(slug, seed=0):
+    return encode(noisy(TINY_COLOURS[slug], seed=seed))
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (b"", BadImageError),
+        (b"just some text", UnsupportedTypeError),
+        (encode(noisy((200, 30, 30), (64, 48)))[:300], BadImageError),
+        (None, BadImageError),
+    ],
+    ids=["zero-byte", "text", "truncated", "missing-file"],
+)
+def test_try_load_returns_typed_errors(clf, tmp_path, data, error):
+    path = tmp_path / "bad.jpg"
+    if data is not None:
+        path.write_bytes(data)
+        assert type(clf.try_load(data)) is error  # bytes and paths alike
+    assert type(clf.try_load(path)) is error
+
+
+def test_try_load_turns_unplanned_pillow_exceptions_into_bad_image(clf, odd_image):
+    item = clf.try_load(odd_image)
+    assert type(item) is BadImageError and "IndexError" in str(item)
+
+
+def test_try_load_reads_files_with_the_byte_limit(tiny_model, tmp_path):
+    data = _jpeg("rubra")
+    (tmp_path / "a.jpg").write_bytes(data)
+    small = Classifier(tiny_model, limits=ImageLimits(max_bytes=len(data) - 1))
+    assert type(small.try_load(tmp_path / "a.jpg")) is TooLargeError
+    usual = Classifier(tiny_model)
+    np.testing.assert_array_equal(usual.try_load(tmp_path / "a.jpg"), usual.load(data))
+
+
+def test_classify_images_keeps_order_and_failures_in_place(clf, tmp_path, odd_image):
+    viridis = tmp_path / "viridis.jpg"
+    viridis.write_bytes(_jpeg("viridis"))
+    images = [
+        _jpeg("rubra"),
+        tmp_path / "missing.jpg",
+        b"just some text",
+        odd_image,
+        str(viridis),
+        _jpeg("caerulea")[:300],
+        _jpeg("caerulea"),
+    ]
+    got = clf.classify_images(images, top_k=2)
+    assert [type(item) for item in got] == [
+        Prediction,
+        BadImageError,
+        UnsupportedTypeError,
+        BadImageError,
+        Prediction,
+        BadImageError,
+        Prediction,
+    ]
+    assert "IndexError" in str(got[3])
+    good = np.stack([clf.load(images[0]), clf.load(viridis.read_bytes()), clf.load(images[6])])
+    assert [got[0], got[4], got[6]] == clf.classify_arrays(good, top_k=2)
+    assert [p.best_match for p in (got[0], got[4], got[6])] == ["rubra", "viridis", "caerulea"]
+
+
+def test_classify_loaded_with_no_good_input_runs_no_model(clf, monkeypatch):
+    errors = [clf.try_load(b""), clf.try_load(b"text")]
+    monkeypatch.setattr(clf, "probabilities", None)  # calling it would fail
+    assert clf.classify_loaded(errors) == errors
+    assert clf.classify_images([]) == []
+
+
+def test_probabilities_in_parts_are_those_of_one_call(clf):
+    arrays = np.stack([clf.load(_jpeg(slug, seed)) for seed in range(2) for slug in TINY_COLOURS])
+    whole = clf.probabilities(arrays)
+    np.testing.assert_allclose(clf.probabilities_in_parts(arrays, 3), whole, atol=1e-6)
+    np.testing.assert_allclose(clf.probabilities_in_parts(arrays[:1], 3), whole[:1], atol=1e-6)
+
+
+def test_classify_loaded_in_parts_gives_the_same_answers(clf):
+    loaded = [clf.try_load(_jpeg(slug, seed)) for seed in range(3) for slug in TINY_COLOURS]
+    loaded.insert(4, clf.try_load(b""))
+    whole = clf.classify_loaded(loaded)
+    for parts in (2, 3, 20):
+        got = clf.classify_loaded(loaded, parts=parts)
+        assert [type(a) for a in got] == [type(a) for a in whole]
+        for a, b in zip(got, whole, strict=True):
+            if isinstance(a, Prediction):
+                assert a.best_match == b.best_match
+                assert [c.score for c in a.results] == pytest.approx(
+                    [c.score for c in b.results], abs=1e-6
+                )
+
+
+def test_in_place():
+    bad = BadImageError("x")
+    loaded = [np.zeros(1), bad, np.zeros(1)]
+    assert in_place(loaded, ["a", "b"]) == ["a", bad, "b"]
+    with pytest.raises(ValueError, match="more answers"):
+        in_place(loaded, ["a", "b", "c"])
+
+
+# --- the identify policy ----------------------------------------------------------------
+
+
+def test_identify_fuses_the_usable_photos_and_flags_the_others(clf):
+    datas = [_jpeg("rubra", 1), b"just some text", _jpeg("rubra", 2), b""]
+    loaded = [clf.try_load(d) for d in datas]
+    found = clf.identify_loaded(loaded, ["a.jpg", "t.jpg", "b.jpg", "e.jpg"], top_k=2)
+    good = np.stack([clf.load(datas[0]), clf.load(datas[2])])
+    assert found.fused == clf.identify_arrays(good, top_k=2)
+    assert found.fused.best_match == "rubra"
+    own = clf.classify_arrays(good, top_k=2)
+    assert found.images == (own[0], loaded[1], own[1], loaded[3])
+    assert type(found.images[1]) is UnsupportedTypeError
+
+
+def test_identify_with_no_usable_photo_fails_with_the_first_error(clf):
+    loaded = [clf.try_load(b"just some text"), clf.try_load(b"")]
+    with pytest.raises(UnsupportedTypeError, match=r"^t\.jpg: not a recognised image file$"):
+        clf.identify_loaded(loaded, ["t.jpg", "e.jpg"])
+    with pytest.raises(InvalidRequestError):
+        clf.identify_loaded([], [])
 
 
 def test_softmax_rows_sum_to_one():

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import numpy as np
 import pytest
@@ -407,11 +408,39 @@ def test_identify_reports_bad_images_and_uses_the_rest(
     assert "text.jpg" in captured.err
 
 
+def test_identify_answers_from_the_good_photos_and_flags_the_bad_one(
+    tiny_model: Path, photo_dir: Path, capsys: Capsys
+) -> None:
+    _add_bad_files(photo_dir)
+    extra = photo_dir / "rubra2.jpg"
+    noisy((150, 60, 60), seed=3).save(extra, quality=90)
+    good = [str(photo_dir / "rubra.jpg"), str(extra)]
+    files = [good[0], str(photo_dir / "truncated.jpg"), good[1]]
+    assert main(["identify", *files, "--model", str(tiny_model), "--format", "json"]) == 1
+    result = json.loads(capsys.readouterr().out)
+    assert main(["identify", *good, "--model", str(tiny_model), "--format", "json"]) == 0
+    alone = json.loads(capsys.readouterr().out)
+    assert result["errors"] == [{"path": files[1], "error": {"type": "bad_image", "message": ANY}}]
+    assert {k: v for k, v in result.items() if k != "errors"} == {
+        k: v for k, v in alone.items() if k != "errors"
+    }
+
+
 def test_identify_all_bad_exits_1(tiny_model: Path, photo_dir: Path, capsys: Capsys) -> None:
     _add_bad_files(photo_dir)
     files = [str(photo_dir / n) for n in ("text.jpg", "empty.jpg")]
     assert main(["identify", *files, "--model", str(tiny_model), "--format", "table"]) == 1
-    assert "none of the images could be used" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "none of the images could be used" in captured.err and captured.out == ""
+    assert main(["identify", *files, "--model", str(tiny_model), "--format", "json"]) == 1
+    result = json.loads(capsys.readouterr().out)
+    # the first photo's error, named, and each photo's own error
+    assert result["error"] == {
+        "type": "unsupported_type",
+        "message": f"{files[0]}: not a recognised image file",
+    }
+    assert result["paths"] == [] and "best_match" not in result
+    assert [e["error"]["type"] for e in result["errors"]] == ["unsupported_type", "bad_image"]
 
 
 def test_identify_table(tiny_model: Path, photo_dir: Path, capsys: Capsys) -> None:

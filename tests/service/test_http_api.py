@@ -96,6 +96,48 @@ def test_identify_unknown_has_reason(client: TestClient) -> None:
     assert len(body["results"]) == 3  # default 5, capped at the number of classes
 
 
+def test_identify_answers_from_the_good_photos_and_flags_the_bad_one(client: TestClient) -> None:
+    a, bad, b = (
+        ("a.jpg", jpeg("rubra", 1)),
+        ("bad.jpg", b"not an image"),
+        ("b.jpg", jpeg("rubra", 2)),
+    )
+    r = client.post("/v1/identify", params={"top_k": 2}, files=files(a, bad, b))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    alone = client.post("/v1/identify", params={"top_k": 2}, files=files(a, b)).json()
+    for key in ("best_match", "unknown", "reason", "results", "model", "caveat"):
+        assert body[key] == alone[key], key
+    assert body["best_match"] == "rubra"
+    assert [i["filename"] for i in body["images"]] == ["a.jpg", "bad.jpg", "b.jpg"]
+    assert body["images"][1] == {
+        "filename": "bad.jpg",
+        "error": {"type": "unsupported_type", "message": "not a recognised image file"},
+    }
+    assert [body["images"][0], body["images"][2]] == alone["images"]
+    assert "leafid_images_classified_total 4.0" in client.get("/metrics").text  # 2 + 2 used
+
+
+def test_identify_with_no_usable_photo_is_the_first_photos_error(client: TestClient) -> None:
+    r = client.post("/v1/identify", files=files(("t.jpg", b"text"), ("e.jpg", b"")))
+    assert r.status_code == 415
+    assert r.json() == {
+        "error": {"code": "unsupported_type", "message": "t.jpg: not a recognised image file"}
+    }
+
+
+def test_unplanned_pillow_exception_is_a_bad_image_not_a_500(
+    client: TestClient, odd_image: bytes
+) -> None:
+    r = client.post("/v1/identify", files=files(("odd.png", odd_image)))
+    assert r.status_code == 400 and r.json()["error"]["code"] == "bad_image"
+    r = client.post("/v1/classify", files=files(("odd.png", odd_image), ("v.jpg", jpeg("viridis"))))
+    assert r.status_code == 200, r.text
+    odd, good = r.json()["results"]
+    assert odd["error"]["type"] == "bad_image" and "IndexError" in odd["error"]["message"]
+    assert good["best_match"] == "viridis"
+
+
 def test_classify_batch_with_a_bad_item(client: TestClient, clf: Classifier) -> None:
     datas = [jpeg("rubra"), b"this is not an image", jpeg("caerulea")]
     r = client.post(

@@ -161,3 +161,8 @@ def test_limits_above_pillows_own_guard_are_refused():
         ImageLimits(max_pixels=Image.MAX_IMAGE_PIXELS + 1)
     with pytest.raises(InvalidRequestError):
         ImageLimits(max_bytes=0)
+
+
+def test_unplanned_pillow_exception_is_bad_image(odd_image):
+    with pytest.raises(BadImageError, match="cannot decode image: IndexError: tile index"):
+        decode(odd_image, LIMITS)

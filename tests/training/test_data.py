@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from synthetic_data import make_imagefolder, make_ood
 
-from conftest import noisy, tiny_spec
+from conftest import encode, make_tiny_model, noisy, tiny_spec
+from leafid.classifier import Classifier
 from leafid.errors import InvalidRequestError
 from leafid.images import ImageLimits, decode
 from leafid.preprocess import preprocess
@@ -170,6 +171,26 @@ def test_bad_image_is_a_dataset_error(tmp_path: Path) -> None:
     bad.write_bytes(b"not a jpeg")
     with pytest.raises(DatasetError, match="bad.jpg"):
         ImageCache(tiny_spec()).train_array(bad)
+
+
+def test_unplanned_pillow_exception_is_a_dataset_error(tmp_path: Path, odd_image: bytes) -> None:
+    odd = tmp_path / "odd.png"
+    odd.write_bytes(odd_image)
+    for get in (ImageCache(tiny_spec()).train_array, ImageCache(tiny_spec()).eval_array):
+        with pytest.raises(DatasetError, match=r"odd\.png: cannot decode image: IndexError"):
+            get(odd)
+
+
+def test_eval_arrays_are_the_classifiers_inputs(tmp_path: Path) -> None:
+    # a big JPEG: the classifier decodes it in draft mode, and so must the cache
+    path = tmp_path / "big.jpg"
+    path.write_bytes(encode(noisy((20, 160, 40), (800, 600), seed=4)))
+    clf = Classifier(make_tiny_model(tmp_path / "tiny.onnx"))
+    want = clf.try_load(path)
+    assert isinstance(want, np.ndarray)
+    np.testing.assert_array_equal(ImageCache(clf.spec).eval_array(path), want)
+    train = ImageCache(clf.spec).train_array(path)
+    assert min(train.shape[:2]) == clf.spec.resize_size  # resized from the drafted image
 
 
 def test_augment_shape_dtype_and_seeded() -> None:

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from synthetic_data import make_imagefolder, make_ood
 
+import leafid.classifier
 from conftest import make_tiny_model, tiny_spec
 from leafid.classifier import Classifier
 from leafid.errors import InvalidRequestError
 from leafid.images import ImageLimits, read_bytes
 from leafid.results import Candidate, Prediction
-from leafid_train import evaluate
 from leafid_train.data import DatasetError, Sample, make_split, open_root, samples_of
 from leafid_train.evaluate import Scored, compute_metrics, evaluate_model, score
 
@@ -112,6 +112,19 @@ def test_unreadable_image_is_listed_not_fatal(tmp_path: Path) -> None:
     assert np.isclose(m["top1"], 1.0)
 
 
+def test_unplanned_pillow_exception_is_listed_not_fatal(tmp_path: Path, odd_image: bytes) -> None:
+    # what `leafid classify` writes an error row for must not crash evaluation
+    model = make_tiny_model(tmp_path / "tiny.onnx")
+    make_imagefolder(tmp_path / "setA", per_class=2)
+    odd = tmp_path / "setA" / "images" / "rubra" / "odd.png"
+    odd.write_bytes(odd_image)
+    m = evaluate_model(model, [str(tmp_path / "setA")], tmp_path / "eval")
+    assert m["images"] == 6 and np.isclose(m["top1"], 1.0)
+    assert m["failed"] == [
+        {"file": str(odd), "error": "cannot decode image: IndexError: tile index out of range"}
+    ]
+
+
 def test_no_readable_leaf_image_is_a_dataset_error(tmp_path: Path) -> None:
     model = make_tiny_model(tmp_path / "tiny.onnx")
     folder = tmp_path / "setA" / "images" / "rubra"
@@ -138,7 +151,7 @@ def test_score_reads_files_like_users_files(
         seen.append(limits)
         return read_bytes(path, limits)
 
-    monkeypatch.setattr(evaluate, "read_bytes", spy)
+    monkeypatch.setattr(leafid.classifier, "read_bytes", spy)
     scored, failed = score(clf, [root], samples)
     assert seen == [limits] * len(samples)
     assert len(scored) + len(failed) == len(samples) and scored and failed

@@ -25,8 +25,9 @@ import numpy as np
 from PIL import Image
 
 from leafid.batch import IMAGE_EXTENSIONS
-from leafid.errors import LeafidError
-from leafid.images import ImageLimits, decode, read_bytes
+from leafid.classifier import decode_input
+from leafid.errors import ImageError, LeafidError
+from leafid.images import ImageLimits, read_bytes
 from leafid.preprocess import RESAMPLE, preprocess
 from leafid.spec import ClassInfo, ModelSpec
 from leafid_train.config import resolve_root
@@ -276,9 +277,11 @@ def make_split(
 class ImageCache:
     """Decoded images, kept in memory and optionally as ``.npy`` files keyed by content.
 
-    Two kinds of array are cached: training arrays (shorter side resized to the spec's
-    ``resize_size``, for augmentation) and evaluation inputs, which are exactly what
-    :meth:`leafid.Classifier.load` makes (``decode`` in draft mode, then ``preprocess``).
+    Files are read and decoded as the classifier does it (:func:`leafid.images.read_bytes`,
+    then :func:`leafid.classifier.decode_input`). Two kinds of array are cached:
+    training arrays (shorter side resized to the spec's ``resize_size``, for
+    augmentation) and evaluation inputs, which are exactly what
+    :meth:`leafid.Classifier.load` makes (the decoded image, preprocessed).
 
     Args:
         spec: Gives resize/input sizes and the interpolation.
@@ -310,8 +313,8 @@ class ImageCache:
                     arr = np.load(disk)
                     self._memory[key] = arr
                     return arr
-            img = decode(data, self.limits, min_side=self.spec.resize_size)
-        except LeafidError as exc:
+            img = decode_input(data, self.spec, self.limits)
+        except ImageError as exc:
             raise DatasetError(f"{path}: {exc}") from exc
         arr = self._train_array(img) if kind == "train" else preprocess(img, self.spec)
         if disk is not None:  # a temporary file of its own: torchrun ranks share the folder

@@ -1,7 +1,7 @@
 """``leafid evaluate``: score an ONNX model on ImageFolders through :class:`leafid.Classifier`.
 
-The images go through exactly the code users run (``Classifier.load`` then
-``classify_arrays``), so the figures describe the shipped behaviour, threshold included.
+The images go through exactly the code users run (:meth:`Classifier.classify_images`),
+so the figures describe the shipped behaviour, threshold included.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from typing import Any
 import numpy as np
 
 from leafid.classifier import Classifier
-from leafid.errors import InvalidRequestError, LeafidError
-from leafid.images import read_bytes
+from leafid.errors import ImageError, InvalidRequestError
 from leafid.results import Prediction
 from leafid_train.calibrate import auroc, ece, reliability
 from leafid_train.data import DataRoot, DatasetError, Sample, Split, open_root, samples_of
@@ -90,25 +89,22 @@ def score(
 ) -> tuple[list[Scored], list[dict[str, str]]]:
     """Run the classifier over samples in batches; unreadable images are listed, not fatal.
 
-    Files are read and decoded as users' files are (``read_bytes`` with the
-    classifier's limits, then :meth:`Classifier.load`).
+    Files are read and decoded as users' files are (:meth:`Classifier.classify_images`,
+    with the classifier's limits); an image it cannot use is listed with its error.
     """
     by_name = {r.name: r for r in roots}
     scored: list[Scored] = []
     failed: list[dict[str, str]] = []
     top_k = min(5, len(clf.spec.classes))
     for start in range(0, len(samples), batch_size):
-        chunk, arrays = [], []
-        for s in samples[start : start + batch_size]:
-            path = by_name[s.root].path(s.rel)
-            try:
-                arrays.append(clf.load(read_bytes(path, clf.limits)))
-                chunk.append(s)
-            except (OSError, LeafidError) as exc:
-                failed.append({"file": str(path), "error": str(exc)})
-        if arrays:
-            predictions = clf.classify_arrays(np.stack(arrays), top_k=top_k)
-            scored += [Scored(s, p) for s, p in zip(chunk, predictions, strict=True)]
+        chunk = samples[start : start + batch_size]
+        paths = [by_name[s.root].path(s.rel) for s in chunk]
+        answers = clf.classify_images(paths, top_k)
+        for sample, path, answer in zip(chunk, paths, answers, strict=True):
+            if isinstance(answer, ImageError):
+                failed.append({"file": str(path), "error": str(answer)})
+            else:
+                scored.append(Scored(sample, answer))
     return scored, failed
 
 

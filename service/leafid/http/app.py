@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
-import numpy as np
 from fastapi import Depends, FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -52,7 +51,7 @@ from leafid.http.schemas import (
 )
 from leafid.http.settings import Settings
 from leafid.images import ImageLimits
-from leafid.results import CAVEAT, Prediction, error_dict
+from leafid.results import CAVEAT, Identification, Prediction, error_dict
 
 log = logging.getLogger(__name__)
 
@@ -147,13 +146,6 @@ async def _read_uploads(files: list[UploadFile]) -> list[_Upload]:
     ]
 
 
-def _named(exc: ImageError, filename: str) -> ImageError:
-    """The same kind of error, with the file's name in front of the message."""
-    renamed = type(exc)(f"{filename}: {exc}")
-    renamed.__cause__ = exc
-    return renamed
-
-
 DEFAULT_TOP_K = 5
 
 
@@ -177,39 +169,30 @@ def _ms(seconds: float) -> float:
 
 def _identify_work(
     classifier: Classifier, uploads: list[_Upload], top_k: int
-) -> tuple[Prediction, list[Prediction], float, float]:
+) -> tuple[Identification, float, float]:
     start = time.perf_counter()
-    arrays = []
-    for upload in uploads:
-        try:
-            arrays.append(classifier.load(upload.data))
-        except ImageError as exc:
-            raise _named(exc, upload.filename) from exc
-    batch = np.stack(arrays)
+    loaded = [classifier.try_load(upload.data) for upload in uploads]
     decoded = time.perf_counter()
-    probs = classifier.probabilities(batch)  # one onnxruntime call for all photos
-    fused = classifier.fuse(probs, top_k)
-    own = classifier.predictions(probs, top_k)
-    return fused, own, decoded - start, time.perf_counter() - decoded
+    names = [upload.filename for upload in uploads]
+    identified = classifier.identify_loaded(loaded, names, top_k)
+    return identified, decoded - start, time.perf_counter() - decoded
 
 
 def _classify_work(
     classifier: Classifier, uploads: list[_Upload], top_k: int
 ) -> tuple[list[Prediction | ImageError], float, float]:
     start = time.perf_counter()
-    loaded: list[np.ndarray | ImageError] = []
-    for upload in uploads:
-        try:
-            loaded.append(classifier.load(upload.data))
-        except ImageError as exc:
-            loaded.append(exc)
-    good = [a for a in loaded if isinstance(a, np.ndarray)]
+    loaded = [classifier.try_load(upload.data) for upload in uploads]
     decoded = time.perf_counter()
-    predictions = iter(classifier.classify_arrays(np.stack(good), top_k) if good else [])
-    out: list[Prediction | ImageError] = [
-        item if isinstance(item, ImageError) else next(predictions) for item in loaded
-    ]
-    return out, decoded - start, time.perf_counter() - decoded
+    answers = classifier.classify_loaded(loaded, top_k)
+    return answers, decoded - start, time.perf_counter() - decoded
+
+
+def _image_item(upload: _Upload, answer: Prediction | ImageError) -> dict[str, Any]:
+    """One photo's item of an answer: its own prediction, or why it could not be used."""
+    if isinstance(answer, ImageError):
+        return {"filename": upload.filename, "error": error_dict(answer)}
+    return {"filename": upload.filename, **answer.to_dict()}
 
 
 # --- the app -------------------------------------------------------------------------
@@ -316,7 +299,13 @@ def _add_routes(app: FastAPI) -> None:
         metrics: MetricsDep,
         top_k: TopK = None,
     ) -> dict[str, Any]:
-        """Identify one plant from 1 to ``max_images`` photos of it; their answers are fused."""
+        """Identify one plant from 1 to ``max_images`` photos of it; their answers are fused.
+
+        The answer is fused from the photos that could be used; a photo that could not
+        be used gets an error item ``{filename, error: {type, message}}`` in its place
+        in ``images`` (as in ``/v1/classify``) and the status is 200. When none of the
+        photos could be used, the request fails with the first photo's error (4xx).
+        """
         start = time.perf_counter()
         if not 1 <= len(images) <= settings.max_images:
             raise InvalidRequestError(
@@ -325,23 +314,21 @@ def _add_routes(app: FastAPI) -> None:
         k = _top_k(top_k, classifier)
         uploads = await _read_uploads(images)
         async with gate.slot():
-            fused, own, decode_s, infer_s = await anyio.to_thread.run_sync(
+            identified, decode_s, infer_s = await anyio.to_thread.run_sync(
                 _identify_work, classifier, uploads, k
             )
         metrics.inference.observe(infer_s)
-        metrics.images.inc(len(uploads))
-        if fused.unknown:
+        metrics.images.inc(sum(isinstance(a, Prediction) for a in identified.images))
+        if identified.fused.unknown:
             metrics.unknown.inc()
-        fused_dict = fused.to_dict()
+        fused_dict = identified.fused.to_dict()
         return {
             "model": _model_ref(classifier),
             "best_match": fused_dict["best_match"],
             "unknown": fused_dict["unknown"],
             "reason": fused_dict["reason"],
             "results": fused_dict["results"],
-            "images": [
-                {"filename": u.filename, **p.to_dict()} for u, p in zip(uploads, own, strict=True)
-            ],
+            "images": [_image_item(u, a) for u, a in zip(uploads, identified.images, strict=True)],
             "timing": {
                 "decode_ms": _ms(decode_s),
                 "inference_ms": _ms(infer_s),
@@ -382,18 +369,14 @@ def _add_routes(app: FastAPI) -> None:
                 _classify_work, classifier, uploads, k
             )
         metrics.inference.observe(infer_s)
-        results: list[dict[str, Any]] = []
-        for upload, item in zip(uploads, items, strict=True):
-            if isinstance(item, ImageError):
-                results.append({"filename": upload.filename, "error": error_dict(item)})
-            else:
+        for item in items:
+            if isinstance(item, Prediction):
                 metrics.images.inc()
                 if item.unknown:
                     metrics.unknown.inc()
-                results.append({"filename": upload.filename, **item.to_dict()})
         return {
             "model": _model_ref(classifier),
-            "results": results,
+            "results": [_image_item(u, a) for u, a in zip(uploads, items, strict=True)],
             "timing": {
                 "decode_ms": _ms(decode_s),
                 "inference_ms": _ms(infer_s),

@@ -38,14 +38,14 @@ class ImagePredictionOut(PredictionOut):
 
 
 class ErrorItem(BaseModel):
-    """Why one photo of a batch could not be classified."""
+    """Why one photo of a request could not be used."""
 
     type: str
     message: str
 
 
 class ImageErrorOut(BaseModel):
-    """A photo of a ``/v1/classify`` batch that could not be used."""
+    """A photo that could not be used: an item of ``/v1/classify`` or ``/v1/identify``."""
 
     filename: str
     error: ErrorItem
@@ -67,14 +67,14 @@ class Timing(BaseModel):
 
 
 class IdentifyOut(BaseModel):
-    """A fused answer for 1-5 photos of one plant."""
+    """A fused answer for 1-5 photos of one plant, and each photo's own answer or error."""
 
     model: ModelRef
     best_match: str | None
     unknown: bool
     reason: str | None
     results: list[CandidateOut]
-    images: list[ImagePredictionOut]
+    images: list[ImagePredictionOut | ImageErrorOut]
     timing: Timing
     caveat: str
 
