@@ -142,3 +142,24 @@ def test_page_takes_the_image_limit_from_the_server(server: str, page: Any, tmp_
     page.click("#submit")
     page.wait_for_selector("#result:not([hidden])", timeout=10_000)
     assert page.locator("#result-title").inner_text() == "Planta caerulea"
+
+
+def test_a_photo_that_cannot_be_used_is_named_beside_the_answer(
+    server: str, page: Any, tmp_path: Path
+) -> None:
+    page.goto(server + "/")
+    good = tmp_path / "leaf.jpg"
+    good.write_bytes(encode(noisy(TINY_COLOURS["caerulea"], size=(160, 120))))
+    page.set_input_files(
+        "#file-input",
+        [
+            {"name": "leaf.jpg", "mimeType": "image/jpeg", "buffer": good.read_bytes()},
+            {"name": "broken.jpg", "mimeType": "image/jpeg", "buffer": b"I am text, not a photo"},
+        ],
+    )
+    page.click("#submit")
+    page.wait_for_selector("#result:not([hidden])", timeout=10_000)
+    meta = page.locator("#result-meta").inner_text()
+    assert "1 photo(s) used" in meta
+    assert "skipped broken.jpg: not a recognised image file" in meta
+    assert page.locator("#error").is_hidden()

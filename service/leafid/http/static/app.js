@@ -95,8 +95,13 @@
     reason.textContent = data.unknown ? "Why unknown: " + (data.reason || "score too low") : "";
     const list = $("candidates");
     list.replaceChildren(...data.results.slice(1).map(candidateItem));
+    // a photo that could not be used has an error item in data.images: say which
+    const skipped = data.images.filter((im) => im.error);
+    const used = data.images.length - skipped.length;
     $("result-meta").textContent = "Model " + data.model.name + " " + data.model.version +
-      " · " + data.images.length + " photo(s) · " + Math.round(data.timing.total_ms) + " ms";
+      " · " + used + " photo(s) used" +
+      skipped.map((im) => " · skipped " + im.filename + ": " + im.error.message).join("") +
+      " · " + Math.round(data.timing.total_ms) + " ms";
     $("caveat").textContent = data.caveat;
     result.hidden = false;
   }
