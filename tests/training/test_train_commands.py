@@ -62,6 +62,20 @@ def test_missing_torch_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> N
         args.func(args)
 
 
+def test_missing_dependency_names_the_extra_and_the_module(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in list(sys.modules):
+        if name.startswith("leafid_train.") and name != "leafid_train.commands":
+            monkeypatch.delitem(sys.modules, name)
+    for name in ("matplotlib", "matplotlib.figure"):  # imported at the top of plots
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(MissingExtraError, match=r"leafid\[train\]") as info:
+        commands.load("evaluate")
+    assert info.value.module == "matplotlib"
+    assert commands.load("config").__name__ == "leafid_train.config"  # stdlib + leafid only
+
+
 def test_cli_train_own_species_export_evaluate_card(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

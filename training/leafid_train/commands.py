@@ -44,7 +44,8 @@ def load(module: str) -> ModuleType:
     try:
         return importlib.import_module(f"leafid_train.{module}")
     except ImportError as exc:
-        raise MissingExtraError("train", exc.name or "torch") from exc
+        missing = (exc.name or "torch").partition(".")[0]  # the package, not a submodule
+        raise MissingExtraError("train", missing) from exc
 
 
 def _add(subparsers: Any, name: str, text: str) -> argparse.ArgumentParser:

@@ -4,8 +4,7 @@ The graph takes ``image``: uint8 [batch, S, S, 3] RGB and returns ``logits``: fl
 [batch, n_classes]. The calibration temperature is not in the graph; the
 :class:`leafid.Classifier` applies ``spec.temperature``.
 
-Needs the [train] extra (torch, onnx, onnxscript): importing this module raises
-:class:`MissingExtraError` without torch or onnx.
+Needs the [train] extra (torch, onnx, onnxscript).
 """
 
 from __future__ import annotations
@@ -16,19 +15,14 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxscript  # noqa: F401  (torch's exporter needs it)
+import torch
 
 from leafid import __version__
 from leafid.classifier import make_session
-from leafid.errors import InvalidRequestError, MissingExtraError
+from leafid.errors import InvalidRequestError
 from leafid.spec import METADATA_KEY, ModelSpec
-
-try:
-    import onnx
-    import onnxscript  # noqa: F401  (torch's exporter needs it)
-    import torch
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise MissingExtraError("train", exc.name or "torch") from exc
-
 from leafid_train.backbone import LeafNet
 from leafid_train.graph_rewrite import global_average_pools
 

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
-from leafid.errors import InvalidRequestError, MissingExtraError, ModelError
+from leafid.errors import InvalidRequestError, ModelError
 from leafid.paths import int8_copy_path
 from leafid.spec import ModelSpec
 from leafid_train.calibrate import calibration_report
@@ -18,11 +19,6 @@ from leafid_train.config import TrainConfig
 from leafid_train.export import export_onnx, max_abs_diff, onnx_logits, save_onnx, set_metadata
 from leafid_train.quantize import compare, int8_decision, quantize_int8
 from leafid_train.train import RunData, build_data, load_best
-
-try:
-    import onnx
-except ImportError as exc:  # pragma: no cover - export needs onnx already
-    raise MissingExtraError("train", "onnx") from exc
 
 log = logging.getLogger(__name__)
 

@@ -14,14 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from leafid.errors import MissingExtraError
-
-try:
-    import onnx
-    from onnx import numpy_helper
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise MissingExtraError("train", "onnx") from exc
+import onnx
+from onnx import numpy_helper
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,7 @@ The INT8 model keeps the same inputs, outputs and leafid spec metadata, so the
 :class:`leafid.Classifier` loads either file. Ship it only when :func:`int8_worth_shipping`
 says so.
 
-Needs the [train] extra (onnx): importing this module raises :class:`MissingExtraError`
-without it.
+Needs the [train] extra (onnx).
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -27,14 +27,8 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from leafid.classifier import make_session
-from leafid.errors import InvalidRequestError, MissingExtraError
+from leafid.errors import InvalidRequestError
 from leafid.spec import METADATA_KEY
-
-try:
-    import onnx
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise MissingExtraError("train", "onnx") from exc
-
 from leafid_train.config import read_run_json
 from leafid_train.export import INPUT_NAME, OUTPUT_NAME, save_onnx
 from leafid_train.graph_rewrite import input_quant_overrides, uint8_image_input

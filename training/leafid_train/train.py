@@ -23,28 +23,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from leafid.console import echo
 from leafid.errors import InvalidRequestError, LeafidError
 from leafid.spec import ClassInfo, ModelSpec
-from leafid_train._torch import require_torch
-
-torch = require_torch()
-from torch import nn  # noqa: E402
-from torch.utils.data import DataLoader, Dataset, DistributedSampler  # noqa: E402
-
-from leafid_train import ddp  # noqa: E402
-from leafid_train.augment import augment  # noqa: E402
-from leafid_train.backbone import (  # noqa: E402
+from leafid_train import ddp
+from leafid_train.augment import augment
+from leafid_train.backbone import (
     PRETRAINED_ARCHS,
     PRETRAINED_MEAN,
     PRETRAINED_STD,
     LeafNet,
     build_leafnet,
 )
-from leafid_train.calibrate import calibration_report  # noqa: E402
-from leafid_train.config import TrainConfig  # noqa: E402
-from leafid_train.data import (  # noqa: E402
+from leafid_train.calibrate import calibration_report
+from leafid_train.config import TrainConfig
+from leafid_train.data import (
     DataRoot,
     DatasetError,
     ImageCache,
@@ -53,7 +50,7 @@ from leafid_train.data import (  # noqa: E402
     make_split,
     open_root,
 )
-from leafid_train.manifest import checksum, verify_roots  # noqa: E402
+from leafid_train.manifest import checksum, verify_roots
 
 log = logging.getLogger(__name__)
 
