@@ -119,11 +119,11 @@ def save_onnx(proto: onnx.ModelProto, out: Path) -> None:
     log.info("wrote %s (%.1f MB)", out, out.stat().st_size / 1e6)
 
 
-def onnx_logits(onnx_path: Path, batch: np.ndarray, batch_size: int = 64) -> np.ndarray:
+def onnx_logits(onnx_path: Path | bytes, batch: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """Raw logits (no temperature) of an exported model on preprocessed inputs.
 
     Args:
-        onnx_path: An exported (fp32 or int8) model.
+        onnx_path: An exported (fp32 or int8) model, or its serialised bytes.
         batch: uint8 array (N, S, S, 3), N >= 1.
         batch_size: Inputs per onnxruntime call.
     """
