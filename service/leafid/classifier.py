@@ -55,12 +55,12 @@ def load_spec(session: ort.InferenceSession) -> ModelSpec:
 
 
 def make_session(
-    path: str | os.PathLike[str], threads: int = 0, spin: bool = False
+    path: str | os.PathLike[str] | bytes, threads: int = 0, spin: bool = False
 ) -> ort.InferenceSession:
     """The CPU onnxruntime session leafid runs a model with.
 
     Args:
-        path: The ONNX file.
+        path: The ONNX file, or a serialised model in memory.
         threads: Intra-op threads (0 lets onnxruntime choose).
         spin: Let idle intra-op threads spin-wait for the next operator (onnxruntime's
             default). Off by default: leafid usually decodes images on the same cores,
@@ -79,10 +79,13 @@ def make_session(
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     try:
         return ort.InferenceSession(
-            str(path), sess_options=options, providers=["CPUExecutionProvider"]
+            path if isinstance(path, bytes) else str(path),
+            sess_options=options,
+            providers=["CPUExecutionProvider"],
         )
     except Exception as exc:  # onnxruntime raises its own untyped errors
-        raise InvalidModelError(f"cannot load ONNX model {path}: {exc}") from exc
+        what = "in memory" if isinstance(path, bytes) else str(path)
+        raise InvalidModelError(f"cannot load ONNX model {what}: {exc}") from exc
 
 
 def decode_input(data: bytes, spec: ModelSpec, limits: ImageLimits) -> Image.Image:

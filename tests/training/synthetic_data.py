@@ -1,7 +1,8 @@
-"""Synthetic ImageFolders for the training tests (imported by tests/training/test_*.py)."""
+"""Synthetic ImageFolders and helpers for the training tests (tests/training/test_*.py)."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from conftest import TINY_CLASSES, TINY_COLOURS, noisy
@@ -68,3 +69,14 @@ def tiny_config(tmp_path: Path, out: str = "run", **changes: object) -> object:
     )
     options.update(changes)
     return TrainConfig(**options)  # type: ignore[arg-type]
+
+
+def train_parser() -> argparse.ArgumentParser:
+    """The real ``leafid train`` parser (from :func:`leafid_train.commands.register`)."""
+    from leafid_train import commands
+
+    parser = argparse.ArgumentParser(prog="leafid")
+    subparsers = parser.add_subparsers(dest="command")
+    commands.register(subparsers)
+    train: argparse.ArgumentParser = subparsers.choices["train"]
+    return train

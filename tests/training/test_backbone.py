@@ -213,13 +213,3 @@ def test_tf_variant_takes_the_same_weights(imagenet_state: dict[str, torch.Tenso
         net.state_dict()["blocks.6.0.conv_pwl.weight"], imagenet_state["blocks.6.0.conv_pwl.weight"]
     )
     assert net.bn1.eps == build_backbone(PRETRAINED_ARCH, 3, pretrained=False).bn1.eps == 1e-3
-
-
-def test_missing_dependency_names_the_extra() -> None:
-    from leafid.errors import MissingExtraError
-    from leafid_train._torch import require, require_timm, require_torch
-
-    assert require_torch() is torch and require_timm().__name__ == "timm"
-    with pytest.raises(MissingExtraError, match=r"leafid\[train\]") as info:
-        require("no_such_module_leafid_test")
-    assert info.value.module == "no_such_module_leafid_test"

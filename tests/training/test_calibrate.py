@@ -9,6 +9,7 @@ from leafid_train.calibrate import (
     MAX_TEMPERATURE,
     MIN_TEMPERATURE,
     auroc,
+    calibrate,
     calibration_report,
     ece,
     fit_temperature,
@@ -103,3 +104,22 @@ def test_calibration_report_with_ood() -> None:
     assert report["ood_val_images"] == 100
     assert report["ood_auroc"] > 0.9 and report["ood_rejected"] > 0.9
     assert 0 < report["unknown_threshold"] < 1
+
+
+def test_calibrate_runs_the_model_on_val_and_ood_val() -> None:
+    logits, labels = overconfident(200)
+    images = np.arange(200).reshape(200, 1, 1, 1).astype(np.uint8)
+    ood_logits = np.zeros((5, 4))
+    seen: list[int] = []
+
+    def logits_of(batch: np.ndarray) -> np.ndarray:  # a "model": images index the logits
+        seen.append(len(batch))
+        return ood_logits if len(batch) == 5 else logits[batch[:, 0, 0, 0]]
+
+    ood = np.zeros((5, 1, 1, 1), dtype=np.uint8)
+    report = calibrate(logits_of, images, labels, ood, keep=0.9)
+    assert report == calibration_report(logits, labels, ood_logits, keep=0.9)
+    assert seen == [200, 5] and report["ood_val_images"] == 5
+    seen.clear()
+    no_ood = calibrate(logits_of, images, labels, ood[:0], keep=0.9)
+    assert seen == [200] and no_ood == calibration_report(logits, labels, None, keep=0.9)

@@ -6,13 +6,13 @@ from dataclasses import fields
 from pathlib import Path
 
 import pytest
+from synthetic_data import train_parser
 
 from conftest import make_tiny_model, tiny_spec
 from leafid.errors import InvalidRequestError
-from leafid_train import commands
-from leafid_train.card import render_card, train_command, train_parser
-from leafid_train.config import TrainConfig
-from leafid_train.quantize import int8_decision
+from leafid_train.card import render_card, run_int8_decision
+from leafid_train.config import TrainConfig, config_from_args, train_command
+from leafid_train.run_folder import RunFolder
 
 
 def test_train_command_parses_back_to_the_same_config() -> None:
@@ -39,8 +39,7 @@ def test_train_command_parses_back_to_the_same_config() -> None:
     argv = shlex.split(line)  # also drops a trailing comment
     assert argv[:2] == ["leafid", "train"]
     args = train_parser().parse_args(argv[2:])  # the real parser: unknown flags exit
-    args.resume = False
-    assert commands._config(args) == cfg
+    assert config_from_args(args) == cfg
     assert "#" not in line
 
 
@@ -50,8 +49,7 @@ def test_fields_without_a_flag_are_named_not_invented() -> None:
     command, comment = line.split(" # ")
     assert "warmup" not in command and "warmup_steps_frac=0.1" in comment
     args = train_parser().parse_args(shlex.split(command)[2:])
-    args.resume = False
-    got = commands._config(args)
+    got = config_from_args(args)
     changed = [f.name for f in fields(TrainConfig) if getattr(got, f.name) != getattr(cfg, f.name)]
     assert changed == ["warmup_steps_frac"]
 
@@ -159,9 +157,9 @@ def test_int8_ships_only_within_half_a_point_on_val_and_test(
     run = tmp_path / "run"
     _fake_run(run, model)
     _fake_int8(run, val=(0.970, 0.966), test=test_top1)
-    decision = int8_decision(run)
-    assert decision is not None and decision["ships"] is ships
-    assert decision["val_drop"] == pytest.approx(0.004)
+    decision = run_int8_decision(RunFolder(run))
+    assert decision is not None and decision.ships is ships
+    assert decision.val_drop == pytest.approx(0.004)
     before = render_card(run, model)  # no m.int8.onnx beside the model yet
     assert ("qualifies, but this export did not ship a copy" in before) is ships
     assert "Test results: shipped INT8" not in before
@@ -183,6 +181,6 @@ def test_a_slower_int8_never_ships(tmp_path: Path) -> None:
     report = json.loads((run / "int8_report.json").read_text())
     report["compare"]["int8"]["images_per_s_b1"] = 50.0
     (run / "int8_report.json").write_text(json.dumps(report))
-    decision = int8_decision(run)
-    assert decision is not None and not decision["ships"] and not decision["faster"]
-    assert int8_decision(tmp_path) is None  # no INT8 copy at all
+    decision = run_int8_decision(RunFolder(run))
+    assert decision is not None and not decision.ships and not decision.faster
+    assert run_int8_decision(RunFolder(tmp_path)) is None  # no INT8 copy at all

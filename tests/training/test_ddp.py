@@ -12,8 +12,8 @@ from synthetic_data import make_imagefolder
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.train
 
+from leafid_train.checkpoint import rank_rng_state  # noqa: E402
 from leafid_train.ddp import DistInfo  # noqa: E402
-from leafid_train.train import rank_rng_state  # noqa: E402
 
 
 def test_torchrun_two_processes(tmp_path: Path) -> None:

@@ -15,8 +15,9 @@ from leafid.errors import InvalidRequestError  # noqa: E402
 from leafid.preprocess import preprocess  # noqa: E402
 from leafid.spec import ModelSpec  # noqa: E402
 from leafid_train.backbone import LeafNet  # noqa: E402
-from leafid_train.export import export_onnx, onnx_logits  # noqa: E402
-from leafid_train.quantize import compare, int8_worth_shipping, quantize_int8  # noqa: E402
+from leafid_train.export import export_onnx, onnx_logits, save_onnx  # noqa: E402
+from leafid_train.int8_rule import int8_worth_shipping  # noqa: E402
+from leafid_train.quantize import compare, quantize_int8  # noqa: E402
 
 pytestmark = pytest.mark.train
 
@@ -54,6 +55,11 @@ def colour_batch(spec: ModelSpec, n: int, seed: int) -> tuple[np.ndarray, np.nda
     return np.stack([preprocess(p, spec) for p in photos]), np.arange(n) % 3
 
 
+def write_int8(fp32: Path, out: Path, calibration: np.ndarray, **options: bool) -> Path:
+    save_onnx(quantize_int8(fp32, calibration, **options), out)
+    return out
+
+
 @pytest.fixture(scope="module")
 def fp32_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelSpec, Path]:
     spec = tiny_spec(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
@@ -66,12 +72,13 @@ def test_int8_model_loads_with_the_same_spec_and_agrees(
 ) -> None:
     spec, fp32 = fp32_model
     calibration, _ = colour_batch(spec, 12, seed=100)
-    int8 = quantize_int8(fp32, tmp_path / "int8.onnx", calibration)
+    int8 = write_int8(fp32, tmp_path / "int8.onnx", calibration)
     proto = onnx.load(str(int8))
     onnx.checker.check_model(proto, full_check=True)
     ops = {node.op_type for node in proto.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     assert sorted(p.name for p in tmp_path.iterdir()) == ["int8.onnx"]
+    assert [p.name for p in fp32.parent.iterdir()] == ["fp32.onnx"]  # no temporary files left
 
     clf8, clf32 = Classifier(int8), Classifier(fp32)
     assert clf8.spec.to_json() == spec.to_json()
@@ -87,7 +94,7 @@ def test_compare_reports_agreement_and_speed(
 ) -> None:
     spec, fp32 = fp32_model
     batch, labels = colour_batch(spec, 9, seed=0)
-    int8 = quantize_int8(
+    int8 = write_int8(
         fp32, tmp_path / "int8.onnx", batch, per_channel=False, unsigned_activations=False
     )
     report = compare(fp32, int8, batch, labels, threads=1, min_seconds=0.05)
@@ -130,9 +137,9 @@ def test_quantize_rejects_bad_calibration(
 ) -> None:
     _, fp32 = fp32_model
     with pytest.raises(InvalidRequestError, match="uint8"):
-        quantize_int8(fp32, tmp_path / "x.onnx", np.zeros((2, 32, 32, 3), dtype=np.float32))
+        quantize_int8(fp32, np.zeros((2, 32, 32, 3), dtype=np.float32))
     with pytest.raises(InvalidRequestError, match="uint8"):
-        quantize_int8(fp32, tmp_path / "x.onnx", np.zeros((0, 32, 32, 3), dtype=np.uint8))
+        quantize_int8(fp32, np.zeros((0, 32, 32, 3), dtype=np.uint8))
 
 
 def test_int8_model_takes_the_uint8_image_directly_when_that_is_exact(
@@ -141,13 +148,13 @@ def test_int8_model_takes_the_uint8_image_directly_when_that_is_exact(
     spec = tiny_spec(mean=(127 / 255,) * 3, std=(128 / 255,) * 3)  # lite0's normalisation
     fp32 = export_onnx(LeafNet(ColourNet(), spec.mean, spec.std), spec, tmp_path / "fp32.onnx")
     calibration, _ = colour_batch(spec, 12, seed=100)
-    int8 = quantize_int8(fp32, tmp_path / "int8.onnx", calibration)
+    int8 = write_int8(fp32, tmp_path / "int8.onnx", calibration)
     ops = [node.op_type for node in onnx.load(str(int8)).graph.node]
     assert "Cast" not in ops and "Div" not in ops  # no float normalisation left
     assert "GlobalAveragePool" in ops  # the mean over H and W, from the export
     # The same quantisation without the rewrite computes the same logits.
     monkeypatch.setattr("leafid_train.quantize.uint8_image_input", lambda proto: False)
-    kept = quantize_int8(fp32, tmp_path / "kept.onnx", calibration)
+    kept = write_int8(fp32, tmp_path / "kept.onnx", calibration)
     assert "Cast" in [node.op_type for node in onnx.load(str(kept)).graph.node]
     batch, labels = colour_batch(spec, 30, seed=0)
     np.testing.assert_allclose(onnx_logits(int8, batch), onnx_logits(kept, batch), atol=1e-5)

@@ -6,13 +6,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from synthetic_data import make_imagefolder, make_ood
+from synthetic_data import make_imagefolder, make_ood, train_parser
 
 from leafid.cli import main
-from leafid.errors import MissingExtraError
+from leafid.errors import InvalidRequestError, MissingExtraError
 from leafid.results import CAVEAT
 from leafid_train import commands
-from leafid_train.config import TrainConfig
+from leafid_train.config import TrainConfig, config_from_args
+from leafid_train.int8_rule import Int8Decision
 
 TINY = (
     "--arch test_efficientnet --no-pretrained --input-size 32 --resize-size 36 --epochs 2 "
@@ -36,19 +37,67 @@ def test_register_adds_commands_with_handlers() -> None:
     assert parser.parse_args(["datasets", "manifest", "x"]).func is commands.cmd_datasets
 
 
-def test_resume_keeps_the_runs_epochs_and_patience(tmp_path: Path) -> None:
+class Started(Exception):
+    pass
+
+
+def test_resume_keeps_the_runs_epochs_and_patience(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("torch")
+    from leafid_train import train
+
+    def started(cfg: TrainConfig, *args: object, **kwargs: object) -> None:
+        raise Started(cfg)
+
+    monkeypatch.setattr(train, "_run", started)  # what the command would train
+
+    def config_of(argv: list[str]) -> TrainConfig:
+        args = _parser().parse_args(argv)
+        with pytest.raises(Started) as info:
+            args.func(args)
+        cfg: TrainConfig = info.value.args[0]
+        return cfg
+
     run = tmp_path / "run"
     run.mkdir()
-    TrainConfig(data=["a"], out=str(run), epochs=7, patience=2).save(run / "config.json")
+    TrainConfig(data=["a"], out=str(run), epochs=7, patience=2, lr=0.01).save(run / "config.json")
+    (run / "checkpoint.pt").write_bytes(b"")
     resume = ["train", "--data", "a", "--out", str(run), "--resume"]
-    cfg = commands._config(_parser().parse_args(resume))
-    assert (cfg.epochs, cfg.patience) == (7, 2)
-    cfg = commands._config(_parser().parse_args([*resume, "--epochs", "9", "--patience", "0"]))
-    assert (cfg.epochs, cfg.patience) == (9, 0)
+    cfg = config_of(resume)
+    assert (cfg.epochs, cfg.patience, cfg.lr) == (7, 2, 0.01)
+    cfg = config_of([*resume, "--epochs", "9", "--patience", "0", "--lr", "0.5"])
+    assert (cfg.epochs, cfg.patience, cfg.lr) == (9, 0, 0.01)  # --lr: the run's
     default = TrainConfig(data=["-"], out="-")
-    fresh = ["train", "--data", "a", "--out", str(tmp_path / "new")]
-    cfg = commands._config(_parser().parse_args(fresh))
+    cfg = config_of(["train", "--data", "a", "--out", str(tmp_path / "new")])
     assert (cfg.epochs, cfg.patience) == (default.epochs, default.patience) != (7, 2)
+
+
+def test_only_resumable_settings_change_on_resume() -> None:
+    saved = TrainConfig(data=["a"], out="r", epochs=7, patience=2)
+    assert saved.resumed(epochs=None, patience=None) == saved
+    assert saved.resumed(epochs=9) == TrainConfig(data=["a"], out="r", epochs=9, patience=2)
+    with pytest.raises(InvalidRequestError, match="keeps its own lr"):
+        saved.resumed(lr=0.1)
+
+
+def test_every_flag_keeps_its_spelling_and_default() -> None:
+    train = train_parser()
+    flags = [a.option_strings[0] for a in train._actions if a.option_strings][1:]  # not -h
+    assert (
+        flags
+        == (
+            "--data --ood --out --resume --arch --checkpoint --no-pretrained --input-size "
+            "--resize-size --epochs --head-epochs --batch-size --lr --head-lr-scale --weight-decay "
+            "--label-smoothing --drop-rate --ema-decay --oversample --patience --split --seed "
+            "--workers --threads --device --cache-dir --no-verify --keep-fraction --model-version "
+            "--export --int8"
+        ).split()
+    )
+    args = train.parse_args(["--data", "a", "--out", "r"])
+    assert (args.epochs, args.patience) == (None, None)  # with --resume: the run's
+    assert config_from_args(args) == TrainConfig(data=["a"], out="r")
+    assert args.split == [0.7, 0.15, 0.15] and args.ood == [] and args.verify is True
 
 
 def test_missing_torch_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -60,6 +109,20 @@ def test_missing_torch_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> N
     args = _parser().parse_args(["train", "--data", "a", "--out", "r"])
     with pytest.raises(MissingExtraError, match=r"pip install 'leafid\[train\]'"):
         args.func(args)
+
+
+def test_missing_dependency_names_the_extra_and_the_module(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in list(sys.modules):
+        if name.startswith("leafid_train.") and name != "leafid_train.commands":
+            monkeypatch.delitem(sys.modules, name)
+    for name in ("matplotlib", "matplotlib.figure"):  # imported at the top of plots
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(MissingExtraError, match=r"leafid\[train\]") as info:
+        commands.load("evaluate")
+    assert info.value.module == "matplotlib"
+    assert commands.load("config").__name__ == "leafid_train.config"  # stdlib + leafid only
 
 
 def test_cli_train_own_species_export_evaluate_card(
@@ -135,8 +198,8 @@ def test_cli_train_own_species_export_evaluate_card(
     )
     copy = tmp_path / "ship" / "leafid.int8.onnx"
     for ships in (False, True):
-        decision = {"ships": ships, "faster": True, "val_drop": 0.0, "test_drop": None}
-        monkeypatch.setattr(export_module, "int8_decision", lambda run, d=decision: d)
+        decision = Int8Decision(ships=ships, faster=True, val_drop=0.0, test_drop=None)
+        monkeypatch.setattr(export_module, "int8_decision", lambda *a, d=decision: d)
         rc = main(["export", "run", "--out", "ship/leafid.onnx", "--int8", "--card", "ship"])
         assert rc == 0
         assert copy.is_file() is ships

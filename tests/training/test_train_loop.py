@@ -19,24 +19,23 @@ from leafid.spec import ClassInfo, ModelSpec  # noqa: E402
 from leafid_train import train  # noqa: E402
 from leafid_train.backbone import PRETRAINED_MEAN, PRETRAINED_STD  # noqa: E402
 from leafid_train.calibrate import calibration_report  # noqa: E402
+from leafid_train.checkpoint import load_best  # noqa: E402
 from leafid_train.config import MANIFEST_DIR_ENV, TrainConfig  # noqa: E402
 from leafid_train.data import open_root  # noqa: E402
 from leafid_train.export import onnx_logits  # noqa: E402
 from leafid_train.export_run import export_run  # noqa: E402
-from leafid_train.manifest import ManifestMismatchError, write_manifest  # noqa: E402
-from leafid_train.train import (  # noqa: E402
-    TrainingFailedError,
-    build_data,
+from leafid_train.int8_rule import Int8Decision  # noqa: E402
+from leafid_train.loop import (  # noqa: E402
     build_model,
     build_optimizer,
     build_scheduler,
-    build_spec,
-    load_best,
-    load_train_set,
-    run_training,
     set_phase,
     train_one_epoch,
 )
+from leafid_train.manifest import ManifestMismatchError, write_manifest  # noqa: E402
+from leafid_train.run_data import build_data, build_spec, load_train_set  # noqa: E402
+from leafid_train.run_folder import RunFolder  # noqa: E402
+from leafid_train.train import TrainingFailedError, resume_training, run_training  # noqa: E402
 
 
 def _metrics(run: Path) -> list[dict]:
@@ -75,7 +74,7 @@ def test_train_calibrate_export_matches_torch(tmp_path: Path) -> None:
     assert clf.spec.training_data["split"]["train"] == 18
     assert "val" in clf.spec.metrics
 
-    model, _ = load_best(run, cfg)
+    model, _ = load_best(RunFolder(run).best, cfg)
     files = sorted((tmp_path / "leaf" / "images").rglob("*.jpg"))
     batch = np.stack([clf.load(f.read_bytes()) for f in files])
     with torch.no_grad():
@@ -117,9 +116,9 @@ def test_int8_export_has_its_own_calibration(
 
     decided = []
 
-    def qualifies(run: Path) -> dict[str, Any]:  # the tiny model's copy is kept whatever it is
-        decided.append(json.loads((run / "int8_report.json").read_text()))
-        return {"ships": True, "faster": True, "val_drop": 0.0, "test_drop": None}
+    def qualifies(compare: dict[str, Any], *tests: Any) -> Int8Decision:  # kept whatever it is
+        decided.append(compare)
+        return Int8Decision(ships=True, faster=True, val_drop=0.0, test_drop=None)
 
     monkeypatch.setattr(export_module, "int8_decision", qualifies)
     make_ood(tmp_path / "nonleaf")
@@ -127,7 +126,7 @@ def test_int8_export_has_its_own_calibration(
     run_training(cfg, quiet=True)
     run = tmp_path / "run"
     report = export_run(run, tmp_path / "m.onnx", int8=True, compare_seconds=0.02, compare_rounds=1)
-    assert len(decided) == 1 and decided[0]["int8"] == str(tmp_path / "m.int8.onnx")
+    assert decided == [report["int8_compare"]]  # decided once, on the copy's comparison
     fp32, int8 = Classifier(tmp_path / "m.onnx"), Classifier(tmp_path / "m.int8.onnx")
     assert int8.spec.classes == fp32.spec.classes
     # refit on the int8 model's own raw logits of the run's val and OOD val images
@@ -144,6 +143,7 @@ def test_int8_export_has_its_own_calibration(
     assert "int8 QDQ" in int8.spec.training_data["quantization"]
     assert "quantization" not in fp32.spec.training_data
     saved = json.loads((run / "int8_report.json").read_text())
+    assert saved["int8"] == str(tmp_path / "m.int8.onnx") and saved["compare"] == decided[0]
     assert saved["ship_int8"] is report["int8_ship"] is True
     assert saved["calibration"]["temperature"] == pytest.approx(want["temperature"])
 
@@ -170,7 +170,7 @@ def test_resume_after_interrupted_epoch_matches_uninterrupted(
     with pytest.raises(InvalidRequestError, match="--resume"):
         run_training(cfg, quiet=True)
 
-    resumed = run_training(cfg, resume=True, quiet=True)
+    resumed = resume_training(killed, quiet=True)
     assert resumed.epochs_run == 3
     got, want = _metrics(killed), _metrics(tmp_path / "straight")
     assert [m["epoch"] for m in got] == [1, 2, 3]
@@ -198,13 +198,13 @@ def test_ema_weights_are_the_ones_validated_and_kept(tmp_path: Path) -> None:
 def test_no_finite_val_loss_is_a_typed_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = train.evaluate
+    real = train.validate
 
     def nan_loss(*args: Any, **kwargs: Any) -> tuple[np.ndarray, dict[str, float]]:
         logits, val = real(*args, **kwargs)
         return logits, {**val, "val_loss": float("nan")}
 
-    monkeypatch.setattr(train, "evaluate", nan_loss)
+    monkeypatch.setattr(train, "validate", nan_loss)
     with pytest.raises(TrainingFailedError, match="finite val loss"):
         run_training(tiny_config(tmp_path), quiet=True)
     assert not (tmp_path / "run" / "best.pt").exists()
@@ -212,7 +212,7 @@ def test_no_finite_val_loss_is_a_typed_error(
 
 def test_resume_without_checkpoint_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(InvalidRequestError, match="nothing to resume"):
-        run_training(tiny_config(tmp_path), resume=True, quiet=True)
+        resume_training(tmp_path / "run", quiet=True)
 
 
 def test_resume_validates_the_changed_epoch_count(tmp_path: Path) -> None:
@@ -222,7 +222,7 @@ def test_resume_validates_the_changed_epoch_count(tmp_path: Path) -> None:
     saved.save(run / "config.json")
     (run / "checkpoint.pt").write_bytes(b"")  # never read: the config is refused first
     with pytest.raises(InvalidRequestError, match="head_epochs <= epochs"):
-        run_training(tiny_config(tmp_path, epochs=1, head_epochs=1), resume=True, quiet=True)
+        resume_training(run, epochs=1, quiet=True)
 
 
 def test_head_only_epoch_changes_only_the_head(tmp_path: Path) -> None:
@@ -317,7 +317,7 @@ def test_own_species_folder_joins_the_label_space(tmp_path: Path) -> None:
         batch_size=2,  # every image of the epoch makes a full batch: none dropped
     )
     run_training(cfg, quiet=True)
-    _, spec = load_best(tmp_path / "run", cfg)
+    _, spec = load_best(RunFolder(tmp_path / "run").best, cfg)
     assert spec.labels == ["caerulea", "rubra", "viridis", "mitragyna_speciosa"]
     assert spec.classes[3].scientific_name == "Mitragyna speciosa"
     # the training loop saw the oversampled root's images twice
@@ -334,7 +334,7 @@ def test_int8_copy_that_does_not_qualify_is_not_kept(
     monkeypatch.setattr(
         export_module,
         "int8_decision",
-        lambda run: {"ships": False, "faster": True, "val_drop": 0.02, "test_drop": None},
+        lambda *a: Int8Decision(ships=False, faster=True, val_drop=0.02, test_drop=None),
     )
     run_training(tiny_config(tmp_path), quiet=True)
     report = export_run(

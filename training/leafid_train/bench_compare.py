@@ -4,8 +4,8 @@ The usual approach is what a typical PyTorch script does: ``Image.open().convert
 (full-size decode), torchvision ``Resize``, ``CenterCrop``, ``ToTensor``, ``Normalize``,
 and an eager-mode torch model, one image at a time. Its model is the same architecture
 as the leafid model (timm, same number of classes), with the ImageNet EfficientNet-Lite0
-weights where the architecture takes them (random weights ran 1.3-2x slower here in eager
-torch, so they would flatter leafid). leafid's rows are those of ``leafid bench``
+weights where the architecture takes them (random weights made eager torch slower,
+which would flatter leafid). leafid's rows are those of ``leafid bench``
 (:mod:`leafid.bench`), measured on the same generated photos, plus the int8 model's
 end-to-end and model-only rows when one is given. Every leafid row is divided by the
 usual row of the same case.

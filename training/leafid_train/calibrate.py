@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -194,3 +196,31 @@ def calibration_report(
         report["ood_auroc"] = auroc(best, ood_best)
         report["ood_rejected"] = float((ood_best < threshold).mean())
     return report
+
+
+def calibrate(
+    logits_of: Callable[[np.ndarray], np.ndarray],
+    val: np.ndarray,
+    labels: np.ndarray,
+    ood_val: np.ndarray,
+    *,
+    keep: float,
+) -> dict[str, Any]:
+    """Calibrate a model on a run's val (+ OOD val) images: the one entry point.
+
+    Both the run's fp32 model (torch) and its INT8 copy (onnxruntime) are calibrated
+    here, on the same images, so their reports compare.
+
+    Args:
+        logits_of: The model's raw logits of a uint8 NHWC batch.
+        val: The run's preprocessed val images.
+        labels: Their class indices.
+        ood_val: The run's preprocessed OOD val images (may be empty).
+        keep: Share of correct val answers the unknown threshold keeps.
+
+    Returns:
+        The :func:`calibration_report`.
+    """
+    logits = logits_of(val)
+    ood = logits_of(ood_val) if len(ood_val) else None
+    return dict(calibration_report(logits, labels, ood, keep=keep))

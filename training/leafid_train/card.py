@@ -1,20 +1,16 @@
 """``MODEL_CARD.md`` for a trained run: data, training, calibration, test figures, limits.
 
-Everything in the card is read from the run folder (``config.json``, ``summary.json``,
-``calibration.json``, ``eval/metrics.json``, ``export.json`` and, with an INT8 copy,
-``int8_report.json`` and ``eval_int8/metrics.json``), the exported model's spec
-and the dataset manifests; nothing is typed by hand. The evaluation plots are copied
-beside the card.
+Everything in the card is read from the run folder (:class:`RunFolder`: config,
+summary, calibration, export report, test metrics and, with an INT8 copy, its report
+and test metrics), the exported model's spec and the dataset manifests; nothing is
+typed by hand. The evaluation plots are copied beside the card.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
 import shlex
 import shutil
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -23,38 +19,10 @@ from leafid.errors import InvalidRequestError
 from leafid.paths import fp32_of_int8_copy, int8_copy_path
 from leafid.results import CAVEAT
 from leafid.spec import ModelSpec
-from leafid_train.commands import register
-from leafid_train.config import TrainConfig, read_run_json
-from leafid_train.manifest import load_manifest
-from leafid_train.quantize import int8_decision
-
-DATASET_NOTES = {
-    "flavia": (
-        "flavia images are greyscale copies squashed from 4:3 to 256x256 by a third party: "
-        "the model saw no colour and distorted shapes for these 32 species, so colour photos "
-        "of them are out of the training distribution."
-    ),
-    "plantvillage": (
-        "plantvillage is confounded: crop species and leaf condition go together (all orange "
-        "leaves have HLB, blueberry and raspberry are all healthy) and capture sessions "
-        "correlate with class, so the model may partly use disease or background cues; its "
-        "accuracy overstates accuracy on field photos."
-    ),
-    "deepweeds": (
-        "deepweeds are field photos of whole plants in habitat; species are partly "
-        "confounded with site, date and light. The staged pool was sampled across capture "
-        "runs, but leafid's train/val/test split is per file, so frames of one capture run "
-        "(taken seconds apart) can sit on both sides: deepweeds test figures may be "
-        "optimistic."
-    ),
-    "swedish-leaf": (
-        "swedish-leaf labels four classes at genus level only (acer, quercus, populus, tilia)."
-    ),
-    "nonleaf": (
-        "nonleaf holds COCO and ImageNet photos; ImageNet-pretrained backbones may have seen "
-        "them, so the rejection figures may be optimistic for real user photos."
-    ),
-}
+from leafid_train.config import TrainConfig, train_command
+from leafid_train.int8_rule import INT8_RULE, Int8Decision, int8_decision
+from leafid_train.manifest import DATASET_NOTES, load_manifest
+from leafid_train.run_folder import EvalFolder, RunFolder
 
 
 def _pct(value: Any) -> str:
@@ -72,102 +40,71 @@ def _short(text: str, limit: int = 240) -> str:
     return para if len(para) <= limit else para[: limit - 1].rstrip() + "…"
 
 
-def train_parser() -> argparse.ArgumentParser:
-    """The real ``leafid train`` argument parser (from :func:`leafid_train.commands.register`)."""
-    parser = argparse.ArgumentParser(prog="leafid")
-    subparsers = parser.add_subparsers(dest="command")
-    register(subparsers)
-    train: argparse.ArgumentParser = subparsers.choices["train"]
-    return train
+def exported_model(run: RunFolder, model: Path | None = None) -> Path | None:
+    """``model``, else the model of the run's last export (None when never exported)."""
+    if model is not None:
+        return model
+    exported = run.load_export()
+    return Path(exported["onnx"]) if exported else None
 
 
-def train_command(cfg: TrainConfig) -> str:
-    """The ``leafid train`` command line that reproduces ``cfg``.
-
-    Flags come from the real parser, one per config field that differs from the
-    default, so the line cannot name a flag that does not exist. A changed field that
-    has no flag (set through the Python API) is named in a trailing shell comment.
-    """
-    default = TrainConfig(data=["-"], out="-")
-    parts = ["leafid train"]
-    covered = set()
-    for action in train_parser()._actions:
-        name, flag = action.dest, action.option_strings[-1] if action.option_strings else ""
-        if name not in {f.name for f in fields(TrainConfig)} or not flag:
-            continue
-        covered.add(name)
-        value = getattr(cfg, name)
-        if name not in ("data", "out") and value == getattr(default, name):
-            continue
-        if isinstance(action, argparse._StoreFalseAction | argparse._StoreTrueAction):
-            parts.append(flag)
-        elif isinstance(action, argparse._AppendAction):
-            parts += [f"{flag} {shlex.quote(str(v))}" for v in value]
-        elif action.nargs is not None:
-            parts.append(" ".join([flag, *(shlex.quote(str(v)) for v in value)]))
-        elif value is not None:
-            parts.append(f"{flag} {shlex.quote(str(value))}")
-    unflagged = [
-        f"{f.name}={getattr(cfg, f.name)!r}"
-        for f in fields(TrainConfig)
-        if f.name not in covered and getattr(cfg, f.name) != getattr(default, f.name)
-    ]
-    if unflagged:
-        parts.append("# not settable from the CLI: " + ", ".join(unflagged))
-    return " ".join(parts)
-
-
-def exported_spec(run_dir: Path, model: Path | None = None) -> ModelSpec:
-    """The spec inside the run's exported model (``model``, else the one in ``export.json``).
+def exported_spec(run: RunFolder, model: Path | None) -> ModelSpec:
+    """The spec inside the run's exported ``model`` (see :func:`exported_model`).
 
     Raises:
         InvalidRequestError: The run has not been exported.
         ModelError: The model file is not a usable leafid model.
     """
-    exported = read_run_json(run_dir / "export.json")
-    path = model or (Path(exported["onnx"]) if exported else None)
-    if path is None or not path.is_file():
+    if model is None or not model.is_file():
         raise InvalidRequestError(
-            f"{run_dir} has no exported model for the card: "
-            f"run 'leafid export {run_dir} --out MODEL.onnx' first"
+            f"{run.path} has no exported model for the card: "
+            f"run 'leafid export {run.path} --out MODEL.onnx' first"
         )
-    return Classifier(path).spec
+    return Classifier(model).spec
 
 
-def shipped_int8(run_dir: Path, model: Path | None = None) -> Path | None:
-    """The INT8 copy shipped beside ``model`` (default: the run's exported model), or None.
-
-    A copy counts only when it is on disk and the run's :func:`int8_decision` says it
-    ships; then it, not ``model``, is what users get by default.
-    """
-    decision = int8_decision(run_dir)
-    if not (decision and decision["ships"]):
+def run_int8_decision(run: RunFolder) -> Int8Decision | None:
+    """The INT8 rule applied to the run's report and test metrics (None: no INT8 copy)."""
+    report = run.load_int8_report()
+    if report is None:
         return None
-    if model is None:
-        exported = read_run_json(run_dir / "export.json")
-        if exported is None:
-            return None
-        model = Path(exported["onnx"])
+    return int8_decision(report["compare"], run.eval.load_metrics(), run.eval_int8.load_metrics())
+
+
+def shipped_int8(decision: Int8Decision | None, model: Path | None) -> Path | None:
+    """The INT8 copy shipped beside ``model``, or None.
+
+    A copy counts only when it is on disk and the run's decision says it ships; then
+    it, not ``model``, is what users get by default.
+    """
+    if not (decision and decision.ships) or model is None:
+        return None
     copy = int8_copy_path(model)
     return copy if copy.is_file() else None
 
 
-def render_card(run_dir: Path, model: Path | None = None) -> str:
-    """The Markdown text of the model card of a run (exported to ``model``)."""
-    cfg = TrainConfig.load(run_dir / "config.json")
-    summary = json.loads((run_dir / "summary.json").read_text())
-    cal = json.loads((run_dir / "calibration.json").read_text())
-    ev = read_run_json(run_dir / "eval" / "metrics.json")
-    ev8 = read_run_json(run_dir / "eval_int8" / "metrics.json")
-    exported = read_run_json(run_dir / "export.json")
+def render_card(run_dir: Path, model: Path | None = None, cfg: TrainConfig | None = None) -> str:
+    """The Markdown text of the model card of a run (exported to ``model``).
+
+    ``cfg``: the run's config when the caller has it loaded; default: read it.
+    """
+    run = RunFolder(run_dir)
+    cfg = run.load_config() if cfg is None else cfg
+    summary = run.load_summary()
+    cal = run.load_calibration()
+    ev = run.eval.load_metrics()
+    ev8 = run.eval_int8.load_metrics()
+    exported = run.load_export()
+    int8_report = run.load_int8_report()
+    decision = run_int8_decision(run)
     td = summary["training_data"]
-    spec = exported_spec(run_dir, model)
+    spec = exported_spec(run, exported_model(run, model))
     version = (
         ""
         if spec.model_version == cfg.model_version
         else f" --model-version {shlex.quote(spec.model_version)}"
     )
-    int8_copy = shipped_int8(run_dir, model)
+    int8_copy = shipped_int8(decision, exported_model(run, model))
     ships = int8_copy is not None
     out = [
         f"# Model card: {spec.model_name} {spec.model_version}",
@@ -281,10 +218,10 @@ def render_card(run_dir: Path, model: Path | None = None) -> str:
         "",
     ]
     if ships:
-        out += _eval_section(ev8, f"shipped INT8 model (`{int8_copy.name}`)")
-        out += _eval_section(ev, "fp32 model", plots=False)
+        out += _eval_section(ev8, f"shipped INT8 model (`{int8_copy.name}`)", run.eval_int8)
+        out += _eval_section(ev, "fp32 model", None)
     else:
-        out += _eval_section(ev, "fp32 model")
+        out += _eval_section(ev, "fp32 model", run.eval)
     names = list(td["datasets"])
     notes = [DATASET_NOTES[n] for n in names if n in DATASET_NOTES]
     lab = [n for n in names if n in ("swedish-leaf", "flavia", "plantvillage")]
@@ -309,12 +246,12 @@ def render_card(run_dir: Path, model: Path | None = None) -> str:
         "- Scores are calibrated on the val split of these datasets; on other photo "
         "conditions they may be over- or under-confident.",
         "",
-        *_int8_section(run_dir, ev, int8_copy),
+        *_int8_section(int8_report, decision, ev, ev8, int8_copy),
         "## Reproduce",
         "",
         "```sh",
         train_command(cfg),
-        *_evaluate_commands(run_dir, cfg, version),
+        *_evaluate_commands(cfg, version, int8=int8_report is not None),
         f"leafid export {cfg.out} --out {model or 'model/leafid.onnx'}"
         + (" --int8" if ships else "")
         + version
@@ -325,32 +262,32 @@ def render_card(run_dir: Path, model: Path | None = None) -> str:
     return "\n".join(out)
 
 
-def _evaluate_commands(run_dir: Path, cfg: TrainConfig, version: str) -> list[str]:
+def _evaluate_commands(cfg: TrainConfig, version: str, int8: bool) -> list[str]:
     """Export into the run, then evaluate fp32 (and int8, if it was made) on test.
 
     ``version`` is the export's ``--model-version`` option, or "".
     """
-    run = Path(cfg.out)
-    int8 = (run_dir / "int8_report.json").is_file()
+    run = RunFolder(Path(cfg.out))
     ood = "".join(f" --ood {d}" for d in cfg.ood)
-    lines = [
-        f"leafid export {run} --out {run / 'model.onnx'}" + (" --int8" if int8 else "") + version
-    ]
-    for onnx_name, out_name in [("model.onnx", "eval")] + (
-        [("model.int8.onnx", "eval_int8")] if int8 else []
+    lines = [f"leafid export {run.path} --out {run.model}" + (" --int8" if int8 else "") + version]
+    for model, evaluated in [(run.model, run.eval)] + (
+        [(run.model_int8, run.eval_int8)] if int8 else []
     ):
         lines.append(
-            f"leafid evaluate {run / onnx_name} --split-file {run / 'split.json'} "
-            f"--split test{ood} --out {run / out_name}"
+            f"leafid evaluate {model} --split-file {run.split} "
+            f"--split test{ood} --out {evaluated.path}"
         )
     return lines
 
 
-def _int8_section(run_dir: Path, ev: dict[str, Any] | None, shipped: Path | None) -> list[str]:
+def _int8_section(
+    report: dict[str, Any] | None,
+    decision: Int8Decision | None,
+    ev: dict[str, Any] | None,
+    ev8: dict[str, Any] | None,
+    shipped: Path | None,
+) -> list[str]:
     """INT8 copy: speed and accuracy against fp32, and whether it ships (``shipped``)."""
-    report = read_run_json(run_dir / "int8_report.json")
-    ev8 = read_run_json(run_dir / "eval_int8" / "metrics.json")
-    decision = int8_decision(run_dir)
     if report is None or decision is None:
         return []
     c = report["compare"]
@@ -358,8 +295,7 @@ def _int8_section(run_dir: Path, ev: dict[str, Any] | None, shipped: Path | None
         "## INT8 quantisation",
         "",
         "Static INT8 (QDQ) copy, calibrated on train images, with its own temperature and "
-        "threshold fitted on val. Rule: ship it as the default only if it is faster and "
-        "top-1 drops by at most 0.5 points.",
+        f"threshold fitted on val. Rule for shipping it as the default: {INT8_RULE}.",
         "",
         "| | size | img/s batch 1 | img/s batch 16 | val top-1 | test top-1 |",
         "|---|---|---|---|---|---|",
@@ -372,10 +308,10 @@ def _int8_section(run_dir: Path, ev: dict[str, Any] | None, shipped: Path | None
             f"{m['images_per_s_b16']:.0f} | {_pct(m['top1'])} | {_pct(test[name])} |"
         )
     cal8 = report["calibration"]
-    test_drop = decision["test_drop"]
+    test_drop = decision.test_drop
     if shipped is not None:
         verdict = f"INT8 is shipped as the default (`{shipped.name}`)"
-    elif decision["ships"]:
+    elif decision.ships:
         verdict = "INT8 qualifies, but this export did not ship a copy; fp32 is the default"
     else:
         verdict = "INT8 is not shipped; fp32 is the default"
@@ -385,8 +321,8 @@ def _int8_section(run_dir: Path, ev: dict[str, Any] | None, shipped: Path | None
         f"{_num(cal8['unknown_threshold'])}; val ECE {_pct(cal8['ece_after'])}, OOD val "
         f"AUROC {_num(cal8['ood_auroc'])}.",
         "",
-        f"Decision: {verdict} (faster: {'yes' if decision['faster'] else 'no'}; top-1 drop on val "
-        f"{100 * decision['val_drop']:.2f} points"
+        f"Decision: {verdict} (faster: {'yes' if decision.faster else 'no'}; top-1 drop on val "
+        f"{100 * decision.val_drop:.2f} points"
         + (f", on test {100 * test_drop:.2f} points" if test_drop is not None else ", test not run")
         + ").",
         "",
@@ -394,8 +330,11 @@ def _int8_section(run_dir: Path, ev: dict[str, Any] | None, shipped: Path | None
     return out
 
 
-def _eval_section(ev: dict[str, Any] | None, model: str, plots: bool = True) -> list[str]:
-    """Test figures of one evaluated model (``model`` names it in the heading)."""
+def _eval_section(ev: dict[str, Any] | None, model: str, plots: EvalFolder | None) -> list[str]:
+    """Test figures of one evaluated model (``model`` names it in the heading).
+
+    ``plots``: the evaluation whose plots are copied beside the card, to show them.
+    """
     if ev is None:
         return [f"## Test results: {model}", "", "Not evaluated yet (no metrics.json).", ""]
     out = [
@@ -422,11 +361,11 @@ def _eval_section(ev: dict[str, Any] | None, model: str, plots: bool = True) -> 
             f"{_pct(d['unknown_rate'])} | {_pct(d['answered_top1'])} |"
         )
     out.append("")
-    if plots:
+    if plots is not None:
         out += [
-            "![confusion matrix](confusion.png)",
+            f"![confusion matrix]({plots.confusion.name})",
             "",
-            "![reliability diagram](reliability.png)",
+            f"![reliability diagram]({plots.reliability.name})",
             "",
         ]
     out += [
@@ -441,18 +380,23 @@ def _eval_section(ev: dict[str, Any] | None, model: str, plots: bool = True) -> 
     return out
 
 
-def write_card(run_dir: Path, out_dir: Path, model: Path | None = None) -> Path:
+def write_card(
+    run_dir: Path, out_dir: Path, model: Path | None = None, cfg: TrainConfig | None = None
+) -> Path:
     """Write ``out_dir/MODEL_CARD.md`` and copy the evaluation plots beside it.
+
+    ``cfg``: the run's config when the caller has it loaded; default: read it.
 
     Raises:
         InvalidRequestError: The run has not been exported.
     """
+    run = RunFolder(run_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    evaluated = run_dir / ("eval_int8" if shipped_int8(run_dir, model) else "eval")
-    for png in ("confusion.png", "reliability.png"):
-        src = evaluated / png
+    shipped = shipped_int8(run_int8_decision(run), exported_model(run, model))
+    evaluated = run.eval_int8 if shipped else run.eval
+    for src in (evaluated.confusion, evaluated.reliability):
         if src.is_file():
-            shutil.copyfile(src, out_dir / png)
+            shutil.copyfile(src, out_dir / src.name)
     path = out_dir / "MODEL_CARD.md"
-    path.write_text(render_card(run_dir, model), encoding="utf-8")
+    path.write_text(render_card(run_dir, model, cfg), encoding="utf-8")
     return path

@@ -44,7 +44,8 @@ def load(module: str) -> ModuleType:
     try:
         return importlib.import_module(f"leafid_train.{module}")
     except ImportError as exc:
-        raise MissingExtraError("train", exc.name or "torch") from exc
+        missing = (exc.name or "torch").partition(".")[0]  # the package, not a submodule
+        raise MissingExtraError("train", missing) from exc
 
 
 def _add(subparsers: Any, name: str, text: str) -> argparse.ArgumentParser:
@@ -60,95 +61,13 @@ def _add(subparsers: Any, name: str, text: str) -> argparse.ArgumentParser:
 
 def register(subparsers: Any) -> None:
     """Add the training subcommands to the ``leafid`` parser."""
-    from leafid_train.config import TrainConfig  # stdlib + leafid only
+    from leafid_train.config import add_option, option_fields  # stdlib + leafid only
 
-    d = TrainConfig(data=["-"], out="-")
     p = _add(subparsers, "train", "fine-tune a model on leaf ImageFolders, then calibrate it")
-    p.add_argument(
-        "--data",
-        action="append",
-        required=True,
-        metavar="ROOT",
-        help="dataset name or folder (repeat to combine datasets)",
-    )
-    p.add_argument(
-        "--ood",
-        action="append",
-        default=[],
-        metavar="ROOT",
-        help="non-leaf photos used only to pick the unknown threshold",
-    )
-    p.add_argument("--out", required=True, metavar="RUN", help="run folder")
-    p.add_argument("--resume", action="store_true", help="continue RUN from its checkpoint")
-    p.add_argument("--arch", default=d.arch, help=f"timm architecture (default {d.arch})")
-    p.add_argument("--checkpoint", metavar="PTH", help="start from these backbone weights")
-    p.add_argument(
-        "--no-pretrained",
-        dest="pretrained",
-        action="store_false",
-        help="random init instead of the ImageNet weights",
-    )
-    p.add_argument("--input-size", type=int, default=d.input_size, metavar="PX")
-    p.add_argument("--resize-size", type=int, default=d.resize_size, metavar="PX")
-    p.add_argument(
-        "--epochs",
-        type=int,
-        help=f"total epochs incl. head warm-up (default {d.epochs}; with --resume: the run's)",
-    )
-    p.add_argument(
-        "--head-epochs", type=int, default=d.head_epochs, help="first epochs train only the head"
-    )
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr, help="peak backbone learning rate")
-    p.add_argument("--head-lr-scale", type=float, default=d.head_lr_scale)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
-    p.add_argument("--drop-rate", type=float, default=d.drop_rate)
-    p.add_argument(
-        "--ema-decay",
-        type=float,
-        default=d.ema_decay,
-        help="validate and keep an EMA of the weights with this per-step decay (0: off)",
-    )
-    p.add_argument(
-        "--oversample",
-        action="append",
-        default=[],
-        metavar="ROOT=N",
-        help="show each training image of data root ROOT (its name: the dataset name or "
-        "folder name) N times per epoch (repeatable)",
-    )
-    p.add_argument(
-        "--patience",
-        type=int,
-        help=(
-            "early stop after N epochs without better val loss (0: never; "
-            f"default {d.patience}; with --resume: the run's)"
-        ),
-    )
-    p.add_argument(
-        "--split", type=float, nargs=3, default=list(d.split), metavar=("TRAIN", "VAL", "TEST")
-    )
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--workers", type=int, default=d.workers, help="DataLoader processes")
-    p.add_argument("--threads", type=int, default=d.threads, help="torch threads (0: default)")
-    p.add_argument(
-        "--device", default=d.device, help="torch device that trains: cpu (default) or cuda[:N]"
-    )
-    p.add_argument("--cache-dir", metavar="DIR", help="keep decoded images here as .npy")
-    p.add_argument(
-        "--no-verify",
-        dest="verify",
-        action="store_false",
-        help="do not check roots against datasets/ manifests",
-    )
-    p.add_argument(
-        "--keep-fraction",
-        type=float,
-        default=d.keep_fraction,
-        help="share of correct val answers the unknown threshold keeps",
-    )
-    p.add_argument("--model-version", default=d.model_version)
+    for f in option_fields():
+        add_option(p, f)
+        if f.name == "out":
+            p.add_argument("--resume", action="store_true", help="continue RUN from its checkpoint")
     p.add_argument("--export", metavar="ONNX", help="export the model here when done")
     p.add_argument(
         "--int8",
@@ -214,64 +133,25 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=cmd_datasets)
 
 
-def _config(args: argparse.Namespace) -> Any:
-    """The TrainConfig of the command line.
-
-    ``--epochs`` and ``--patience`` are the only settings a resumed run takes from the
-    command line; when they are not given, a resumed run keeps its own.
-    """
-    config = load("config")
-    base = config.TrainConfig(data=["-"], out="-")
-    saved = Path(args.out) / "config.json"
-    if args.resume and saved.is_file():
-        base = config.TrainConfig.load(saved)
-    epochs = base.epochs if args.epochs is None else args.epochs
-    patience = base.patience if args.patience is None else args.patience
-    return config.TrainConfig(
-        data=args.data,
-        ood=args.ood,
-        out=args.out,
-        arch=args.arch,
-        pretrained=args.pretrained,
-        checkpoint=args.checkpoint,
-        input_size=args.input_size,
-        resize_size=args.resize_size,
-        epochs=epochs,
-        head_epochs=args.head_epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        head_lr_scale=args.head_lr_scale,
-        weight_decay=args.weight_decay,
-        label_smoothing=args.label_smoothing,
-        drop_rate=args.drop_rate,
-        ema_decay=args.ema_decay,
-        oversample=args.oversample,
-        patience=patience,
-        split=tuple(args.split),
-        seed=args.seed,
-        workers=args.workers,
-        threads=args.threads,
-        device=args.device,
-        cache_dir=args.cache_dir,
-        verify=args.verify,
-        keep_fraction=args.keep_fraction,
-        model_version=args.model_version,
-    )
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    """``leafid train``."""
-    train = load("train")
-    result = train.run_training(_config(args), resume=args.resume)
+    """``leafid train``: a new run, or ``--resume`` (only --epochs and --patience change)."""
+    train, config = load("train"), load("config")
+    if args.resume:
+        result = train.resume_training(Path(args.out), epochs=args.epochs, patience=args.patience)
+    else:
+        result = train.run_training(config.config_from_args(args))
     if int(os.environ.get("RANK", "0")) != 0:
         return EXIT_OK
     echo(f"run {result.out}: {result.epochs_run} epochs, best epoch {result.best_epoch}", err=True)
     if args.export:
-        report = load("export_run").export_run(result.out, Path(args.export), int8=args.int8)
+        report = load("export_run").export_run(
+            result.out, Path(args.export), int8=args.int8, cfg=result.config
+        )
         echo(f"exported {report['onnx']} (ONNX parity {report['parity_max_abs_diff']:.1e})")
         _say_int8(report, Path(result.out))
     else:
-        echo(f"next: leafid export {result.out} --out {Path(result.out) / 'model.onnx'}", err=True)
+        model = load("run_folder").RunFolder(result.out).model
+        echo(f"next: leafid export {result.out} --out {model}", err=True)
     return EXIT_OK
 
 
@@ -303,7 +183,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         echo(f"  OOD: {o['images']} images, AUROC {o['auroc']:.4f}, rejected {o['rejected']:.4f}")
     if m["failed"]:
         echo(f"  {len(m['failed'])} images could not be read (listed in metrics.json)", err=True)
-    echo(f"wrote {args.out / 'metrics.json'}, confusion.png, reliability.png", err=True)
+    folder = load("run_folder").EvalFolder(args.out)
+    echo(f"wrote {folder.metrics}, {folder.confusion.name}, {folder.reliability.name}", err=True)
     return EXIT_OK
 
 
@@ -314,20 +195,23 @@ def _say_int8(report: dict[str, Any], run: Path) -> None:
         if report["int8_ship"]:
             echo(f"wrote {report['int8']}: it qualifies and is the default beside the fp32 model")
         else:
-            echo(f"no INT8 copy kept: it does not qualify (see {run / 'int8_report.json'})")
+            report_file = load("run_folder").RunFolder(run).int8_report
+            echo(f"no INT8 copy kept: it does not qualify (see {report_file})")
     elif report.get("int8_removed"):
         echo("removed the INT8 copy made from an earlier export (stale beside the new model)")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     """``leafid export``."""
+    run = load("run_folder").RunFolder(args.run)
+    cfg = run.load_config() if run.config.is_file() else None  # else export_run says so
     report = load("export_run").export_run(
-        args.run, args.out, int8=args.int8, model_version=args.model_version
+        args.run, args.out, int8=args.int8, model_version=args.model_version, cfg=cfg
     )
     echo(f"wrote {report['onnx']} (ONNX vs torch max |diff| {report['parity_max_abs_diff']:.1e})")
     _say_int8(report, args.run)
     if args.card:
-        echo(f"wrote {load('card').write_card(args.run, args.card, model=args.out)}")
+        echo(f"wrote {load('card').write_card(args.run, args.card, model=args.out, cfg=cfg)}")
     return EXIT_OK
 
 

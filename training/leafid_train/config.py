@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field, fields
+import shlex
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,15 +49,27 @@ def resolve_root(name_or_path: str) -> Path:
     return candidate
 
 
-def read_run_json(path: Path) -> dict[str, Any] | None:
-    """A JSON file of a run folder (``eval/metrics.json``...), or None when it is absent."""
-    if not path.is_file():
-        return None
-    data: dict[str, Any] = json.loads(path.read_text())
-    return data
+def option(
+    help: str | None = None,
+    *,
+    metavar: str | tuple[str, ...] | None = None,
+    flag: str | None = None,
+    resumable: bool = False,
+) -> dict[str, Any]:
+    """The ``leafid train`` option of a :class:`TrainConfig` field (its field metadata).
+
+    Args:
+        help: Help text; ``{default}`` is replaced by the field's default.
+        metavar: argparse metavar.
+        flag: The flag; default ``--field-name``. A bool field's flag flips its default
+            (``--no-verify``).
+        resumable: A resumed run may change it (:meth:`TrainConfig.resumed`); its flag
+            has no default, so that a resumed run keeps its own value when not given.
+    """
+    return {"help": help, "metavar": metavar, "flag": flag, "resumable": resumable}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainConfig:
     """Everything that decides a training run; saved as ``config.json`` in the run folder.
 
@@ -95,35 +109,83 @@ class TrainConfig:
         model_version: Version string written into the exported spec.
     """
 
-    data: list[str]
-    out: str
-    ood: list[str] = field(default_factory=list)
-    arch: str = "efficientnet_lite0"
-    pretrained: bool = True
-    checkpoint: str | None = None
-    input_size: int = 224
-    resize_size: int = 256
-    epochs: int = 10
-    head_epochs: int = 1
-    batch_size: int = 32
-    lr: float = 1e-3
-    head_lr_scale: float = 10.0
-    weight_decay: float = 0.05
-    warmup_steps_frac: float = 0.05
-    label_smoothing: float = 0.1
-    drop_rate: float = 0.2
-    ema_decay: float = 0.0
-    oversample: list[str] = field(default_factory=list)
-    patience: int = 4
-    seed: int = 20261125
-    split: tuple[float, float, float] = (0.70, 0.15, 0.15)
-    workers: int = 0
-    threads: int = 0
-    device: str = "cpu"
-    cache_dir: str | None = None
-    verify: bool = True
-    keep_fraction: float = 0.95
-    model_version: str = "0.1.0"
+    data: list[str] = field(
+        metadata=option("dataset name or folder (repeat to combine datasets)", metavar="ROOT")
+    )
+    ood: list[str] = field(
+        default_factory=list,
+        metadata=option("non-leaf photos used only to pick the unknown threshold", metavar="ROOT"),
+    )
+    out: str = field(metadata=option("run folder", metavar="RUN"))
+    arch: str = field(
+        default="efficientnet_lite0", metadata=option("timm architecture (default {default})")
+    )
+    checkpoint: str | None = field(
+        default=None, metadata=option("start from these backbone weights", metavar="PTH")
+    )
+    pretrained: bool = field(
+        default=True,
+        metadata=option("random init instead of the ImageNet weights", flag="--no-pretrained"),
+    )
+    input_size: int = field(default=224, metadata=option(metavar="PX"))
+    resize_size: int = field(default=256, metadata=option(metavar="PX"))
+    epochs: int = field(
+        default=10,
+        metadata=option(
+            "total epochs incl. head warm-up (default {default}; with --resume: the run's)",
+            resumable=True,
+        ),
+    )
+    head_epochs: int = field(default=1, metadata=option("first epochs train only the head"))
+    batch_size: int = field(default=32, metadata=option())
+    lr: float = field(default=1e-3, metadata=option("peak backbone learning rate"))
+    head_lr_scale: float = field(default=10.0, metadata=option())
+    weight_decay: float = field(default=0.05, metadata=option())
+    warmup_steps_frac: float = 0.05  # no command-line option
+    label_smoothing: float = field(default=0.1, metadata=option())
+    drop_rate: float = field(default=0.2, metadata=option())
+    ema_decay: float = field(
+        default=0.0,
+        metadata=option(
+            "validate and keep an EMA of the weights with this per-step decay (0: off)"
+        ),
+    )
+    oversample: list[str] = field(
+        default_factory=list,
+        metadata=option(
+            "show each training image of data root ROOT (its name: the dataset name or "
+            "folder name) N times per epoch (repeatable)",
+            metavar="ROOT=N",
+        ),
+    )
+    patience: int = field(
+        default=4,
+        metadata=option(
+            "early stop after N epochs without better val loss (0: never; "
+            "default {default}; with --resume: the run's)",
+            resumable=True,
+        ),
+    )
+    split: tuple[float, float, float] = field(
+        default=(0.70, 0.15, 0.15), metadata=option(metavar=("TRAIN", "VAL", "TEST"))
+    )
+    seed: int = field(default=20261125, metadata=option())
+    workers: int = field(default=0, metadata=option("DataLoader processes"))
+    threads: int = field(default=0, metadata=option("torch threads (0: default)"))
+    device: str = field(
+        default="cpu", metadata=option("torch device that trains: cpu (default) or cuda[:N]")
+    )
+    cache_dir: str | None = field(
+        default=None, metadata=option("keep decoded images here as .npy", metavar="DIR")
+    )
+    verify: bool = field(
+        default=True,
+        metadata=option("do not check roots against datasets/ manifests", flag="--no-verify"),
+    )
+    keep_fraction: float = field(
+        default=0.95, metadata=option("share of correct val answers the unknown threshold keeps")
+    )
+    model_version: str = field(default="0.1.0", metadata=option())
 
     def __post_init__(self) -> None:
         self.split = tuple(float(v) for v in self.split)  # type: ignore[assignment]
@@ -170,6 +232,20 @@ class TrainConfig:
             factors[root] = int(times)
         return factors
 
+    def resumed(self, **changes: Any) -> TrainConfig:
+        """This saved config as a resumed run takes it.
+
+        Only resumable options (``--epochs``, ``--patience``: e.g. to extend a run) may
+        change; a None value keeps the run's own. The result is validated again.
+
+        Raises:
+            InvalidRequestError: A change is not resumable, or the result is invalid.
+        """
+        fixed = sorted(set(changes) - {f.name for f in fields(self) if f.metadata.get("resumable")})
+        if fixed:
+            raise InvalidRequestError(f"a resumed run keeps its own {', '.join(fixed)}")
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form."""
         data = asdict(self)
@@ -190,3 +266,101 @@ class TrainConfig:
             raise InvalidRequestError(f"{path}: unknown config keys {sorted(extra)}")
         data["split"] = tuple(data["split"])
         return cls(**data)
+
+
+# --- TrainConfig fields as ``leafid train`` options -------------------------------------
+
+_TYPES: dict[str, type] = {"int": int, "float": float}
+
+
+def option_flag(f: Field[Any]) -> str | None:
+    """The flag of a field declared with :func:`option`, else None (no CLI option)."""
+    if "flag" not in f.metadata:
+        return None
+    flag: str = f.metadata["flag"] or "--" + f.name.replace("_", "-")
+    return flag
+
+
+def option_kind(f: Field[Any]) -> str:
+    """How an option is written: ``switch``, ``append`` (repeated), ``values`` or ``value``."""
+    kind = str(f.type)
+    if kind == "bool":
+        return "switch"
+    if kind.startswith("list["):
+        return "append"
+    return "values" if kind.startswith("tuple[") else "value"
+
+
+def field_default(f: Field[Any]) -> Any:
+    """A field's default value, or :data:`dataclasses.MISSING` for a required field."""
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def option_fields() -> list[Field[Any]]:
+    """The :class:`TrainConfig` fields that are ``leafid train`` options, in order."""
+    return [f for f in fields(TrainConfig) if option_flag(f)]
+
+
+def add_option(parser: argparse.ArgumentParser, f: Field[Any]) -> None:
+    """Add the option of one :class:`TrainConfig` field to ``parser`` (dest: the field)."""
+    meta, default, kind = f.metadata, field_default(f), option_kind(f)
+    kwargs: dict[str, Any] = {"dest": f.name}
+    if meta["help"]:
+        kwargs["help"] = meta["help"].format(default=default)
+    if kind == "switch":
+        kwargs["action"] = "store_false" if default else "store_true"
+    else:
+        if meta["metavar"]:
+            kwargs["metavar"] = meta["metavar"]
+        if kind == "append":
+            kwargs["action"] = "append"
+        elif kind == "values":
+            items = str(f.type).removeprefix("tuple[").removesuffix("]").split(", ")
+            kwargs.update(type=_TYPES[items[0]], nargs=len(items))
+            default = list(default)
+        else:
+            kwargs["type"] = _TYPES.get(str(f.type))
+        if default is MISSING:
+            kwargs["required"] = True
+        elif not meta["resumable"]:
+            kwargs["default"] = default
+    parser.add_argument(option_flag(f), **kwargs)  # type: ignore[arg-type]
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`TrainConfig` of parsed ``leafid train`` options (None: the default)."""
+    values = {f.name: getattr(args, f.name) for f in option_fields()}
+    return TrainConfig(**{k: v for k, v in values.items() if v is not None})
+
+
+def train_command(cfg: TrainConfig) -> str:
+    """The ``leafid train`` command line that reproduces ``cfg``.
+
+    Flags come from the options declared on :class:`TrainConfig` (the ones the CLI is
+    built from), one per field that differs from the default, so the line cannot name
+    a flag that does not exist. A changed field that has no flag (set through the
+    Python API) is named in a trailing shell comment.
+    """
+    parts = ["leafid train"]
+    unflagged = []
+    for f in fields(TrainConfig):
+        value, default, flag = getattr(cfg, f.name), field_default(f), option_flag(f)
+        if value == default:
+            continue
+        if flag is None:
+            unflagged.append(f"{f.name}={value!r}")
+            continue
+        kind = option_kind(f)
+        if kind == "switch":
+            parts.append(flag)
+        elif kind == "append":
+            parts += [f"{flag} {shlex.quote(str(v))}" for v in value]
+        elif kind == "values":
+            parts.append(" ".join([flag, *(shlex.quote(str(v)) for v in value)]))
+        elif value is not None:
+            parts.append(f"{flag} {shlex.quote(str(value))}")
+    if unflagged:
+        parts.append("# not settable from the CLI: " + ", ".join(unflagged))
+    return " ".join(parts)

@@ -6,7 +6,6 @@ so the figures describe the shipped behaviour, threshold included.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from leafid.results import Prediction
 from leafid_train.calibrate import auroc, ece, reliability
 from leafid_train.data import DataRoot, DatasetError, Sample, Split, open_root, samples_of
 from leafid_train.plots import confusion_png, reliability_png
+from leafid_train.run_folder import EvalFolder
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ def evaluate_model(
     batch_size: int = 32,
     threads: int = 0,
 ) -> dict[str, Any]:
-    """Evaluate an ONNX model; writes ``metrics.json``, ``confusion.png``, ``reliability.png``.
+    """Evaluate an ONNX model; writes its metrics and plots into ``out`` (:class:`EvalFolder`).
 
     Args:
         model: The ONNX model.
@@ -203,7 +203,7 @@ def evaluate_model(
         threads: onnxruntime threads (0: its choice).
 
     Returns:
-        The metrics written to ``metrics.json``.
+        The metrics written to :attr:`EvalFolder.metrics`.
 
     Raises:
         InvalidRequestError: ``batch_size`` is under 1.
@@ -236,9 +236,9 @@ def evaluate_model(
         ood_datasets=[r.name for r in ood_roots],
         failed=failed + ood_failed,
     )
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    folder = EvalFolder(out)
+    folder.write_metrics(metrics)
     title = f"{clf.spec.model_name} {clf.model_version} ({metrics['split']})"
-    confusion_png(np.array(metrics["confusion"]), clf.spec.labels, out / "confusion.png", title)
-    reliability_png(metrics["reliability"], metrics["ece"], out / "reliability.png", title)
+    confusion_png(np.array(metrics["confusion"]), clf.spec.labels, folder.confusion, title)
+    reliability_png(metrics["reliability"], metrics["ece"], folder.reliability, title)
     return metrics

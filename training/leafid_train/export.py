@@ -4,8 +4,7 @@ The graph takes ``image``: uint8 [batch, S, S, 3] RGB and returns ``logits``: fl
 [batch, n_classes]. The calibration temperature is not in the graph; the
 :class:`leafid.Classifier` applies ``spec.temperature``.
 
-Needs the [train] extra (torch, onnx, onnxscript): importing this module raises
-:class:`MissingExtraError` without torch or onnx.
+Needs the [train] extra (torch, onnx, onnxscript).
 """
 
 from __future__ import annotations
@@ -16,19 +15,14 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxscript  # noqa: F401  (torch's exporter needs it)
+import torch
 
 from leafid import __version__
 from leafid.classifier import make_session
-from leafid.errors import InvalidRequestError, MissingExtraError
+from leafid.errors import InvalidRequestError
 from leafid.spec import METADATA_KEY, ModelSpec
-
-try:
-    import onnx
-    import onnxscript  # noqa: F401  (torch's exporter needs it)
-    import torch
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise MissingExtraError("train", exc.name or "torch") from exc
-
 from leafid_train.backbone import LeafNet
 from leafid_train.graph_rewrite import global_average_pools
 
@@ -125,11 +119,11 @@ def save_onnx(proto: onnx.ModelProto, out: Path) -> None:
     log.info("wrote %s (%.1f MB)", out, out.stat().st_size / 1e6)
 
 
-def onnx_logits(onnx_path: Path, batch: np.ndarray, batch_size: int = 64) -> np.ndarray:
+def onnx_logits(onnx_path: Path | bytes, batch: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """Raw logits (no temperature) of an exported model on preprocessed inputs.
 
     Args:
-        onnx_path: An exported (fp32 or int8) model.
+        onnx_path: An exported (fp32 or int8) model, or its serialised bytes.
         batch: uint8 array (N, S, S, 3), N >= 1.
         batch_size: Inputs per onnxruntime call.
     """

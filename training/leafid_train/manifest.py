@@ -35,6 +35,36 @@ class ManifestMismatchError(DatasetError):
     code = "manifest_mismatch"
 
 
+# Caveats of known datasets, for the model card of a model trained on them.
+DATASET_NOTES = {
+    "flavia": (
+        "flavia images are greyscale copies squashed from 4:3 to 256x256 by a third party: "
+        "the model saw no colour and distorted shapes for these 32 species, so colour photos "
+        "of them are out of the training distribution."
+    ),
+    "plantvillage": (
+        "plantvillage is confounded: crop species and leaf condition go together (all orange "
+        "leaves have HLB, blueberry and raspberry are all healthy) and capture sessions "
+        "correlate with class, so the model may partly use disease or background cues; its "
+        "accuracy overstates accuracy on field photos."
+    ),
+    "deepweeds": (
+        "deepweeds are field photos of whole plants in habitat; species are partly "
+        "confounded with site, date and light. The staged pool was sampled across capture "
+        "runs, but leafid's train/val/test split is per file, so frames of one capture run "
+        "(taken seconds apart) can sit on both sides: deepweeds test figures may be "
+        "optimistic."
+    ),
+    "swedish-leaf": (
+        "swedish-leaf labels four classes at genus level only (acer, quercus, populus, tilia)."
+    ),
+    "nonleaf": (
+        "nonleaf holds COCO and ImageNet photos; ImageNet-pretrained backbones may have seen "
+        "them, so the rejection figures may be optimistic for real user photos."
+    ),
+}
+
+
 def checksum(root: DataRoot) -> tuple[str, int]:
     """sha256 of the sorted ``path<TAB>size`` lines of all images, and the image count."""
     lines = sorted(

@@ -1,32 +1,26 @@
-"""Evaluation plots (matplotlib, Agg backend): confusion matrix and reliability diagram."""
+"""Evaluation plots (matplotlib): confusion matrix and reliability diagram.
+
+Figures are made with matplotlib's object API (no pyplot), so no global backend or
+figure registry is touched.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-
-from leafid_train._torch import require
-
-
-def _pyplot() -> Any:
-    matplotlib = require("matplotlib")
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from matplotlib.figure import Figure
 
 
 def confusion_png(matrix: np.ndarray, labels: Sequence[str], out: Path, title: str) -> Path:
     """Row-normalised confusion matrix (rows: true class, columns: predicted)."""
-    plt = _pyplot()
     n = len(labels)
     rows = matrix.sum(axis=1, keepdims=True)
     norm = np.divide(matrix, rows, out=np.zeros_like(matrix, dtype=float), where=rows > 0)
     side = min(30.0, max(5.0, 0.28 * n + 2))
-    fig, ax = plt.subplots(figsize=(side, side * 0.9))
+    fig = Figure(figsize=(side, side * 0.9))
+    ax = fig.subplots()
     image = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(n), labels, rotation=90, fontsize=max(4, min(9, 300 // max(n, 1))))
     ax.set_yticks(range(n), labels, fontsize=max(4, min(9, 300 // max(n, 1))))
@@ -36,16 +30,13 @@ def confusion_png(matrix: np.ndarray, labels: Sequence[str], out: Path, title: s
     fig.colorbar(image, ax=ax, fraction=0.04, label="share of true class")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
-    plt.close(fig)
     return out
 
 
 def reliability_png(bins: Sequence[dict[str, float]], ece: float, out: Path, title: str) -> Path:
     """Accuracy vs confidence per bin, with the diagonal of perfect calibration."""
-    plt = _pyplot()
-    fig, (ax, hist) = plt.subplots(
-        2, 1, figsize=(5.5, 6.5), gridspec_kw={"height_ratios": [3, 1]}, sharex=True
-    )
+    fig = Figure(figsize=(5.5, 6.5))
+    ax, hist = fig.subplots(2, 1, gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
     centres = [(b["low"] + b["high"]) / 2 for b in bins]
     width = bins[0]["high"] - bins[0]["low"]
     filled = [b["count"] > 0 for b in bins]
@@ -71,5 +62,4 @@ def reliability_png(bins: Sequence[dict[str, float]], ece: float, out: Path, tit
     hist.set_xlim(0, 1)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
-    plt.close(fig)
     return out

@@ -1,11 +1,10 @@
 """Static INT8 (QDQ) quantisation of an exported model, and an fp32-vs-int8 comparison.
 
 The INT8 model keeps the same inputs, outputs and leafid spec metadata, so the
-:class:`leafid.Classifier` loads either file. Ship it only when :func:`int8_worth_shipping`
-says so.
+:class:`leafid.Classifier` loads either file. Whether it ships is decided by
+:mod:`leafid_train.int8_rule`.
 
-Needs the [train] extra (onnx): importing this module raises :class:`MissingExtraError`
-without it.
+Needs the [train] extra (onnx).
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -27,16 +27,9 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from leafid.classifier import make_session
-from leafid.errors import InvalidRequestError, MissingExtraError
+from leafid.errors import InvalidRequestError
 from leafid.spec import METADATA_KEY
-
-try:
-    import onnx
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise MissingExtraError("train", "onnx") from exc
-
-from leafid_train.config import read_run_json
-from leafid_train.export import INPUT_NAME, OUTPUT_NAME, save_onnx
+from leafid_train.export import INPUT_NAME, OUTPUT_NAME
 from leafid_train.graph_rewrite import input_quant_overrides, uint8_image_input
 
 log = logging.getLogger(__name__)
@@ -57,46 +50,41 @@ class _BatchReader(CalibrationDataReader):  # type: ignore[misc]
 
 def quantize_int8(
     fp32_path: Path,
-    out: Path,
     calibration: np.ndarray,
     *,
     per_channel: bool = True,
     unsigned_activations: bool = True,
-) -> Path:
-    """Write a static INT8 QDQ copy of an exported fp32 model.
+) -> onnx.ModelProto:
+    """A static INT8 QDQ copy of an exported fp32 model, in memory.
 
     Activation ranges are calibrated (min/max) on ``calibration``: real preprocessed
     training images, except the normalised image's: where the normalisation is exact in
     uint8 (and activations are uint8), it gets those exact parameters and the image goes
     straight to the first quantised op (:mod:`leafid_train.graph_rewrite`).
-    The leafid metadata is copied unchanged; the result passes the full ``onnx.checker``
-    and is written atomically.
+    The leafid metadata is copied unchanged; write the copy with
+    :func:`leafid_train.export.save_onnx` (full ``onnx.checker``, atomic), after
+    changing its spec if need be.
 
     Args:
         fp32_path: The model written by :func:`leafid_train.export.export_onnx`.
-        out: Destination ``.onnx`` path.
         calibration: uint8 array (N, S, S, 3), N >= 1 (a few hundred is plenty).
         per_channel: Quantise conv weights per output channel.
         unsigned_activations: uint8 activations with int8 weights ("U8S8"), else int8
-            for both ("S8S8"). U8S8 ran 1.6x faster than S8S8 on an AVX512-VNNI CPU;
+            for both ("S8S8"). U8S8 is the faster kind on CPUs with AVX512-VNNI;
             onnxruntime notes that U8S8 can saturate on x86 CPUs without VNNI, where
             S8S8 is the safe choice.
-
-    Returns:
-        ``out``.
 
     Raises:
         InvalidRequestError: ``calibration`` has the wrong type or shape.
     """
-    fp32_path, out = Path(fp32_path), Path(out)
+    fp32_path = Path(fp32_path)
     if calibration.dtype != np.uint8 or calibration.ndim != 4 or len(calibration) == 0:
         raise InvalidRequestError(
             f"calibration must be a non-empty uint8 [N, H, W, 3] array, got "
             f"{calibration.dtype} {calibration.shape}"
         )
     source = onnx.load(str(fp32_path))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+    with tempfile.TemporaryDirectory(dir=fp32_path.parent) as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quantized = Path(tmp) / "int8.onnx"
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
@@ -121,8 +109,7 @@ def quantize_int8(
         setattr(proto, field, getattr(source, field))
     if METADATA_KEY not in {p.key for p in proto.metadata_props}:
         log.warning("%s has no leafid metadata; the int8 copy has none either", fp32_path)
-    save_onnx(proto, out)
-    return out
+    return proto
 
 
 def _run(session: Any, images: np.ndarray) -> None:
@@ -205,60 +192,3 @@ def compare(
                 result[name][key] = max(result[name][key], speed)
     result["top1_agreement"] = float(np.mean(top1["fp32"] == top1["int8"]))
     return result
-
-
-#: Largest accepted top-1 loss of the INT8 copy (half a point), on val and on test.
-MAX_INT8_TOP1_DROP = 0.005
-_ROUNDING = 1e-9  # a drop of exactly half a point computed in floats still passes
-
-
-def int8_worth_shipping(report: dict[str, Any], max_top1_drop: float = MAX_INT8_TOP1_DROP) -> bool:
-    """Whether the INT8 model may replace the fp32 one, judged on val (:func:`compare`).
-
-    True when it is faster at batch 1 and 16 and top-1 drops by at most
-    ``max_top1_drop`` (a fraction: 0.005 is half a point). Without labels the drop is
-    bounded by the disagreement ``1 - top1_agreement``.
-
-    Args:
-        report: The output of :func:`compare`.
-        max_top1_drop: Largest accepted top-1 loss.
-    """
-    fp32, int8 = report["fp32"], report["int8"]
-    if "top1" in fp32 and "top1" in int8:
-        drop = fp32["top1"] - int8["top1"]
-    else:
-        drop = 1.0 - report["top1_agreement"]
-    return _faster(report) and drop <= max_top1_drop + _ROUNDING
-
-
-def _faster(report: dict[str, Any]) -> bool:
-    """Whether the INT8 model of a :func:`compare` report is faster at batch 1 and 16."""
-    fp32, int8 = report["fp32"], report["int8"]
-    return all(int8[k] > fp32[k] for k in ("images_per_s_b1", "images_per_s_b16"))
-
-
-def int8_decision(run_dir: Path) -> dict[str, Any] | None:
-    """Whether a run's INT8 copy ships as the default model, and why.
-
-    It ships when :func:`int8_worth_shipping` holds on val (``int8_report.json``) and,
-    once both models were evaluated (``eval/`` and ``eval_int8/``), top-1 drops by at
-    most half a point on test too.
-
-    Returns:
-        None when the run has no ``int8_report.json``, else ``{"ships", "faster",
-        "val_drop", "test_drop"}`` (``test_drop`` is None before ``eval_int8/`` exists).
-    """
-    report = read_run_json(run_dir / "int8_report.json")
-    if report is None:
-        return None
-    c = report["compare"]
-    ev = read_run_json(run_dir / "eval" / "metrics.json")
-    ev8 = read_run_json(run_dir / "eval_int8" / "metrics.json")
-    test_drop = ev["top1"] - ev8["top1"] if ev and ev8 else None
-    test_ok = test_drop is None or test_drop <= MAX_INT8_TOP1_DROP + _ROUNDING
-    return {
-        "ships": int8_worth_shipping(c) and test_ok,
-        "faster": _faster(c),
-        "val_drop": c["fp32"]["top1"] - c["int8"]["top1"],
-        "test_drop": test_drop,
-    }
