@@ -36,7 +36,7 @@ DEFAULT_BATCH_SIZE = 16
 DEFAULT_THREADS = 1
 
 
-def default_workers() -> int:
+def default_decode_threads() -> int:
     """Decode threads used when none are given: the number of CPUs."""
     return os.cpu_count() or 1
 
@@ -130,14 +130,14 @@ Decoded = list[tuple[str, Loaded]]
 
 
 def _batches(
-    classifier: Classifier, paths: Sequence[str], workers: int, batch_size: int
+    classifier: Classifier, paths: Sequence[str], decode_threads: int, batch_size: int
 ) -> Generator[tuple[Decoded, bool], None, None]:
     """Decoded batches in input order, decoding ahead at most a couple of batches.
 
     Each batch comes with whether all decoding is finished by then (nothing pending).
     """
-    read_ahead = 2 * batch_size + workers
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="leafid-decode")
+    read_ahead = 2 * batch_size + decode_threads
+    pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="leafid-decode")
     pending: deque[tuple[str, Future[Loaded]]] = deque()
     todo = iter(paths)
     try:
@@ -182,7 +182,7 @@ def classify_paths(
     emit: Callable[[list[Row]], None],
     *,
     top_k: int = 5,
-    workers: int | None = None,
+    decode_threads: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool | None = None,
 ) -> Summary:
@@ -193,7 +193,7 @@ def classify_paths(
         paths: Files to classify (see :func:`find_images`).
         emit: Called with each batch's rows; write and flush them there.
         top_k: Candidates per row.
-        workers: Decode threads (default: number of CPUs).
+        decode_threads: Decode threads (default: number of CPUs).
         batch_size: Images per model call.
         progress: Show a tqdm progress bar on stderr (default: when stderr is a
             terminal and tqdm is installed).
@@ -201,16 +201,16 @@ def classify_paths(
     Returns:
         Counts of the rows emitted.
     """
-    workers = workers or default_workers()
+    decode_threads = decode_threads or default_decode_threads()
     summary = Summary()
     show = sys.stderr.isatty() if progress is None else progress
     bar = _progress_bar(len(paths)) if show else None
     # closing(): on an error or Ctrl-C, pending decodes are cancelled at once.
     try:
-        with closing(_batches(classifier, paths, workers, batch_size)) as batches:
+        with closing(_batches(classifier, paths, decode_threads, batch_size)) as batches:
             for batch, decoded_all in batches:
                 # with decoding done, the decoding threads' cores are free for the model
-                parts = workers if decoded_all else 1
+                parts = decode_threads if decoded_all else 1
                 rows = _classify_batch(classifier, batch, top_k, summary, parts)
                 if bar is None:
                     emit(rows)

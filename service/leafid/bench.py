@@ -28,7 +28,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from leafid.argtypes import int_at_least
-from leafid.batch import DEFAULT_BATCH_SIZE, DEFAULT_THREADS, classify_paths, default_workers
+from leafid.batch import DEFAULT_BATCH_SIZE, DEFAULT_THREADS, classify_paths, default_decode_threads
 from leafid.classifier import Classifier
 from leafid.console import echo
 from leafid.errors import EXIT_OK, MissingExtraError
@@ -116,7 +116,7 @@ def time_pipeline(
             classifier,
             paths,
             writer.write,
-            workers=decode_threads,
+            decode_threads=decode_threads,
             batch_size=batch_size,
             progress=False,
         )
@@ -367,7 +367,7 @@ def run_command(args: argparse.Namespace) -> int:
     """Handler of ``leafid bench``: measure and print the table."""
     if args.compare:
         return load_compare()(args)
-    decode_threads = args.decode_threads or default_workers()
+    decode_threads = args.decode_threads or default_decode_threads()
     classifier, model_classifier = make_classifiers(args)
     with synthetic_photos(args) as photos:
         results = run_bench(

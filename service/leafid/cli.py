@@ -31,7 +31,7 @@ from leafid.batch import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_THREADS,
     classify_paths,
-    default_workers,
+    default_decode_threads,
     find_images,
     is_image_name,
 )
@@ -216,7 +216,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
             paths,
             emit,
             top_k=args.top_k,
-            workers=args.decode_threads,
+            decode_threads=args.decode_threads,
             batch_size=args.batch_size,
         )
     finally:
@@ -424,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int_at_least(1),
         default=None,
         metavar="N",
-        help=f"decoding threads (default: number of CPUs, {default_workers()})",
+        help=f"decoding threads (default: number of CPUs, {default_decode_threads()})",
     )
     p.add_argument(
         "--batch-size",

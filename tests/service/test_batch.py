@@ -83,7 +83,7 @@ def test_classify_paths_keeps_order_and_batches(tiny_model: Path, photo_dir: Pat
     paths.insert(2, str(photo_dir / "missing.jpg"))
     batches: list[list[Row]] = []
     summary = classify_paths(
-        Classifier(tiny_model), paths, batches.append, top_k=2, workers=2, batch_size=2
+        Classifier(tiny_model), paths, batches.append, top_k=2, decode_threads=2, batch_size=2
     )
     rows = [r for b in batches for r in b]
     assert [len(b) for b in batches] == [2, 2, 1]
@@ -101,7 +101,9 @@ def test_classify_paths_writes_an_error_row_for_an_unplanned_pillow_exception(
     paths = find_images([str(photo_dir)])
     paths.insert(1, str(_touch(photo_dir / "odd.png", odd_image)))
     rows: list[Row] = []
-    summary = classify_paths(Classifier(tiny_model), paths, rows.extend, workers=2, batch_size=2)
+    summary = classify_paths(
+        Classifier(tiny_model), paths, rows.extend, decode_threads=2, batch_size=2
+    )
     assert [r["path"] for r in rows] == paths
     assert rows[1]["error"]["type"] == "bad_image" and "IndexError" in rows[1]["error"]["message"]
     assert (summary.ok, summary.failed) == (4, 1)
@@ -126,7 +128,7 @@ def test_classify_paths_reads_ahead_boundedly(
         if not seen_at_first_emit:
             seen_at_first_emit.append(len(started))
 
-    summary = classify_paths(Classifier(tiny_model), paths, emit, workers=1, batch_size=2)
+    summary = classify_paths(Classifier(tiny_model), paths, emit, decode_threads=1, batch_size=2)
     assert summary.ok == 40
     assert seen_at_first_emit[0] <= 2 * 2 + 1  # read-ahead: two batches + one per worker
 
@@ -162,10 +164,10 @@ def test_last_batch_runs_in_parallel_parts_with_the_same_answers(
 
     monkeypatch.setattr(Classifier, "probabilities", counting)
     rows: list[Row] = []
-    classify_paths(clf, paths * 3, rows.extend, workers=2, batch_size=4)  # 12 photos
+    classify_paths(clf, paths * 3, rows.extend, decode_threads=2, batch_size=4)  # 12 photos
     # batches 1-2 while decoding may go on; the last one, decoded, as 2 parts of 2
     assert sorted(sizes[-2:]) == [2, 2] and sum(sizes) == 12
     assert [r["path"] for r in rows] == paths * 3
     whole: list[Row] = []
-    classify_paths(clf, paths * 3, whole.extend, workers=1, batch_size=12)  # one call
+    classify_paths(clf, paths * 3, whole.extend, decode_threads=1, batch_size=12)  # one call
     assert [r["best_match"] for r in rows] == [r["best_match"] for r in whole]

@@ -35,8 +35,8 @@ def test_missing_torch_is_a_missing_extra_error(
         bench.load_compare()
 
 
-def _result(case: str, batch: int, workers: int | None, rates: list[float]) -> Result:
-    r = Result(case, 10, batch, workers, 1)
+def _result(case: str, batch: int, decode_threads: int | None, rates: list[float]) -> Result:
+    r = Result(case, 10, batch, decode_threads, 1)
     r.rates, r.cpu, r.cpu_ms = rates, [1.0] * len(rates), [5.0] * len(rates)
     return r
 
@@ -107,7 +107,7 @@ def test_run_compare_measures_both_approaches(tiny_model: Path, tmp_path: Path) 
     )
     rows = bc.run_compare(
         _small_torch_model(), {bc.LEAFID: (clf, clf), bc.LEAFID_INT8: (clf, clf)}, photos,
-        workers=2, batch_size=2, repeat=2, model_images=4,
+        decode_threads=2, batch_size=2, repeat=2, model_images=4,
     )  # fmt: skip
     assert [(m.approach, m.case) for m in rows] == [
         (bc.USUAL, "end-to-end 12mp JPEG"),

@@ -209,6 +209,6 @@ def test_config_round_trip_and_validation(tmp_path: Path) -> None:
     assert TrainConfig.load(tmp_path / "config.json") == cfg
     with pytest.raises(InvalidRequestError, match="head_epochs"):
         TrainConfig(data=["a"], out="x", epochs=1, head_epochs=2)
-    for name in ("workers", "threads", "patience"):
+    for name in ("loader_processes", "threads", "patience"):
         with pytest.raises(InvalidRequestError, match=name):
             TrainConfig(data=["a"], out="x", **{name: -1})

@@ -21,7 +21,7 @@ pytestmark = [
 
 TINY = (
     "--arch test_efficientnet --no-pretrained --input-size 32 --resize-size 36 --epochs 3 "
-    "--head-epochs 1 --batch-size 4 --no-verify --threads 1 --patience 0 --workers 0"
+    "--head-epochs 1 --batch-size 4 --no-verify --threads 1 --patience 0 --loader-processes 0"
 ).split()
 
 

@@ -27,7 +27,7 @@ from PIL import Image
 from torch import nn
 from torchvision import transforms
 
-from leafid.batch import default_workers
+from leafid.batch import default_decode_threads
 from leafid.bench import (
     COLUMNS_NOTE,
     MODEL_BATCH_SIZES,
@@ -217,7 +217,7 @@ def run_compare(
     leafid: Mapping[str, tuple[Classifier, Classifier]],
     photos: Mapping[str, Sequence[str]],
     *,
-    workers: int,
+    decode_threads: int,
     batch_size: int,
     repeat: int,
     model_images: int = 64,
@@ -227,10 +227,10 @@ def run_compare(
     Args:
         model: The usual approach's torch model (:func:`usual_model`).
         leafid: Per leafid approach (:data:`LEAFID`, :data:`LEAFID_INT8`): the
-            end-to-end classifier (next to ``workers`` decoding threads) and the
+            end-to-end classifier (next to ``decode_threads`` decoding threads) and the
             model-only one. The first one's spec sets the usual preprocessing.
         photos: Photo paths per size name (:func:`leafid.bench.write_photo_sets`).
-        workers: leafid decoding threads.
+        decode_threads: leafid decoding threads.
         batch_size: leafid images per model call end-to-end.
         repeat: Runs per row.
         model_images: Images per model-only run.
@@ -253,7 +253,7 @@ def run_compare(
             [
                 usual_pipeline_case(model, transform, name, paths),
                 *(
-                    pipeline_case(clf, name, paths, workers, batch_size)
+                    pipeline_case(clf, name, paths, decode_threads, batch_size)
                     for clf, _ in leafid.values()
                 ),
             ]
@@ -324,7 +324,7 @@ def run(args: argparse.Namespace) -> int:
             model,
             leafid,
             photos,
-            workers=args.decode_threads or default_workers(),
+            decode_threads=args.decode_threads or default_decode_threads(),
             batch_size=args.batch_size,
             repeat=max(1, args.repeat),
             model_images=max([args.n12, args.n1, 64]),

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from leafid.argtypes import fraction, int_at_least
 from leafid.console import echo
 from leafid.errors import EXIT_OK, MissingExtraError
 
@@ -98,9 +99,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--split-file", type=Path, metavar="SPLIT.json", help="a run's split.json")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--out", type=Path, required=True, metavar="DIR")
-    p.add_argument("--threshold", type=float, help="override the model's unknown threshold")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threshold", type=fraction, help="override the model's unknown threshold")
+    p.add_argument("--batch-size", type=int_at_least(1), default=32)
+    p.add_argument("--threads", type=int_at_least(0), default=0)
     p.set_defaults(func=cmd_evaluate)
 
     p = _add(subparsers, "export", "export a run's best checkpoint to ONNX (spec inside)")

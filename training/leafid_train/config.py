@@ -7,11 +7,14 @@ import json
 import os
 import re
 import shlex
+from collections.abc import Callable
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from leafid.argtypes import fraction, int_at_least, non_negative_float, positive_float
 from leafid.errors import InvalidRequestError
+from leafid.options import add_renamed_option
 
 DATA_DIR_ENV = "LEAFID_DATA_DIR"
 DEFAULT_DATA_DIR = "../shared/datasets"
@@ -55,6 +58,8 @@ def option(
     metavar: str | tuple[str, ...] | None = None,
     flag: str | None = None,
     resumable: bool = False,
+    check: Callable[[str], Any] | None = None,
+    old_flag: str | None = None,
 ) -> dict[str, Any]:
     """The ``leafid train`` option of a :class:`TrainConfig` field (its field metadata).
 
@@ -65,8 +70,18 @@ def option(
             (``--no-verify``).
         resumable: A resumed run may change it (:meth:`TrainConfig.resumed`); its flag
             has no default, so that a resumed run keeps its own value when not given.
+        check: Parses and range-checks the value on the command line (a
+            :mod:`leafid.argtypes` checker); default: the field's type.
+        old_flag: The option's former name, still accepted (hidden, with a note).
     """
-    return {"help": help, "metavar": metavar, "flag": flag, "resumable": resumable}
+    return {
+        "help": help,
+        "metavar": metavar,
+        "flag": flag,
+        "resumable": resumable,
+        "check": check,
+        "old_flag": old_flag,
+    }
 
 
 @dataclass(kw_only=True)
@@ -98,7 +113,7 @@ class TrainConfig:
         patience: Stop after this many epochs without a better val loss (0 = never).
         seed: Seeds torch, numpy, random and the split.
         split: Train / val / test fractions.
-        workers: DataLoader worker processes.
+        loader_processes: DataLoader worker processes (``workers`` in older config files).
         threads: torch intra-op threads (0 = torch default).
         device: torch device that trains (``cpu``, ``cuda``, ``cuda:1``...); evaluation,
             calibration and export run on the CPU. A resumed CUDA run is not bit-identical
@@ -127,27 +142,33 @@ class TrainConfig:
         default=True,
         metadata=option("random init instead of the ImageNet weights", flag="--no-pretrained"),
     )
-    input_size: int = field(default=224, metadata=option(metavar="PX"))
-    resize_size: int = field(default=256, metadata=option(metavar="PX"))
+    input_size: int = field(default=224, metadata=option(metavar="PX", check=int_at_least(1)))
+    resize_size: int = field(default=256, metadata=option(metavar="PX", check=int_at_least(1)))
     epochs: int = field(
         default=10,
         metadata=option(
             "total epochs incl. head warm-up (default {default}; with --resume: the run's)",
             resumable=True,
+            check=int_at_least(1),
         ),
     )
-    head_epochs: int = field(default=1, metadata=option("first epochs train only the head"))
-    batch_size: int = field(default=32, metadata=option())
-    lr: float = field(default=1e-3, metadata=option("peak backbone learning rate"))
-    head_lr_scale: float = field(default=10.0, metadata=option())
-    weight_decay: float = field(default=0.05, metadata=option())
+    head_epochs: int = field(
+        default=1, metadata=option("first epochs train only the head", check=int_at_least(0))
+    )
+    batch_size: int = field(default=32, metadata=option(check=int_at_least(1)))
+    lr: float = field(
+        default=1e-3, metadata=option("peak backbone learning rate", check=positive_float)
+    )
+    head_lr_scale: float = field(default=10.0, metadata=option(check=positive_float))
+    weight_decay: float = field(default=0.05, metadata=option(check=non_negative_float))
     warmup_steps_frac: float = 0.05  # no command-line option
-    label_smoothing: float = field(default=0.1, metadata=option())
-    drop_rate: float = field(default=0.2, metadata=option())
+    label_smoothing: float = field(default=0.1, metadata=option(check=fraction))
+    drop_rate: float = field(default=0.2, metadata=option(check=fraction))
     ema_decay: float = field(
         default=0.0,
         metadata=option(
-            "validate and keep an EMA of the weights with this per-step decay (0: off)"
+            "validate and keep an EMA of the weights with this per-step decay (0: off)",
+            check=fraction,
         ),
     )
     oversample: list[str] = field(
@@ -164,14 +185,25 @@ class TrainConfig:
             "early stop after N epochs without better val loss (0: never; "
             "default {default}; with --resume: the run's)",
             resumable=True,
+            check=int_at_least(0),
         ),
     )
     split: tuple[float, float, float] = field(
-        default=(0.70, 0.15, 0.15), metadata=option(metavar=("TRAIN", "VAL", "TEST"))
+        default=(0.70, 0.15, 0.15),
+        metadata=option(metavar=("TRAIN", "VAL", "TEST"), check=fraction),
     )
-    seed: int = field(default=20261125, metadata=option())
-    workers: int = field(default=0, metadata=option("DataLoader processes"))
-    threads: int = field(default=0, metadata=option("torch threads (0: default)"))
+    seed: int = field(default=20261125, metadata=option(check=int_at_least(0)))
+    loader_processes: int = field(
+        default=0,
+        metadata=option(
+            "DataLoader worker processes (0: load in the training process)",
+            check=int_at_least(0),
+            old_flag="--workers",
+        ),
+    )
+    threads: int = field(
+        default=0, metadata=option("torch threads (0: default)", check=int_at_least(0))
+    )
     device: str = field(
         default="cpu", metadata=option("torch device that trains: cpu (default) or cuda[:N]")
     )
@@ -183,7 +215,8 @@ class TrainConfig:
         metadata=option("do not check roots against datasets/ manifests", flag="--no-verify"),
     )
     keep_fraction: float = field(
-        default=0.95, metadata=option("share of correct val answers the unknown threshold keeps")
+        default=0.95,
+        metadata=option("share of correct val answers the unknown threshold keeps", check=fraction),
     )
     model_version: str = field(default="0.1.0", metadata=option())
 
@@ -198,8 +231,8 @@ class TrainConfig:
             problems.append("need epochs >= 1 and 0 <= head_epochs <= epochs")
         if self.batch_size < 1 or self.lr <= 0:
             problems.append("batch_size and lr must be > 0")
-        if min(self.workers, self.threads, self.patience) < 0:
-            problems.append("workers, threads and patience must be >= 0")
+        if min(self.loader_processes, self.threads, self.patience) < 0:
+            problems.append("loader_processes, threads and patience must be >= 0")
         if not 0 < self.input_size <= self.resize_size:
             problems.append("need 0 < input_size <= resize_size")
         if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
@@ -258,14 +291,24 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
-        """Read a ``config.json`` written by :meth:`save` (unknown keys are an error)."""
+        """Read a ``config.json`` written by :meth:`save` (unknown keys are an error).
+
+        Keys of fields renamed since (:data:`RENAMED_KEYS`) are read under their new name.
+        """
         data = json.loads(path.read_text())
+        for old, new in RENAMED_KEYS.items():  # config files of older runs
+            if old in data and new not in data:
+                data[new] = data.pop(old)
         names = {f.name for f in fields(cls)}
         extra = set(data) - names
         if extra:
             raise InvalidRequestError(f"{path}: unknown config keys {sorted(extra)}")
         data["split"] = tuple(data["split"])
         return cls(**data)
+
+
+RENAMED_KEYS = {"workers": "loader_processes"}
+"""Former ``config.json`` keys -> the :class:`TrainConfig` field that replaced them."""
 
 
 # --- TrainConfig fields as ``leafid train`` options -------------------------------------
@@ -318,15 +361,18 @@ def add_option(parser: argparse.ArgumentParser, f: Field[Any]) -> None:
             kwargs["action"] = "append"
         elif kind == "values":
             items = str(f.type).removeprefix("tuple[").removesuffix("]").split(", ")
-            kwargs.update(type=_TYPES[items[0]], nargs=len(items))
+            kwargs.update(type=meta["check"] or _TYPES[items[0]], nargs=len(items))
             default = list(default)
         else:
-            kwargs["type"] = _TYPES.get(str(f.type))
+            kwargs["type"] = meta["check"] or _TYPES.get(str(f.type))
         if default is MISSING:
             kwargs["required"] = True
         elif not meta["resumable"]:
             kwargs["default"] = default
-    parser.add_argument(option_flag(f), **kwargs)  # type: ignore[arg-type]
+    if meta["old_flag"]:
+        add_renamed_option(parser, str(option_flag(f)), meta["old_flag"], **kwargs)
+    else:
+        parser.add_argument(option_flag(f), **kwargs)  # type: ignore[arg-type]
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

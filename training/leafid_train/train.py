@@ -228,7 +228,7 @@ def _train_epochs(
         train_set,
         batch_size=cfg.batch_size,
         sampler=sampler,
-        num_workers=cfg.workers,
+        num_workers=cfg.loader_processes,
         drop_last=len(sampler) > cfg.batch_size,
     )
     model = build_model(cfg, data.spec).to(cfg.device)

@@ -81,7 +81,7 @@ def classify_chunk(
         paths,
         rows.extend,
         top_k=top_k,
-        workers=decode_threads,
+        decode_threads=decode_threads,
         batch_size=batch_size,
         progress=False,
     )
