@@ -55,8 +55,8 @@ def colour_batch(spec: ModelSpec, n: int, seed: int) -> tuple[np.ndarray, np.nda
     return np.stack([preprocess(p, spec) for p in photos]), np.arange(n) % 3
 
 
-def write_int8(fp32: Path, out: Path, calibration: np.ndarray, **options: bool) -> Path:
-    save_onnx(quantize_int8(fp32, calibration, **options), out)
+def write_int8(fp32: Path, out: Path, range_images: np.ndarray, **options: bool) -> Path:
+    save_onnx(quantize_int8(fp32, range_images, **options), out)
     return out
 
 
@@ -71,8 +71,8 @@ def test_int8_model_loads_with_the_same_spec_and_agrees(
     tmp_path: Path, fp32_model: tuple[ModelSpec, Path]
 ) -> None:
     spec, fp32 = fp32_model
-    calibration, _ = colour_batch(spec, 12, seed=100)
-    int8 = write_int8(fp32, tmp_path / "int8.onnx", calibration)
+    range_images, _ = colour_batch(spec, 12, seed=100)
+    int8 = write_int8(fp32, tmp_path / "int8.onnx", range_images)
     proto = onnx.load(str(int8))
     onnx.checker.check_model(proto, full_check=True)
     ops = {node.op_type for node in proto.graph.node}
@@ -82,7 +82,7 @@ def test_int8_model_loads_with_the_same_spec_and_agrees(
 
     clf8, clf32 = Classifier(int8), Classifier(fp32)
     assert clf8.spec.to_json() == spec.to_json()
-    batch, labels = colour_batch(spec, 30, seed=0)  # different images from calibration
+    batch, labels = colour_batch(spec, 30, seed=0)  # different images from range_images
     top8 = clf8.probabilities(batch).argmax(axis=1)
     top32 = clf32.probabilities(batch).argmax(axis=1)
     assert np.mean(top32 == labels) == 1.0  # the fp32 model is right by construction
@@ -147,14 +147,14 @@ def test_int8_model_takes_the_uint8_image_directly_when_that_is_exact(
 ) -> None:
     spec = tiny_spec(mean=(127 / 255,) * 3, std=(128 / 255,) * 3)  # lite0's normalisation
     fp32 = export_onnx(LeafNet(ColourNet(), spec.mean, spec.std), spec, tmp_path / "fp32.onnx")
-    calibration, _ = colour_batch(spec, 12, seed=100)
-    int8 = write_int8(fp32, tmp_path / "int8.onnx", calibration)
+    range_images, _ = colour_batch(spec, 12, seed=100)
+    int8 = write_int8(fp32, tmp_path / "int8.onnx", range_images)
     ops = [node.op_type for node in onnx.load(str(int8)).graph.node]
     assert "Cast" not in ops and "Div" not in ops  # no float normalisation left
     assert "GlobalAveragePool" in ops  # the mean over H and W, from the export
     # The same quantisation without the rewrite computes the same logits.
     monkeypatch.setattr("leafid_train.quantize.uint8_image_input", lambda proto: False)
-    kept = write_int8(fp32, tmp_path / "kept.onnx", calibration)
+    kept = write_int8(fp32, tmp_path / "kept.onnx", range_images)
     assert "Cast" in [node.op_type for node in onnx.load(str(kept)).graph.node]
     batch, labels = colour_batch(spec, 30, seed=0)
     np.testing.assert_allclose(onnx_logits(int8, batch), onnx_logits(kept, batch), atol=1e-5)

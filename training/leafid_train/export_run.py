@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 PARITY_TOLERANCE = 1e-3
 PARITY_IMAGES = 8
-INT8_CALIBRATION_IMAGES = 128
+INT8_RANGE_IMAGES = 128
 # Speed figures of the int8-vs-fp32 decision: several seconds per figure and model, in
 # alternating rounds, so that a busy shared machine moves both models alike.
 COMPARE_SECONDS = 6.0
@@ -96,7 +96,7 @@ def _make_int8(
         The INT8 file and its calibration report.
     """
     train_paths = data.paths("train")
-    pick = _spread(len(train_paths), INT8_CALIBRATION_IMAGES)
+    pick = _spread(len(train_paths), INT8_RANGE_IMAGES)
     images = np.stack([data.cache.eval_array(train_paths[i]) for i in pick])
     proto = quantize_int8(out, images)
     report = calibrate(

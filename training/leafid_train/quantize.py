@@ -50,14 +50,14 @@ class _BatchReader(CalibrationDataReader):  # type: ignore[misc]
 
 def quantize_int8(
     fp32_path: Path,
-    calibration: np.ndarray,
+    range_images: np.ndarray,
     *,
     per_channel: bool = True,
     unsigned_activations: bool = True,
 ) -> onnx.ModelProto:
     """A static INT8 QDQ copy of an exported fp32 model, in memory.
 
-    Activation ranges are calibrated (min/max) on ``calibration``: real preprocessed
+    Activation ranges are calibrated (min/max) on ``range_images``: real preprocessed
     training images, except the normalised image's: where the normalisation is exact in
     uint8 (and activations are uint8), it gets those exact parameters and the image goes
     straight to the first quantised op (:mod:`leafid_train.graph_rewrite`).
@@ -67,7 +67,7 @@ def quantize_int8(
 
     Args:
         fp32_path: The model written by :func:`leafid_train.export.export_onnx`.
-        calibration: uint8 array (N, S, S, 3), N >= 1 (a few hundred is plenty).
+        range_images: uint8 array (N, S, S, 3), N >= 1 (a few hundred is plenty).
         per_channel: Quantise conv weights per output channel.
         unsigned_activations: uint8 activations with int8 weights ("U8S8"), else int8
             for both ("S8S8"). U8S8 is the faster kind on CPUs with AVX512-VNNI;
@@ -75,13 +75,13 @@ def quantize_int8(
             S8S8 is the safe choice.
 
     Raises:
-        InvalidRequestError: ``calibration`` has the wrong type or shape.
+        InvalidRequestError: ``range_images`` has the wrong type or shape.
     """
     fp32_path = Path(fp32_path)
-    if calibration.dtype != np.uint8 or calibration.ndim != 4 or len(calibration) == 0:
+    if range_images.dtype != np.uint8 or range_images.ndim != 4 or len(range_images) == 0:
         raise InvalidRequestError(
-            f"calibration must be a non-empty uint8 [N, H, W, 3] array, got "
-            f"{calibration.dtype} {calibration.shape}"
+            f"range_images must be a non-empty uint8 [N, H, W, 3] array, got "
+            f"{range_images.dtype} {range_images.shape}"
         )
     source = onnx.load(str(fp32_path))
     with tempfile.TemporaryDirectory(dir=fp32_path.parent) as tmp:
@@ -94,7 +94,7 @@ def quantize_int8(
         quantize_static(
             str(prepared),
             str(quantized),
-            _BatchReader(calibration),
+            _BatchReader(range_images),
             quant_format=QuantFormat.QDQ,
             per_channel=per_channel,
             activation_type=QuantType.QUInt8 if unsigned_activations else QuantType.QInt8,
