@@ -6,13 +6,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from synthetic_data import make_imagefolder, make_ood, train_parser
+from synthetic_data import make_imagefolder, make_ood
 
 from leafid.cli import main
 from leafid.errors import InvalidRequestError, MissingExtraError
 from leafid.results import CAVEAT
 from leafid_train import commands
-from leafid_train.config import TrainConfig, config_from_args
+from leafid_train.config import TrainConfig
 from leafid_train.int8_rule import Int8Decision
 
 TINY = (
@@ -79,27 +79,6 @@ def test_only_resumable_settings_change_on_resume() -> None:
     assert saved.resumed(epochs=9) == TrainConfig(data=["a"], out="r", epochs=9, patience=2)
     with pytest.raises(InvalidRequestError, match="keeps its own lr"):
         saved.resumed(lr=0.1)
-
-
-def test_every_flag_keeps_its_spelling_and_default() -> None:
-    train = train_parser()
-    shown = [a for a in train._actions if a.option_strings and a.help != argparse.SUPPRESS]
-    flags = [a.option_strings[0] for a in shown][1:]  # not -h
-    assert (
-        flags
-        == (
-            "--data --ood --out --resume --arch --checkpoint --no-pretrained --input-size "
-            "--resize-size --epochs --head-epochs --batch-size --lr --head-lr-scale --weight-decay "
-            "--label-smoothing --drop-rate --ema-decay --oversample --patience --split --seed "
-            "--loader-processes --threads --device --cache-dir --no-verify --keep-fraction "
-            "--model-version "
-            "--export --int8"
-        ).split()
-    )
-    args = train.parse_args(["--data", "a", "--out", "r"])
-    assert (args.epochs, args.patience) == (None, None)  # with --resume: the run's
-    assert config_from_args(args) == TrainConfig(data=["a"], out="r")
-    assert args.split == [0.7, 0.15, 0.15] and args.ood == [] and args.verify is True
 
 
 def test_missing_torch_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -208,26 +187,3 @@ def test_cli_train_own_species_export_evaluate_card(
         assert ("no INT8 copy kept" in capsys.readouterr().out) is not ships
     assert main(["export", "run", "--out", "ship/leafid.onnx"]) == 0
     assert not copy.is_file() and "removed the INT8 copy" in capsys.readouterr().out
-
-
-def test_values_are_checked_on_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
-    train = train_parser()
-    for flag, value in [("--epochs", "0"), ("--lr", "-1"), ("--split", "1.5"), ("--seed", "x")]:
-        argv = ["--data", "a", "--out", "r", flag, value]
-        if flag == "--split":
-            argv += ["0", "0"]
-        with pytest.raises(SystemExit):
-            train.parse_args(argv)
-        assert flag in capsys.readouterr().err
-
-
-def test_the_former_workers_flag_and_config_key_still_work(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    args = train_parser().parse_args(["--data", "a", "--out", "r", "--workers", "2"])
-    assert config_from_args(args).loader_processes == 2
-    assert "--workers is deprecated; use --loader-processes" in capsys.readouterr().err
-    old = TrainConfig(data=["a"], out="r", loader_processes=3).to_dict()
-    old["workers"] = old.pop("loader_processes")
-    (tmp_path / "config.json").write_text(json.dumps(old))
-    assert TrainConfig.load(tmp_path / "config.json").loader_processes == 3

@@ -19,10 +19,11 @@ from leafid.errors import InvalidRequestError
 from leafid.paths import fp32_of_int8_copy, int8_copy_path
 from leafid.results import CAVEAT
 from leafid.spec import ModelSpec
-from leafid_train.config import TrainConfig, train_command
+from leafid_train.config import TrainConfig
 from leafid_train.int8_rule import INT8_RULE, Int8Decision, int8_decision
 from leafid_train.manifest import DATASET_NOTES, load_manifest
 from leafid_train.run_folder import EvalFolder, RunFolder
+from leafid_train.train_options import train_command
 
 
 def _pct(value: Any) -> str:

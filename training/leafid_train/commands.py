@@ -62,7 +62,7 @@ def _add(subparsers: Any, name: str, text: str) -> argparse.ArgumentParser:
 
 def register(subparsers: Any) -> None:
     """Add the training subcommands to the ``leafid`` parser."""
-    from leafid_train.config import add_option, option_fields  # stdlib + leafid only
+    from leafid_train.train_options import add_option, option_fields  # stdlib + leafid only
 
     p = _add(subparsers, "train", "fine-tune a model on leaf ImageFolders, then calibrate it")
     for f in option_fields():
@@ -136,11 +136,11 @@ def register(subparsers: Any) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``leafid train``: a new run, or ``--resume`` (only --epochs and --patience change)."""
-    train, config = load("train"), load("config")
+    train, options = load("train"), load("train_options")
     if args.resume:
         result = train.resume_training(Path(args.out), epochs=args.epochs, patience=args.patience)
     else:
-        result = train.run_training(config.config_from_args(args))
+        result = train.run_training(options.config_from_args(args))
     if int(os.environ.get("RANK", "0")) != 0:
         return EXIT_OK
     echo(f"run {result.out}: {result.epochs_run} epochs, best epoch {result.best_epoch}", err=True)
