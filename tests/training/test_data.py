@@ -26,6 +26,7 @@ from leafid_train.data import (
     open_root,
     samples_of,
     split_samples,
+    split_units,
 )
 
 
@@ -91,6 +92,44 @@ def test_small_class_gets_val_and_test() -> None:
     samples = [Sample("r", f"a/{i}.jpg", "a") for i in range(4)]
     split = split_samples(samples, 1, (0.7, 0.15, 0.15))
     assert [len(split[k]) for k in ("train", "val", "test")] == [2, 1, 1]
+
+
+def _frames(runs: list[tuple[str, str, int, int]]) -> list[Sample]:
+    """DeepWeeds-named frames: (day, camera, first second, count), 30 s apart."""
+    out = []
+    for day, camera, start, count in runs:
+        for k in range(count):
+            t = start + 30 * k
+            hms = f"{t // 3600:02d}{t // 60 % 60:02d}{t % 60:02d}"
+            out.append(Sample("weeds", f"w/{day}-{hms}-{camera}.jpg", "w"))
+    return out
+
+
+def test_capture_runs_are_cut_by_day_camera_and_gap() -> None:
+    samples = _frames(
+        [
+            ("20170101", "0", 36000, 3),  # one run ...
+            ("20170101", "0", 36000 + 60 + 121, 2),  # ... then a gap over 120 s: another
+            ("20170101", "1", 36000, 2),  # another camera
+            ("20170102", "0", 36000, 2),  # another day
+        ]
+    )
+    assert [len(u) for u in split_units(samples)] == [3, 2, 2, 2]
+    # one file not named like a frame: the group is split file by file
+    mixed = [*samples, Sample("weeds", "w/other.jpg", "w")]
+    assert all(len(u) == 1 for u in split_units(mixed))
+
+
+def test_frames_of_one_capture_run_never_straddle_the_split() -> None:
+    samples = _frames([("20170101", str(c), 3600 * h, 4) for c in range(3) for h in range(10)])
+    parts = split_samples(samples, seed=5, fractions=(0.7, 0.15, 0.15))
+    side = {s: name for name, items in parts.items() for s in items}
+    for unit in split_units(samples):
+        assert len({side[s] for s in unit}) == 1
+    # 18 of 120 files wanted in test and val: whole runs of 4 give 20
+    assert {name: len(v) for name, v in parts.items()} == {"train": 80, "val": 20, "test": 20}
+    two_runs = _frames([("20170101", "0", 0, 5), ("20170101", "1", 0, 5)])
+    assert len(split_samples(two_runs, 5, (0.7, 0.15, 0.15))["train"]) == 5  # train keeps one
 
 
 def test_split_file_round_trip_and_ood_halves(tmp_path: Path) -> None:

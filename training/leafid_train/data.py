@@ -14,11 +14,12 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -166,15 +167,61 @@ def _rank(seed: int, sample: Sample) -> str:
     return hashlib.sha256(f"{seed}/{sample.root}/{sample.rel}".encode()).hexdigest()
 
 
+# A timed camera frame, named as DeepWeeds names them: YYYYMMDD-HHMMSS-CAMERA.jpg.
+_FRAME_NAME = re.compile(r"(\d{8})-(\d{6})-(\d+)")
+# Frames of one camera less than this apart on one day are one capture run (the rule of
+# the staged datasets' SOURCE.md): seconds apart along a transect, nearly the same photo.
+CAPTURE_RUN_GAP_S = 120
+
+
+def _frame_time(sample: Sample) -> tuple[str, str, int] | None:
+    """(day, camera, second of the day) of a timed camera frame, or None."""
+    m = _FRAME_NAME.fullmatch(PurePosixPath(sample.rel).stem)
+    if m is None:
+        return None
+    day, hms, camera = m.groups()
+    seconds = int(hms[:2]) * 3600 + int(hms[2:4]) * 60 + int(hms[4:])
+    return day, camera, seconds
+
+
+def split_units(group: Sequence[Sample]) -> list[list[Sample]]:
+    """The files of one (root, class) group that must stay on one side of the split.
+
+    When every file is a timed camera frame (``YYYYMMDD-HHMMSS-CAMERA``), frames of
+    one camera on one day taken at most :data:`CAPTURE_RUN_GAP_S` apart form one
+    capture run, kept together so that neighbouring frames never straddle train, val
+    and test. Any other group is split file by file.
+    """
+    frames = [(time, s) for s in group if (time := _frame_time(s)) is not None]
+    if not group or len(frames) < len(group):
+        return [[s] for s in group]
+    frames.sort(key=lambda pair: pair[0])
+    units: list[list[Sample]] = []
+    previous: tuple[str, str, int] | None = None
+    for time, sample in frames:
+        if (
+            previous is None
+            or time[:2] != previous[:2]
+            or time[2] - previous[2] > CAPTURE_RUN_GAP_S
+        ):
+            units.append([])
+        units[-1].append(sample)
+        previous = time
+    return units
+
+
 def split_samples(
     samples: Iterable[Sample], seed: int, fractions: Sequence[float]
 ) -> dict[str, list[Sample]]:
     """Deterministic stratified split into train/val/test.
 
-    Each (root, class) group is ordered by a seeded hash of the file's relative path and
-    cut by ``fractions``; a file's side therefore does not depend on the other files'
-    order. Groups of 3+ images get at least one val and one test image (when their
-    fraction is > 0).
+    Each (root, class) group is cut into :func:`split_units` (single files, or whole
+    capture runs of timed camera frames), the units are ordered by a seeded hash of
+    their first file's relative path and dealt to test, then val, then train until
+    each side has its share of ``fractions`` (a capture run may take a side a few
+    files over). A file's side therefore does not depend on the other files' order.
+    Groups of 3+ images get at least one val and one test image (when their fraction
+    is > 0), and train keeps at least one unit when its fraction is > 0.
 
     Returns:
         ``{"train": [...], "val": [...], "test": [...]}``, each sorted.
@@ -185,7 +232,6 @@ def split_samples(
         groups[(s.root, s.label)].append(s)
     out: dict[str, list[Sample]] = {name: [] for name in SPLITS}
     for group in groups.values():
-        group.sort(key=lambda s: _rank(seed, s))
         n = len(group)
         n_test = round(n * f_test)
         n_val = min(round(n * f_val), n - n_test) if f_train > 0 else n - n_test
@@ -197,9 +243,19 @@ def split_samples(
                     n_val -= 1
                 else:
                     n_test -= 1
-        out["test"].extend(group[:n_test])
-        out["val"].extend(group[n_test : n_test + n_val])
-        out["train"].extend(group[n_test + n_val :])
+        units = sorted(split_units(group), key=lambda unit: _rank(seed, unit[0]))
+        sides: dict[str, list[list[Sample]]] = {name: [] for name in SPLITS}
+        targets, counts = {"test": n_test, "val": n_val}, {"test": 0, "val": 0}
+        for unit in units:
+            side = next((s for s in ("test", "val") if counts[s] < targets[s]), "train")
+            sides[side].append(unit)
+            if side != "train":
+                counts[side] += len(unit)
+        if f_train > 0 and not sides["train"] and len(units) > 1:
+            fuller = max(("val", "test"), key=lambda s: len(sides[s]))
+            sides["train"].append(sides[fuller].pop())
+        for name, taken in sides.items():
+            out[name].extend(s for unit in taken for s in unit)
     return {name: sorted(items) for name, items in out.items()}
 
 

@@ -22,9 +22,9 @@ from leafid_train.data import DataRoot, DatasetError, class_info, list_images
 MANIFEST_VERSION = 1
 _SECTIONS = {
     "what_it_is": ("what it is",),
-    "citation": ("original authors / citation", "citation"),
-    "licence": ("licence", "license", "sources"),
-    "source": ("where the files came from", "sources"),
+    "citation": ("original authors / citation", "citation", "source"),
+    "licence": ("licence", "license", "sources", "source"),
+    "source": ("where the files came from", "sources", "source"),
     "caveats": ("caveats (read before using)", "caveats"),
 }
 
@@ -50,9 +50,9 @@ DATASET_NOTES = {
     ),
     "deepweeds": (
         "deepweeds are field photos of whole plants in habitat; species are partly "
-        "confounded with site, date and light. The staged pool was sampled across capture "
-        "runs, but leafid's train/val/test split is per file, so frames of one capture run "
-        "(taken seconds apart) can sit on both sides: deepweeds test figures may be "
+        "confounded with site, date and light. leafid splits them by capture run (frames "
+        "of one camera seconds apart stay on one side), but runs at the same site and day "
+        "can sit on both sides, so site cues are shared: deepweeds test figures may be "
         "optimistic."
     ),
     "swedish-leaf": (
