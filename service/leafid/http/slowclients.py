@@ -54,10 +54,14 @@ class SlowClientsReport:
         """The report as one human-readable line."""
         answered = sum(self.answered.values())
         detail = f" {dict(sorted(self.answered.items()))}" if self.answered else ""
+        held = (
+            f" (after median {self.held_p50_s:.1f} s, max {self.held_max_s:.1f} s)"
+            if self.dropped or answered
+            else ""
+        )
         return (
             f"{self.clients} clients: {self.opened} connections opened, "
-            f"{self.dropped} dropped and {answered} answered{detail} by the server "
-            f"(held median {self.held_p50_s:.1f} s, max {self.held_max_s:.1f} s), "
+            f"{self.dropped} dropped and {answered} answered{detail} by the server{held}, "
             f"{self.still_open} still open at the end, {self.connect_failed} failed to connect"
         )
 
@@ -134,7 +138,10 @@ class SlowClients:
         """Close every connection, stop the clients and return the report."""
         self._loop_ready.wait()
         if self._loop is not None and self._stopping is not None:
-            self._loop.call_soon_threadsafe(self._stopping.set)
+            try:
+                self._loop.call_soon_threadsafe(self._stopping.set)
+            except RuntimeError:  # the loop already ended by itself, after max_s
+                pass
         self._thread.join()
         held = sorted(self._held)
         self.report.answered = dict(self._answered)
