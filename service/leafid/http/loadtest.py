@@ -10,7 +10,8 @@ report counts requests per URL. For a soak run, ``rss_every_s`` samples the serv
 resident memory during the run (start, end and highest value are reported).
 
 Adversarial mix mode (``hostile_share`` or ``slow_clients``): a share of the requests
-post hostile files (:mod:`leafid.http.hostile`) instead of the photo, and slow clients
+post hostile files (:mod:`leafid.http.hostile`) instead of the photo (each on a fresh
+connection; the client waits for the answer, as for the photo), and slow clients
 (:mod:`leafid.http.slowclients`) hold sockets open beside the normal clients. The normal
 requests' figures are then compared with a clean phase measured first (same clients,
 same limits, no hostile files, no slow clients), and the report adds the hostile
@@ -340,11 +341,16 @@ class _Upload:
     headers: dict[str, str]
 
 
+def _api_key() -> str | None:
+    """The API key the load test sends, from ``$LEAFID_LOADTEST_API_KEY`` (None: none)."""
+    return os.environ.get("LEAFID_LOADTEST_API_KEY") or None
+
+
 def _upload(name: str, filename: str, data: bytes, file_type: str) -> _Upload:
     """The multipart upload of one file, with the API key if one is set for the load test."""
     body, content_type = multipart_body(filename, data, file_type)
     headers = {"Content-Type": content_type, "Content-Length": str(len(body))}
-    api_key = os.environ.get("LEAFID_LOADTEST_API_KEY")
+    api_key = _api_key()
     if api_key:
         headers["X-API-Key"] = api_key
     return _Upload(name, body, headers)
@@ -587,7 +593,7 @@ def _check_open_files(sockets: int) -> None:
 def _start_slow_clients(run: _Run, count: int, max_s: float) -> list[SlowClients]:
     """Start ``count`` slow clients, spread over the URLs in turn."""
     n = len(run.targets)
-    api_key = os.environ.get("LEAFID_LOADTEST_API_KEY")
+    api_key = _api_key()
     groups = [
         SlowClients(
             t.host, t.port, t.path, count // n + (i < count % n), max_s=max_s, api_key=api_key
