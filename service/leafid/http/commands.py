@@ -18,7 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from leafid.argtypes import int_at_least, positive_float
+from leafid.argtypes import fraction, int_at_least, positive_float
 from leafid.errors import EXIT_OK, InvalidRequestError
 from leafid.extras import require_extra
 from leafid.options import add_model_option, add_renamed_option
@@ -82,7 +82,9 @@ def register(subparsers: Any) -> None:
         description=(
             "Post generated JPEGs to /v1/identify from N concurrent clients for a bounded "
             "number of requests and time. Only loopback URLs unless --allow-remote. With "
-            "--spawn, the server runs --model."
+            "--spawn, the server runs --model. Adversarial mix: --hostile-share and "
+            "--slow-clients add hostile files and slow connections to a measured phase, "
+            "compared with a clean phase run first."
         ),
     )
     load.add_argument(
@@ -127,6 +129,35 @@ def register(subparsers: Any) -> None:
         help="with --spawn: extra argument for 'leafid serve' (repeatable)",
     )
     load.add_argument("--allow-remote", action="store_true", help="allow a non-loopback URL")
+    load.add_argument(
+        "--hostile-share",
+        type=fraction,
+        default=0.0,
+        metavar="F",
+        help="share of the requests that post a generated hostile file (huge decodes, "
+        "header bombs, truncated or corrupt images, non-images) instead of the photo, "
+        "e.g. 0.1",
+    )
+    load.add_argument(
+        "--hostile-side",
+        type=int_at_least(1),
+        metavar="PX",
+        help="width and height of the hostile images that decode huge (default: 7000, "
+        "just under the service's default pixel limit)",
+    )
+    load.add_argument(
+        "--slow-clients",
+        type=int_at_least(0),
+        default=0,
+        metavar="N",
+        help="connections that stall or trickle their headers or body, re-opened when the "
+        "server drops them, beside the normal clients",
+    )
+    load.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="with --hostile-share or --slow-clients: skip the clean phase run first",
+    )
     load.add_argument("--json", action="store_true", help="print the report as JSON")
     load.set_defaults(func=cmd_loadtest)
 
