@@ -4,11 +4,13 @@
 corrupt, header-only bombs, non-images named ``.jpg``, symlink loops, a FIFO, ...);
 ``make_unusual_corpus(dir)`` writes odd but valid photos it must classify (1x1, CMYK,
 16-bit, palette+alpha, animated, EXIF-rotated, wrong extension, extreme aspect ratios,
-...). Both return one :class:`Case` per file. Not collected by pytest (no ``test_``
+...); ``make_hostile_corpus(dir)`` writes what a hostile client would send (a file of
+every format Pillow reads, decompression and CPU bombs of each accepted format, mutated
+headers, seeded random mutations). All return one :class:`Case` per file. Not collected by pytest (no ``test_``
 prefix); tests import it as ``from fault_corpus import ...``.
 
-Run ``python tests/fault_corpus.py OUT_DIR`` to write both sets to ``OUT_DIR/bad`` and
-``OUT_DIR/unusual`` (with an ``index.tsv`` each) for manual checks.
+Run ``python tests/fault_corpus.py OUT_DIR`` to write the sets to ``OUT_DIR/bad``,
+``OUT_DIR/unusual`` and ``OUT_DIR/hostile`` (with an ``index.tsv`` each) for manual checks.
 
 File names: one valid and one bad file have names that are not UTF-8 (Linux only), one
 valid file has a newline in its name (POSIX). The CLI writes such a path with the
@@ -63,6 +65,8 @@ class Case:
         slug: The class a valid case must be classified as (its colour), or None when
             the answer is not checked (grey or mixed images).
         note: What the case is.
+        answer_ok: A normal answer is accepted too (a mutated file that may still
+            decode); ``errors`` lists the accepted errors.
     """
 
     name: str
@@ -71,6 +75,7 @@ class Case:
     errors: frozenset[str] = field(default_factory=frozenset)
     slug: str | None = None
     note: str = ""
+    answer_ok: bool = False
 
     @property
     def row_path(self) -> str:
@@ -533,12 +538,17 @@ def describe(path: Path) -> str:
 
 
 def main(argv: list[str]) -> int:
-    """Write both corpora under ``argv[0]``."""
+    """Write the corpora under ``argv[0]``."""
     if len(argv) != 1:
         sys.stderr.write("usage: python tests/fault_corpus.py OUT_DIR\n")
         return 2
     out = Path(argv[0])
-    for part, maker in (("bad", make_bad_corpus), ("unusual", make_unusual_corpus)):
+    makers = (
+        ("bad", make_bad_corpus),
+        ("unusual", make_unusual_corpus),
+        ("hostile", make_hostile_corpus),
+    )
+    for part, maker in makers:
         cases = maker(out / part)
         lines = ["name\tfile\tkind\terrors\tslug\tnote"]
         for c in cases:

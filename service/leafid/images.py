@@ -57,9 +57,12 @@ _SIGNATURES = {
 _HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1")
 _AVIF_BRANDS = (b"avif", b"avis")
 
-# A real progressive JPEG has about 10 scans; each scan decodes every block of its
-# components again, so a small file of thousands of scans costs minutes of CPU.
-MAX_JPEG_SCANS = 32
+# A progressive JPEG from a camera or an encoder has about 10 scans; each scan decodes
+# every block of its components again, so a small file of thousands of scans costs
+# minutes of CPU.
+MAX_JPEG_SCANS = 16
+# Pillow decodes RLE-compressed BMPs in Python, about 0.2 s of CPU per MB of file.
+MAX_RLE_BMP_BYTES = 2 * MiB
 # Rows converted at a time by to_rgb: its temporary arrays stay a few MB at any width.
 _STRIP_PIXELS = 1 << 20
 
@@ -105,7 +108,7 @@ class ImageLimits:
 
     max_bytes: int = 30 * MiB
     max_pixels: int = 80_000_000
-    max_decode_bytes: int = 256 * MiB
+    max_decode_bytes: int = 224 * MiB
     max_request_decode_bytes: int = 1024 * MiB
 
     def __post_init__(self) -> None:
@@ -246,8 +249,10 @@ def _bytes_per_pixel(mode: str) -> int:
 
 
 # Memory a format's decoder holds next to the Pillow image, in bytes per pixel:
-# libwebp's canvas and the frame it hands over, libheif's and libavif's decoded planes.
-_DECODER_BYTES_PER_PIXEL = {"WEBP": 8, "HEIF": 4, "AVIF": 4}
+# libwebp's canvases and the frame it hands over, libheif's and libavif's decoded
+# planes (measured with tests/service/test_decode_budget.py).
+_DECODER_BYTES_PER_PIXEL = {"WEBP": 12, "HEIF": 4, "AVIF": 5}
+_GREY_LEVEL_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
 def _jpeg_scans(data: bytes) -> int:
@@ -299,6 +304,11 @@ def _jpeg_coefficient_bytes(img: Image.Image, size: tuple[int, int]) -> int:
     return total
 
 
+def _is_rle_bmp(img: Image.Image) -> bool:
+    tiles = getattr(img, "tile", [])
+    return img.format == "BMP" and any(tile.codec_name == "bmp_rle" for tile in tiles)
+
+
 def _orientation(img: Image.Image) -> int:
     """The EXIF orientation known without decoding pixels (1 when not known yet).
 
@@ -313,10 +323,11 @@ def _orientation(img: Image.Image) -> int:
 def _decode_cost(img: Image.Image, full_size: tuple[int, int], scans: int) -> int:
     """Memory decoding an opened image into upright RGB takes, estimated from its header.
 
-    The Pillow image at the size it will be decoded at (after draft), an RGB copy if
-    its mode is not RGB, a transposed copy if EXIF rotates it, what the format's decoder
-    holds besides, and for a progressive or multi-scan JPEG the coefficients of the
-    whole image (libjpeg keeps them even when decoding at a reduced scale).
+    The Pillow image at the size it will be decoded at (after draft); an RGB copy if
+    its mode is not RGB, and 8-bit levels on the way if it has 16 or 32 bits; a
+    transposed copy if EXIF rotates it; what the format's decoder holds besides; and
+    for a progressive or multi-scan JPEG the coefficients of the whole image (libjpeg
+    keeps them even when decoding at a reduced scale).
 
     Args:
         img: An opened image, not loaded (draft already applied, if any).
@@ -327,20 +338,23 @@ def _decode_cost(img: Image.Image, full_size: tuple[int, int], scans: int) -> in
     per_pixel = _bytes_per_pixel(img.mode)
     if img.mode != "RGB":
         per_pixel += 4
+    if img.mode in _GREY_LEVEL_MODES:
+        per_pixel += 1  # the 8-bit levels made on the way to RGB
     if _orientation(img) != 1:
         per_pixel += _bytes_per_pixel(img.mode)
     per_pixel += _DECODER_BYTES_PER_PIXEL.get(str(img.format), 0)
+    if _is_rle_bmp(img):
+        per_pixel += 2  # Pillow's RLE decoder builds the pixels in a bytearray, then copies
     cost = width * height * per_pixel
     if img.format in ("JPEG", "MPO") and (img.info.get("progressive") or scans > 1):
         cost += _jpeg_coefficient_bytes(img, full_size)
     return cost
 
 
-def _check_cost(cost: int, limits: ImageLimits, img: Image.Image) -> None:
+def _check_cost(cost: int, limits: ImageLimits, img: Image.Image, size: tuple[int, int]) -> None:
     if cost > limits.max_decode_bytes:
-        width, height = img.size
         raise TooLargeError(
-            f"{img.format} image of {width}x{height} {img.mode} pixels needs {_mb(cost)} "
+            f"{img.format} image of {size[0]}x{size[1]} {img.mode} pixels needs {_mb(cost)} "
             f"to decode, over the limit of {_mb(limits.max_decode_bytes)}"
         )
 
@@ -409,12 +423,16 @@ def _open(data: bytes, limits: ImageLimits, min_side: int) -> tuple[Image.Image,
             scans = _jpeg_scans(data)
             if scans > MAX_JPEG_SCANS:
                 raise TooLargeError(f"JPEG has {scans} scans, over the limit of {MAX_JPEG_SCANS}")
+        if _is_rle_bmp(img) and len(data) > MAX_RLE_BMP_BYTES:
+            raise TooLargeError(
+                f"RLE-compressed BMP of {len(data)} bytes, over the limit of {MAX_RLE_BMP_BYTES}"
+            )
         if min_side > 0 and img.format == "JPEG":
             # draft() keeps both sides >= the requested size; orientation does not matter
             # because the request is square.
             img.draft("RGB", (min_side, min_side))
         cost = _decode_cost(img, (width, height), scans)
-    _check_cost(cost, limits, img)
+    _check_cost(cost, limits, img, (width, height))
     return img, cost
 
 
@@ -462,7 +480,8 @@ def _load_rgb(img: Image.Image, limits: ImageLimits, cost: int) -> Image.Image:
     img.load()  # first frame of multi-frame files
     if not counted and _orientation(img) != 1:
         # a PNG whose EXIF follows its pixels: its transposed copy was not counted
-        _check_cost(cost + img.width * img.height * _bytes_per_pixel(img.mode), limits, img)
+        extra = img.width * img.height * _bytes_per_pixel(img.mode)
+        _check_cost(cost + extra, limits, img, img.size)
     ImageOps.exif_transpose(img, in_place=True)
     return to_rgb(img)
 
@@ -522,7 +541,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     """
     if img.mode == "RGB":
         return img
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+    if img.mode in _GREY_LEVEL_MODES:
         img = _grey_levels(img)
     out = Image.new("RGB", img.size)
     for y, strip in _strips(img):
