@@ -78,7 +78,7 @@ def _register_heif() -> bool:
 HEIF_AVAILABLE = _register_heif()
 
 
-_AVIF_AVAILABLE = features.check("avif")
+AVIF_AVAILABLE = features.check("avif")
 
 
 def accepted_formats() -> tuple[str, ...]:
@@ -87,7 +87,7 @@ def accepted_formats() -> tuple[str, ...]:
     JPEG (and MPO, the multi-picture JPEG of some cameras), PNG, WebP, TIFF, BMP, GIF,
     HEIF/HEIC when ``pillow-heif`` is installed and AVIF when Pillow was built with it.
     """
-    optional_ones = (("HEIF", HEIF_AVAILABLE), ("AVIF", _AVIF_AVAILABLE))
+    optional_ones = (("HEIF", HEIF_AVAILABLE), ("AVIF", AVIF_AVAILABLE))
     return ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF") + tuple(
         name for name, present in optional_ones if present
     )
@@ -199,7 +199,7 @@ def _signature_format(head: bytes) -> str | None:
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "WebP"
     if len(head) >= 12 and head[4:8] == b"ftyp" and head[8:12] in _AVIF_BRANDS:
-        return "AVIF" if _AVIF_AVAILABLE else None
+        return "AVIF" if AVIF_AVAILABLE else None
     return None
 
 
