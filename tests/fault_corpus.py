@@ -581,6 +581,17 @@ HAND_MADE_FORMATS = {
 }
 
 
+def plugin_file(fmt: str) -> bytes:
+    """A small file of a format leafid does not accept (:data:`PLUGIN_FORMATS`, ...)."""
+    if fmt in HAND_MADE_FORMATS:
+        return HAND_MADE_FORMATS[fmt]
+    img = _photo(RED, (16, 16)).convert(PLUGIN_FORMATS[fmt])
+    with warnings.catch_warnings():
+        # Pillow deprecates some old formats' writers; such files still exist
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return _enc(img, fmt)
+
+
 def png_flat(width: int, height: int, depth: int, colour_type: int, row: bytes) -> bytes:
     """A PNG whose every scanline is ``row`` (filter byte included), compressed as it goes.
 
@@ -708,17 +719,10 @@ def make_hostile_corpus(root: Path) -> list[Case]:
         path = _write(root, f"{name}.{ext}", data)
         cases.append(Case(name, path, data, errors, None, note, answer_ok))
 
-    small = {}
-    for fmt, mode in PLUGIN_FORMATS.items():
-        img = _photo(RED, (16, 16)).convert(mode)
-        with warnings.catch_warnings():
-            # Pillow deprecates some old formats' writers; such files still exist
-            warnings.simplefilter("ignore", DeprecationWarning)
-            small[fmt] = _enc(img, fmt)
-        add(f"plugin_{fmt.lower()}", small[fmt], UNSUPPORTED, f"{fmt} written by Pillow")
-    for fmt, data in HAND_MADE_FORMATS.items():
-        small[fmt] = data
-        add(f"plugin_{fmt.lower()}", data, UNSUPPORTED, f"minimal {fmt} header")
+    small = {fmt: plugin_file(fmt) for fmt in [*PLUGIN_FORMATS, *HAND_MADE_FORMATS]}
+    for fmt, data in small.items():
+        how = "written by Pillow" if fmt in PLUGIN_FORMATS else "header, made by hand"
+        add(f"plugin_{fmt.lower()}", data, UNSUPPORTED, f"{fmt} {how}")
 
     # decompression bombs of each accepted format, over a limit: refused from the header
     add(

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError, features
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError, _imaging, features
 
 from leafid.errors import (
     BadImageError,
@@ -43,6 +43,10 @@ MiB = 1024 * 1024
 
 # Pillow only warns between MAX_IMAGE_PIXELS and twice that; leafid refuses instead.
 warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+# Pillow allocates a big image in blocks of this size. glibc gives blocks under 32 MiB
+# from its heaps, which keep freed memory (one heap per decoding thread); bigger blocks
+# are mapped and go back to the system as soon as the image is freed.
+_imaging.set_block_size(max(_imaging.get_block_size(), 64 * 1024 * 1024))
 
 # Signatures of formats leafid reads: a file that starts with one but that Pillow cannot
 # identify is a damaged image (400), not a file of another type (415).
