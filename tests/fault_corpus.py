@@ -553,23 +553,20 @@ PLUGIN_FORMATS = {
     "TGA": "RGB",
     "XBM": "1",
 }
+
+
+def fits_header(*cards: tuple[str, str]) -> bytes:
+    """A FITS header: one 80-byte card per keyword and value, then END."""
+    text = "".join(f"{key:<8}= {value:>20}".ljust(80) for key, value in cards)
+    return (text + "END".ljust(80)).encode("ascii")
+
+
 # Formats Pillow only reads: a minimal file of each, written by hand.
 HAND_MADE_FORMATS = {
-    "FITS": (b"SIMPLE  = " + b"T".rjust(20)).ljust(80)
-    + b"BITPIX  = "
-    + b"8".rjust(20)
-    + b" " * 50
-    + b"NAXIS   = "
-    + b"2".rjust(20)
-    + b" " * 50
-    + b"NAXIS1  = "
-    + b"4".rjust(20)
-    + b" " * 50
-    + b"NAXIS2  = "
-    + b"4".rjust(20)
-    + b" " * 50
-    + b"END".ljust(80)
-    + b"\x00" * 2720,
+    "FITS": fits_header(
+        ("SIMPLE", "T"), ("BITPIX", "8"), ("NAXIS", "2"), ("NAXIS1", "4"), ("NAXIS2", "4")
+    )
+    + bytes(2880),
     "SUN": struct.pack(">8I", 0x59A66A95, 4, 4, 8, 16, 1, 0, 0) + bytes(16),
     "XPM": b'/* XPM */\nstatic char *x[] = {\n"2 2 1 1",\n". c #ff0000",\n"..",\n".."};\n',
     "PSD": b"8BPS" + struct.pack(">H6xHIIHH", 1, 3, 4, 4, 8, 3) + bytes(64),
