@@ -843,10 +843,10 @@ def make_hostile_corpus(root: Path) -> list[Case]:
     # header tricks
     jpeg = _enc(_photo(RED, (64, 64)), "JPEG", quality=90)
     add(
-        "jpeg_claims_8900",
-        jpeg_with_size(jpeg, 8900, 8900),
+        "jpeg_claims_7000",
+        jpeg_with_size(jpeg, 7000, 7000),
         BAD,
-        "64x64 scan data, SOF0 claims 8900x8900 (libjpeg may fill in the rest)",
+        "64x64 scan data, SOF0 claims 7000x7000 (libjpeg may fill in the rest)",
         answer_ok=True,
     )
     add(
