@@ -4,11 +4,13 @@
 corrupt, header-only bombs, non-images named ``.jpg``, symlink loops, a FIFO, ...);
 ``make_unusual_corpus(dir)`` writes odd but valid photos it must classify (1x1, CMYK,
 16-bit, palette+alpha, animated, EXIF-rotated, wrong extension, extreme aspect ratios,
-...). Both return one :class:`Case` per file. Not collected by pytest (no ``test_``
-prefix); tests import it as ``from fault_corpus import ...``.
+...); ``make_hostile_corpus(dir)`` writes what a hostile client would send (a file of
+every format Pillow reads, decompression and CPU bombs of each accepted format, mutated
+headers, seeded random mutations). All return one :class:`Case` per file. Not collected
+by pytest (no ``test_`` prefix); tests import it as ``from fault_corpus import ...``.
 
-Run ``python tests/fault_corpus.py OUT_DIR`` to write both sets to ``OUT_DIR/bad`` and
-``OUT_DIR/unusual`` (with an ``index.tsv`` each) for manual checks.
+Run ``python tests/fault_corpus.py OUT_DIR`` to write the sets to ``OUT_DIR/bad``,
+``OUT_DIR/unusual`` and ``OUT_DIR/hostile`` (with an ``index.tsv`` each) for manual checks.
 
 File names: one valid and one bad file have names that are not UTF-8 (Linux only), one
 valid file has a newline in its name (POSIX). The CLI writes such a path with the
@@ -29,6 +31,7 @@ import os
 import stat
 import struct
 import sys
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +40,7 @@ import numpy as np
 from PIL import Image
 
 from conftest import TINY_COLOURS, noisy
+from leafid.images import AVIF_AVAILABLE, HEIF_AVAILABLE
 
 RED = TINY_COLOURS["rubra"]
 GREEN = TINY_COLOURS["viridis"]
@@ -63,6 +67,8 @@ class Case:
         slug: The class a valid case must be classified as (its colour), or None when
             the answer is not checked (grey or mixed images).
         note: What the case is.
+        answer_ok: A normal answer is accepted too (a mutated file that may still
+            decode); ``errors`` lists the accepted errors.
     """
 
     name: str
@@ -71,6 +77,7 @@ class Case:
     errors: frozenset[str] = field(default_factory=frozenset)
     slug: str | None = None
     note: str = ""
+    answer_ok: bool = False
 
     @property
     def row_path(self) -> str:
@@ -522,6 +529,398 @@ def _heic_bytes(img: Image.Image) -> bytes | None:
     return buf.getvalue()
 
 
+# --- the hostile corpus ------------------------------------------------------------------
+
+ANY_ERROR = BAD | UNSUPPORTED | TOO_LARGE
+# Formats Pillow reads that leafid does not accept, each written by Pillow's own encoder.
+PLUGIN_FORMATS = {
+    "BLP": "P",
+    "DDS": "RGB",
+    "DIB": "RGB",
+    "EPS": "RGB",
+    "ICNS": "RGB",
+    "ICO": "RGB",
+    "IM": "RGB",
+    "JPEG2000": "RGB",
+    "MSP": "1",
+    "PALM": "P",
+    "PCX": "RGB",
+    "PDF": "RGB",
+    "PPM": "RGB",
+    "QOI": "RGB",
+    "SGI": "RGB",
+    "SPIDER": "F",
+    "TGA": "RGB",
+    "XBM": "1",
+}
+
+
+def fits_header(*cards: tuple[str, str]) -> bytes:
+    """A FITS header: one 80-byte card per keyword and value, then END."""
+    text = "".join(f"{key:<8}= {value:>20}".ljust(80) for key, value in cards)
+    return (text + "END".ljust(80)).encode("ascii")
+
+
+# Formats Pillow only reads: a minimal file of each, written by hand.
+HAND_MADE_FORMATS = {
+    "FITS": fits_header(
+        ("SIMPLE", "T"), ("BITPIX", "8"), ("NAXIS", "2"), ("NAXIS1", "4"), ("NAXIS2", "4")
+    )
+    + bytes(2880),
+    "SUN": struct.pack(">8I", 0x59A66A95, 4, 4, 8, 16, 1, 0, 0) + bytes(16),
+    "XPM": b'/* XPM */\nstatic char *x[] = {\n"2 2 1 1",\n". c #ff0000",\n"..",\n".."};\n',
+    "PSD": b"8BPS" + struct.pack(">H6xHIIHH", 1, 3, 4, 4, 8, 3) + bytes(64),
+    "GBR": struct.pack(">IIIII", 28, 2, 4, 4, 1) + b"GIMP" + struct.pack(">I", 100) + bytes(16),
+    "XVTHUMB": b"P7 332\n#XVVERSION:\n#END_OF_COMMENTS\n4 4 255\n" + bytes(16),
+    "MCIDAS": bytes(256),
+    "WMF": b"\xd7\xcd\xc6\x9a" + bytes(60),
+    "FLI": struct.pack("<IHHHHH", 128, 0xAF11, 1, 4, 4, 8) + bytes(128),
+}
+
+
+def plugin_file(fmt: str) -> bytes:
+    """A small file of a format leafid does not accept (:data:`PLUGIN_FORMATS`, ...)."""
+    if fmt in HAND_MADE_FORMATS:
+        return HAND_MADE_FORMATS[fmt]
+    img = _photo(RED, (16, 16)).convert(PLUGIN_FORMATS[fmt])
+    with warnings.catch_warnings():
+        # Pillow deprecates some old formats' writers; such files still exist
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return _enc(img, fmt)
+
+
+def png_flat(width: int, height: int, depth: int, colour_type: int, row: bytes) -> bytes:
+    """A PNG whose every scanline is ``row`` (filter byte included), compressed as it goes.
+
+    A big flat image compresses ~1000:1: the classic PNG decompression bomb.
+    """
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0)
+    packer = zlib.compressobj(9)
+    rows_per_chunk = max(1, (1 << 20) // len(row))
+    idat = b"".join(
+        packer.compress(row * min(rows_per_chunk, height - y))
+        for y in range(0, height, rows_per_chunk)
+    )
+    idat += packer.flush()
+    return PNG_SIGNATURE + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+
+
+def png_text_bomb(chunks: int) -> bytes:
+    """A small PNG with ``chunks`` zTXt chunks of 1 MB of zeros each (~1 KB compressed)."""
+    png = _enc(_photo(GREEN), "PNG")
+    ztxt = _chunk(b"zTXt", b"comment\x00\x00" + zlib.compress(b"\x00" * (1 << 20), 9))
+    at = png.index(b"IDAT") - 4
+    return png[:at] + ztxt * chunks + png[at:]
+
+
+def tiff_header(width: int, height: int, bits: int, samples: int, sample_format: int) -> bytes:
+    """A TIFF whose only IFD claims an uncompressed image, with no pixel data."""
+    photometric = 2 if samples == 3 else 1
+    tags = [
+        (256, 4, 1, width),
+        (257, 4, 1, height),
+        (258, 3, 1, bits),
+        (259, 3, 1, 1),
+        (262, 3, 1, photometric),
+        (273, 4, 1, 8),
+        (277, 3, 1, samples),
+        (278, 4, 1, height),
+        (279, 4, 1, width * height * samples * bits // 8),
+        (339, 3, 1, sample_format),
+    ]
+    ifd = struct.pack("<H", len(tags))
+    for tag, kind, count, value in tags:
+        packed = struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value)
+        ifd += struct.pack("<HHI", tag, kind, count) + packed
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0)
+
+
+def bmp_rle8(width: int, height: int, body: bytes) -> bytes:
+    """An 8-bit RLE-compressed BMP with a grey palette and ``body`` as its RLE data."""
+    palette = b"".join(bytes([i, i, i, 0]) for i in range(256))
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(body), 2835, 2835, 256, 0)
+    offset = 14 + len(info) + len(palette)
+    head = struct.pack("<IHHI", offset + len(body), 0, 0, offset)
+    return b"BM" + head + info + palette + body
+
+
+def jpeg_with_scans(extra: int, size: tuple[int, int] = (256, 256)) -> bytes:
+    """A progressive JPEG with its last scan repeated ``extra`` more times (a CPU bomb)."""
+    data = _enc(_photo(RED, size), "JPEG", quality=90, progressive=True)
+    end = data.rindex(b"\xff\xd9")
+    last = data[data.rindex(b"\xff\xda") : end]
+    return data[:end] + last * extra + data[end:]
+
+
+def jpeg_with_size(data: bytes, width: int, height: int) -> bytes:
+    """A JPEG whose SOF0 claims ``width`` x ``height`` (its scan data is for the old size)."""
+    at = data.index(b"\xff\xc0") + 5
+    return data[:at] + struct.pack(">HH", height, width) + data[at + 4 :]
+
+
+def tiff_ifd_loop(data: bytes) -> bytes:
+    """A little-endian TIFF whose first IFD names itself as the next one."""
+    first = struct.unpack("<I", data[4:8])[0]
+    count = struct.unpack("<H", data[first : first + 2])[0]
+    at = first + 2 + 12 * count
+    return data[:at] + struct.pack("<I", first) + data[at + 4 :]
+
+
+def _animated(fmt: str, frames: int, **kwargs: object) -> bytes:
+    images = [
+        _photo(BLUE, (32, 24), seed=i).convert("P" if fmt == "GIF" else "RGB")
+        for i in range(frames)
+    ]
+    buf = io.BytesIO()
+    images[0].save(buf, fmt, save_all=True, append_images=images[1:], **kwargs)
+    return buf.getvalue()
+
+
+def mutate(data: bytes, seed: int) -> bytes:
+    """``data`` with a few seeded random bit flips, a cut or an inserted run."""
+    rng = np.random.default_rng(seed)
+    out = bytearray(data)
+    kind = seed % 3
+    if kind == 0:
+        for at in rng.integers(0, len(out), 1 + seed % 8):
+            out[at] ^= 1 << int(rng.integers(0, 8))
+    elif kind == 1:
+        del out[int(rng.integers(len(out) // 4, len(out))) :]
+    else:
+        at = int(rng.integers(0, min(len(out), 64)))
+        out[at:at] = rng.integers(0, 256, 1 + seed % 32, dtype=np.uint8).tobytes()
+    return bytes(out)
+
+
+def make_hostile_corpus(root: Path) -> list[Case]:
+    """Write what a hostile client would send, one file per :class:`Case`, into ``root``.
+
+    Every Pillow plugin leafid does not accept (415 each), bombs of each accepted format
+    (over the pixel or decode-cost limits: 413 from the header; just within them: an
+    answer), CPU bombs (JPEG scans, RLE BMP), header tricks, and seeded mutations of
+    small files of every format (any typed outcome). Names end in an image extension, so
+    ``leafid classify FOLDER`` takes every file. The expectations hold for the default
+    :class:`~leafid.images.ImageLimits` and the service's defaults.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    cases: list[Case] = []
+
+    def add(
+        name: str,
+        data: bytes,
+        errors: frozenset[str],
+        note: str,
+        ext: str = "jpg",
+        answer_ok: bool = False,
+    ) -> None:
+        path = _write(root, f"{name}.{ext}", data)
+        cases.append(Case(name, path, data, errors, None, note, answer_ok))
+
+    small = {fmt: plugin_file(fmt) for fmt in [*PLUGIN_FORMATS, *HAND_MADE_FORMATS]}
+    for fmt, data in small.items():
+        how = "written by Pillow" if fmt in PLUGIN_FORMATS else "header, made by hand"
+        add(f"plugin_{fmt.lower()}", data, UNSUPPORTED, f"{fmt} {how}")
+
+    # decompression bombs of each accepted format, over a limit: refused from the header
+    add(
+        "png_grey16_7000",
+        png_flat(7000, 7000, 16, 0, b"\x00" + b"\x80\x00" * 7000),
+        TOO_LARGE,
+        "7000x7000 16-bit grey PNG, ~100 KB",
+        "png",
+    )
+    add(
+        "png_rgba16_7000",
+        png_raw(7000, 7000, 16, 6, None),
+        TOO_LARGE,
+        "7000x7000 16-bit RGBA IHDR",
+        "png",
+    )
+    add(
+        "png_bilevel_80mp",
+        png_raw(8940, 8940, 1, 0, None),
+        TOO_LARGE,
+        "8940x8940 1-bit IHDR (RGB copy over the cost limit)",
+        "png",
+    )
+    add(
+        "webp_lossless_7000",
+        _enc(Image.new("RGB", (7000, 7000), GREEN), "WEBP", lossless=True),
+        TOO_LARGE,
+        "7000x7000 lossless WebP, ~2 KB",
+        "webp",
+    )
+    add("gif_8000", gif_bomb(8000), TOO_LARGE, "8000x8000 GIF header", "gif")
+    add(
+        "tiff_float_6000",
+        tiff_header(6000, 6000, 32, 1, 3),
+        TOO_LARGE,
+        "6000x6000 float TIFF header",
+        "tif",
+    )
+    add(
+        "tiff_grey16_9000",
+        tiff_header(9000, 9000, 16, 1, 1),
+        TOO_LARGE,
+        "9000x9000 16-bit TIFF header",
+        "tif",
+    )
+    add(
+        "bmp_rle_8000",
+        bmp_rle8(8000, 8000, b"\x00\x01"),
+        TOO_LARGE,
+        "8000x8000 RLE8 BMP, end of bitmap at once",
+        "bmp",
+    )
+    add(
+        "jpeg_progressive_444_7000",
+        _enc(Image.new("RGB", (7000, 7000), RED), "JPEG", progressive=True, subsampling=0),
+        TOO_LARGE,
+        "7000x7000 progressive 4:4:4 JPEG (coefficients over the cost limit)",
+    )
+    add("jpeg_scans_1000", jpeg_with_scans(1000), TOO_LARGE, "a progressive JPEG of 1010 scans")
+    add(
+        "bmp_rle_cpu",
+        bmp_rle8(4000, 4000, b"\x01\x05" * 1_500_000),
+        TOO_LARGE,
+        "3 MB of one-pixel RLE runs (Pillow decodes RLE in Python)",
+        "bmp",
+    )
+    add("png_text_bomb", png_text_bomb(70), BAD, "70 zTXt chunks of 1 MB each", "png")
+
+    # just within the limits: decoded, and answered
+    add(
+        "png_rgb_7000",
+        png_flat(7000, 7000, 8, 2, b"\x00" + bytes(GREEN) * 7000),
+        frozenset(),
+        "7000x7000 RGB PNG, ~200 KB",
+        "png",
+    )
+    add(
+        "png_grey_6500",
+        png_flat(6500, 6500, 8, 0, b"\x00" + b"\x60" * 6500),
+        frozenset(),
+        "6500x6500 grey PNG",
+        "png",
+    )
+    add(
+        "jpeg_progressive_7000",
+        _enc(Image.new("RGB", (7000, 7000), RED), "JPEG", progressive=True),
+        frozenset(),
+        "7000x7000 progressive 4:2:0 JPEG",
+    )
+    add(
+        "webp_3000",
+        _enc(Image.new("RGB", (3000, 3000), BLUE), "WEBP", lossless=True),
+        frozenset(),
+        "3000x3000 lossless WebP",
+        "webp",
+    )
+    add(
+        "gif_6000",
+        _enc(Image.new("P", (6000, 6000), 5), "GIF"),
+        frozenset(),
+        "6000x6000 GIF",
+        "gif",
+    )
+    add(
+        "tiff_deflate_5000",
+        _enc(Image.new("RGB", (5000, 5000), GREEN), "TIFF", compression="tiff_deflate"),
+        frozenset(),
+        "5000x5000 deflate TIFF",
+        "tif",
+    )
+    add(
+        "tiff_jpeg_4000",
+        _enc(_photo(GREEN, (4000, 3000)), "TIFF", compression="jpeg"),
+        frozenset(),
+        "4000x3000 JPEG-compressed TIFF",
+        "tif",
+    )
+    add("jpeg_scans_16", jpeg_with_scans(6), frozenset(), "16 scans: the most accepted")
+    add("bmp_rle_short", bmp_rle8(3000, 3000, b"\x00\x01"), BAD, "RLE8 BMP, no pixels", "bmp")
+
+    # header tricks
+    jpeg = _enc(_photo(RED, (64, 64)), "JPEG", quality=90)
+    add(
+        "jpeg_claims_7000",
+        jpeg_with_size(jpeg, 7000, 7000),
+        BAD,
+        "64x64 scan data, SOF0 claims 7000x7000 (libjpeg may fill in the rest)",
+        answer_ok=True,
+    )
+    add(
+        "jpeg_app_flood",
+        jpeg[:2] + _chunk_app(4000) + jpeg[2:],
+        frozenset(),
+        "4000 APP segments before the frame",
+    )
+    add("gif_frames_300", _animated("GIF", 300, duration=10), frozenset(), "300 frames", "gif")
+    add("webp_frames_100", _animated("WEBP", 100, duration=10), frozenset(), "100 frames", "webp")
+    add(
+        "png_frames_100", _animated("PNG", 100, duration=10), frozenset(), "APNG, 100 frames", "png"
+    )
+    add("tiff_pages_100", _animated("TIFF", 100), frozenset(), "100 pages", "tif")
+    add(
+        "tiff_ifd_loop",
+        tiff_ifd_loop(_enc(_photo(BLUE), "TIFF")),
+        frozenset(),
+        "next IFD is itself",
+        "tif",
+    )
+    palette = png_raw(64, 48, 8, 3, (b"\x00" + b"\xff" * 64) * 48)
+    at = palette.index(b"IDAT") - 4
+    short_plte = palette[:at] + _chunk(b"PLTE", bytes(GREEN) * 2) + palette[at:]
+    add(
+        "png_index_past_palette",
+        short_plte,
+        BAD,
+        "indices past a 2-colour PLTE",
+        "png",
+        answer_ok=True,
+    )
+    add("png_no_plte", palette, BAD, "palette PNG without PLTE", "png", answer_ok=True)
+    add(
+        "mpo",
+        _enc(_photo(RED), "MPO", save_all=True, append_images=[_photo(BLUE)]),
+        frozenset(),
+        "two-picture MPO (a JPEG)",
+    )
+    add(
+        "heic_damaged",
+        FAKE_HEIC + b"\x00" * 64,
+        BAD if HEIF_AVAILABLE else UNSUPPORTED,
+        "ftypheic box, no image",
+        "heic",
+    )
+    add(
+        "avif_damaged",
+        b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1" + bytes(64),
+        BAD if AVIF_AVAILABLE else UNSUPPORTED,
+        "ftypavif box, no image",
+        "heic",
+    )
+
+    # seeded random mutations of small files of every format
+    for fmt in ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP"):
+        small[fmt] = _enc(_photo(GREEN, (48, 32)).convert("P" if fmt == "GIF" else "RGB"), fmt)
+    for i, (fmt, data) in enumerate(sorted(small.items())):
+        for k in range(2 if fmt in ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP") else 1):
+            add(
+                f"mutated_{fmt.lower()}_{k}",
+                mutate(data, 7 * i + k),
+                ANY_ERROR,
+                f"{fmt} with seeded mutations",
+                answer_ok=True,
+            )
+    return cases
+
+
+def _chunk_app(count: int) -> bytes:
+    """``count`` empty-ish APP15 segments."""
+    return (b"\xff\xef" + struct.pack(">H", 6) + b"leaf") * count
+
+
 def describe(path: Path) -> str:
     """``file``-like kind of a corpus entry (for ``index.tsv``)."""
     st = os.lstat(path)
@@ -533,12 +932,17 @@ def describe(path: Path) -> str:
 
 
 def main(argv: list[str]) -> int:
-    """Write both corpora under ``argv[0]``."""
+    """Write the corpora under ``argv[0]``."""
     if len(argv) != 1:
         sys.stderr.write("usage: python tests/fault_corpus.py OUT_DIR\n")
         return 2
     out = Path(argv[0])
-    for part, maker in (("bad", make_bad_corpus), ("unusual", make_unusual_corpus)):
+    makers = (
+        ("bad", make_bad_corpus),
+        ("unusual", make_unusual_corpus),
+        ("hostile", make_hostile_corpus),
+    )
+    for part, maker in makers:
         cases = maker(out / part)
         lines = ["name\tfile\tkind\terrors\tslug\tnote"]
         for c in cases:

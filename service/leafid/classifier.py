@@ -5,7 +5,10 @@ Many images are answered in two steps, the same for every caller (``leafid class
 input into a model input or the typed :class:`~leafid.errors.ImageError` saying why it
 cannot be used, then :meth:`Classifier.classify_loaded` (or
 :meth:`Classifier.identify_loaded`) runs the model on the good ones and puts each error
-back in its place.
+back in its place. The images of one request are loaded with one
+:class:`~leafid.images.DecodeBudget` (:meth:`Classifier.load_request`), so that a
+request of many costly images is bounded in time too: each image past the budget gets
+its own :class:`~leafid.errors.TooLargeError`.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from leafid.errors import ImageError, InvalidModelError, InvalidRequestError, ModelNotFoundError
-from leafid.images import ImageLimits, decode, read_bytes
+from leafid.images import DecodeBudget, ImageLimits, decode, decoded, read_bytes
 from leafid.paths import default_model_path
 from leafid.preprocess import preprocess
 from leafid.results import Candidate, Identification, Prediction
@@ -189,16 +192,26 @@ class Classifier:
         """The spec's model version."""
         return self.spec.model_version
 
-    def load(self, data: bytes) -> np.ndarray:
+    def load(self, data: bytes, budget: DecodeBudget | None = None) -> np.ndarray:
         """Decode encoded image bytes and preprocess them into one model input.
+
+        Args:
+            data: The encoded image.
+            budget: The request's decode budget to take the image's cost from, if any.
 
         Raises:
             ImageError: The bytes are not a usable image.
         """
-        return preprocess(decode_input(data, self.spec, self.limits), self.spec)
+        # the decoded image counts against concurrent decodes until it is preprocessed
+        with decoded(data, self.limits, self.spec.resize_size, budget) as img:
+            return preprocess(img, self.spec)
 
-    def try_load(self, image: ImageInput) -> Loaded:
+    def try_load(self, image: ImageInput, budget: DecodeBudget | None = None) -> Loaded:
         """Read (a path, with :attr:`limits`), decode and preprocess one image.
+
+        Args:
+            image: Encoded bytes or a file path.
+            budget: The request's decode budget (see :meth:`load_request`), if any.
 
         Returns:
             The model input, or the :class:`~leafid.errors.ImageError` saying why the
@@ -207,9 +220,22 @@ class Classifier:
         """
         try:
             data = image if isinstance(image, bytes) else read_bytes(image, self.limits)
-            return self.load(data)
+            return self.load(data, budget)
         except ImageError as exc:
             return exc
+
+    def request_budget(self) -> DecodeBudget:
+        """A fresh decode budget for one request (``limits.max_request_decode_bytes``)."""
+        return DecodeBudget(self.limits)
+
+    def load_request(self, images: Sequence[ImageInput]) -> list[Loaded]:
+        """:meth:`try_load` the images of one request, in order, with one decode budget.
+
+        An image whose decode cost no longer fits the budget gets its own
+        :class:`~leafid.errors.TooLargeError`; the others are loaded.
+        """
+        budget = self.request_budget()
+        return [self.try_load(image, budget) for image in images]
 
     def prepare(self, img: Image.Image) -> np.ndarray:
         """Preprocess an already decoded RGB image into one model input."""
@@ -295,8 +321,11 @@ class Classifier:
     def classify_images(
         self, images: Sequence[ImageInput], top_k: int = 5
     ) -> list[Prediction | ImageError]:
-        """A prediction, or the typed error saying why there is none, for each image."""
-        return self.classify_loaded([self.try_load(image) for image in images], top_k)
+        """A prediction, or the typed error saying why there is none, for each image.
+
+        The images are one request (:meth:`load_request`): they share one decode budget.
+        """
+        return self.classify_loaded(self.load_request(images), top_k)
 
     def classify(self, images: Sequence[Image.Image], top_k: int = 5) -> list[Prediction]:
         """Classify decoded RGB images independently, in one onnxruntime call."""

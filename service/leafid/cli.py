@@ -300,7 +300,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
     """
     fmt = args.format or _default_format(None)
     classifier = make_classifier(args)
-    loaded = [classifier.try_load(path) for path in args.images]
+    loaded = classifier.load_request(args.images)
     errors: list[Row] = []
     for path, item in zip(args.images, loaded, strict=True):
         if isinstance(item, ImageError):
