@@ -44,6 +44,7 @@ from leafid_train.loop import (
     train_one_epoch,
     validate,
 )
+from leafid_train.outlier_exposure import load_ood_batches
 from leafid_train.run_data import RunData, build_data, load_train_set, training_data_summary
 from leafid_train.run_folder import RunFolder
 
@@ -235,6 +236,11 @@ def _train_epochs(
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg.epochs * len(loader), cfg.warmup_steps_frac)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    ood_batches = None
+    if cfg.outlier_exposure > 0:
+        ood_batches = load_ood_batches(
+            data, cfg.seed, info.rank, cfg.batch_size, cfg.loader_processes, show=show
+        )
     ema = build_ema(model, cfg.ema_decay)
     scored = model if ema is None else ema.module  # what is validated, kept and exported
     parts = TrainingParts(model, optimizer, scheduler, ema)
@@ -270,6 +276,8 @@ def _train_epochs(
                 hook=hook,
                 show_progress=show,
                 ema=ema,
+                ood_batches=None if ood_batches is None else ood_batches.epoch(epoch, len(loader)),
+                ood_weight=cfg.outlier_exposure,
             )
         )
         if ema is not None:  # each process averaged its own BatchNorm statistics
