@@ -18,7 +18,7 @@ from leafid.errors import InvalidRequestError, ModelError  # noqa: E402
 from leafid.spec import ClassInfo, ModelSpec  # noqa: E402
 from leafid_train import train  # noqa: E402
 from leafid_train.backbone import PRETRAINED_MEAN, PRETRAINED_STD  # noqa: E402
-from leafid_train.calibrate import calibration_report  # noqa: E402
+from leafid_train.calibrate import UnknownRule, calibration_report  # noqa: E402
 from leafid_train.checkpoint import load_best  # noqa: E402
 from leafid_train.config import MANIFEST_DIR_ENV, TrainConfig  # noqa: E402
 from leafid_train.data import DatasetError, open_root  # noqa: E402
@@ -140,7 +140,7 @@ def test_int8_export_has_its_own_calibration(
         onnx_logits(int8.path, data.eval_arrays("val")),
         data.labels("val"),
         onnx_logits(int8.path, data.eval_arrays("val", ood=True)),
-        keep=cfg.keep_fraction,
+        UnknownRule.of(cfg),
     )
     assert int8.spec.temperature == pytest.approx(want["temperature"])
     assert int8.threshold == pytest.approx(want["unknown_threshold"])
@@ -472,3 +472,39 @@ def test_outlier_exposure_run_resumes_bit_identically(
     a = torch.load(tmp_path / "killed" / "best.pt", weights_only=False)["model"]
     b = torch.load(tmp_path / "straight" / "best.pt", weights_only=False)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_coverage_rule_run_reports_its_curve_and_ships_the_threshold(tmp_path: Path) -> None:
+    make_ood(tmp_path / "nonleaf")
+    cfg = tiny_config(
+        tmp_path,
+        epochs=1,
+        ood=[str(tmp_path / "nonleaf")],
+        unknown_rule="coverage",
+        answered_right=0.5,
+        reject=["nonleaf=0.5"],
+    )
+    result = run_training(cfg, quiet=True)
+    calibration = json.loads((tmp_path / "run" / "calibration.json").read_text())
+    assert calibration == result.calibration
+    assert calibration["unknown_rule"]["reject"] == {"nonleaf": 0.5}
+    assert list(calibration["ood_rejected_per_root"]) == ["nonleaf"]
+    assert calibration["unknown_threshold"] in [
+        p["threshold"] for p in calibration["risk_coverage"]
+    ]
+    assert set(calibration["scores"]) == {"max_softmax", "max_logit", "energy"}
+    export_run(tmp_path / "run", tmp_path / "m.onnx")
+    clf = Classifier(tmp_path / "m.onnx")
+    assert clf.threshold == pytest.approx(calibration["unknown_threshold"])
+    assert clf.spec.metrics["val"]["unknown_rule"]["name"] == "coverage"
+    assert clf.spec.metrics["val"]["targets_met"] is calibration["targets_met"]
+
+
+def test_reject_target_must_name_an_ood_root(tmp_path: Path) -> None:
+    make_ood(tmp_path / "nonleaf")
+    cfg = tiny_config(
+        tmp_path, ood=[str(tmp_path / "nonleaf")], unknown_rule="coverage", reject=["plants=0.9"]
+    )
+    with pytest.raises(InvalidRequestError, match=r"\['plants'\], not an --ood root \(nonleaf\)"):
+        run_training(cfg, quiet=True)
+    assert not (tmp_path / "run").exists()

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from leafid.console import echo
 from leafid.errors import InvalidRequestError, LeafidError
 from leafid_train import ddp
-from leafid_train.calibrate import calibrate
+from leafid_train.calibrate import UnknownRule, calibrate
 from leafid_train.checkpoint import (
     TrainingParts,
     TrainState,
@@ -135,6 +135,16 @@ def _check_device(cfg: TrainConfig, info: ddp.DistInfo) -> None:
         )
 
 
+def _check_reject_roots(cfg: TrainConfig, data: RunData) -> None:
+    """Refuse ``--reject`` targets for roots that are not ``--ood`` roots of the run."""
+    unknown = set(cfg.reject_targets()) - {r.name for r in data.ood_roots}
+    if unknown:
+        raise InvalidRequestError(
+            f"--reject names {sorted(unknown)}, not an --ood root "
+            f"({', '.join(r.name for r in data.ood_roots) or 'none given'})"
+        )
+
+
 def _run(
     cfg: TrainConfig, run: RunFolder, *, resume: bool, hook: StepHook | None, quiet: bool
 ) -> RunResult:
@@ -148,6 +158,7 @@ def _run(
             torch.set_num_threads(cfg.threads)
         seed_everything(cfg.seed + info.rank)
         data = build_data(cfg, run.split if resume else None)
+        _check_reject_roots(cfg, data)
         if info.is_main:
             run.save_config(cfg)
             run.save_split(data.split)
@@ -312,7 +323,8 @@ def calibrate_run(run: RunFolder, cfg: TrainConfig, data: RunData) -> dict[str, 
         data.eval_arrays("val"),
         data.labels("val"),
         data.eval_arrays("val", ood=True),
-        keep=cfg.keep_fraction,
+        rule=UnknownRule.of(cfg),
+        ood_roots=[s.root for s in data.split.ood["val"]],
     )
     run.write_calibration(report)
     return report
