@@ -87,7 +87,8 @@ class TrainConfig:
 
     Attributes:
         data: Dataset roots (names or paths, as given).
-        ood: Out-of-distribution roots, used only for the unknown threshold.
+        ood: Out-of-distribution roots: their val part picks the unknown threshold (and
+            with ``outlier_exposure``, their train part is trained on).
         out: The run folder.
         arch: timm architecture name.
         pretrained: Start from the ImageNet weights of ``arch`` (lite0 only).
