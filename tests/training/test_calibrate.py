@@ -5,18 +5,29 @@ import logging
 import numpy as np
 import pytest
 
+from leafid.classifier import softmax
+from leafid.errors import InvalidRequestError
 from leafid_train.calibrate import (
     MAX_TEMPERATURE,
     MIN_TEMPERATURE,
+    SCORES,
+    UnknownRule,
     auroc,
     calibrate,
     calibration_report,
+    compare_scores,
     ece,
+    energy_score,
     fit_temperature,
+    known_scores,
     nll,
+    operating_points,
+    pick_coverage_threshold,
     pick_threshold,
     reliability,
+    risk_coverage_curve,
 )
+from leafid_train.config import TrainConfig
 
 
 def overconfident(n: int = 600, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -117,9 +128,224 @@ def test_calibrate_runs_the_model_on_val_and_ood_val() -> None:
         return ood_logits if len(batch) == 5 else logits[batch[:, 0, 0, 0]]
 
     ood = np.zeros((5, 1, 1, 1), dtype=np.uint8)
-    report = calibrate(logits_of, images, labels, ood, keep=0.9)
-    assert report == calibration_report(logits, labels, ood_logits, keep=0.9)
+    keep = UnknownRule(keep_fraction=0.9)
+    report = calibrate(logits_of, images, labels, ood, rule=keep)
+    assert report == calibration_report(logits, labels, ood_logits, keep)
     assert seen == [200, 5] and report["ood_val_images"] == 5
     seen.clear()
-    no_ood = calibrate(logits_of, images, labels, ood[:0], keep=0.9)
-    assert seen == [200] and no_ood == calibration_report(logits, labels, None, keep=0.9)
+    no_ood = calibrate(logits_of, images, labels, ood[:0], rule=keep)
+    assert seen == [200] and no_ood == calibration_report(logits, labels, None, keep)
+
+
+def test_energy_and_max_logit_scores() -> None:
+    logits = np.array([[0.0, 0.0], [1.0, 2.0], [1000.0, 1000.0]])
+    energy = energy_score(logits)
+    assert energy[0] == pytest.approx(np.log(2))
+    assert energy[1] == pytest.approx(np.log(np.e + np.e**2))
+    assert energy[2] == pytest.approx(1000 + np.log(2))  # no overflow
+    assert energy_score(logits[1:2], 2.0)[0] == pytest.approx(2 * np.log(np.e**0.5 + np.e))
+    scores = known_scores(logits, temperature=2.0)
+    assert list(scores) == list(SCORES)
+    np.testing.assert_allclose(scores["max_logit"], [0.0, 2.0, 1000.0])
+    np.testing.assert_allclose(scores["energy"], energy)  # at T = 1 whatever the calibration's
+    np.testing.assert_allclose(scores["max_softmax"], softmax(logits, 2.0).max(axis=1))
+
+
+def test_compare_scores_reports_each_scores_auroc_on_val() -> None:
+    logits, labels = overconfident(300)
+    rng = np.random.default_rng(3)
+    # flat but large logits: a low max softmax, a high max logit
+    flat = 9.0 + rng.normal(0, 0.1, (40, 4))
+    quiet = rng.normal(0, 0.5, (20, 4))
+    ood = np.concatenate([flat, quiet])
+    roots = ["flat"] * 40 + ["quiet"] * 20
+    rule = UnknownRule("coverage", answered_right=0.6, reject={"flat": 0.9})
+    got = compare_scores(logits, labels, ood, roots, 1.5, rule)
+    assert list(got) == list(SCORES)
+    leaf, other = known_scores(logits, 1.5), known_scores(ood, 1.5)
+    for name in SCORES:
+        assert got[name]["auroc"] == auroc(leaf[name], other[name])
+        assert got[name]["auroc_per_root"]["flat"] == auroc(leaf[name], other[name][:40])
+    assert got["max_softmax"]["auroc_per_root"]["flat"] > 0.95
+    assert got["max_logit"]["auroc_per_root"]["flat"] < 0.05
+    # each score's own threshold under the same rule: max logit must reject nearly all
+    assert got["max_softmax"]["targets_met"] and got["max_softmax"]["rejected"]["flat"] >= 0.9
+    assert got["max_softmax"]["coverage"] > 0.5 > got["max_logit"]["coverage"]
+
+
+def _scores() -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """100 leaf scores 0.01..1.00 (the lower the likelier wrong) and two OOD roots."""
+    scores = np.arange(1, 101) / 100
+    correct = np.ones(100, dtype=bool)
+    correct[[0, 2, 4, 6, 8, 10, 15, 20, 30, 45]] = False  # 10 wrong, mostly low scores
+    ood = {"nonleaf": np.linspace(0.0, 0.6, 50), "plants": np.linspace(0.0, 0.9, 30)}
+    return scores, correct, ood
+
+
+def _meets(point: dict, rule: UnknownRule) -> bool:
+    rejected = point["rejected"]
+    return point["answered_right"] >= rule.answered_right and all(
+        rejected[root] >= target for root, target in rule.reject.items()
+    )
+
+
+def test_coverage_threshold_answers_the_most_within_every_target() -> None:
+    scores, correct, ood = _scores()
+    rule = UnknownRule("coverage", answered_right=0.98, reject={"nonleaf": 0.95, "plants": 0.7})
+    point, fallback = pick_coverage_threshold(scores, correct, ood, rule)
+    assert fallback is None
+    assert point["answered_right"] >= 0.98
+    assert point["rejected"]["nonleaf"] >= 0.95 and point["rejected"]["plants"] >= 0.7
+    answered = scores >= point["threshold"]
+    assert (
+        point["coverage"] == answered.mean() and point["answered_right"] == correct[answered].mean()
+    )
+    # no threshold that meets every target answers more (brute force over all of them)
+    every = operating_points(np.unique(scores), scores, correct, ood)
+    feasible = [p for p in every if _meets(p, rule)]
+    assert point["coverage"] == max(p["coverage"] for p in feasible)
+    # each target binds somewhere: dropping any one of them answers more
+    for looser in (
+        UnknownRule("coverage", answered_right=0.9, reject=rule.reject),
+        UnknownRule("coverage", answered_right=0.98, reject={"nonleaf": 0.95}),
+    ):
+        assert (
+            pick_coverage_threshold(scores, correct, ood, looser)[0]["coverage"]
+            >= point["coverage"]
+        )
+
+
+def test_coverage_threshold_without_targets_on_ood_answers_what_is_right_enough() -> None:
+    scores, correct, ood = _scores()
+    point, fallback = pick_coverage_threshold(
+        scores, correct, ood, UnknownRule("coverage", answered_right=0.95)
+    )
+    assert fallback is None and point["answered_right"] >= 0.95
+    lower = scores[scores < point["threshold"]].max()
+    assert correct[scores >= lower].mean() < 0.95  # one step lower breaks the target
+
+
+def test_infeasible_rejection_gives_way_to_answered_right_then_costs_coverage() -> None:
+    scores, correct, ood = _scores()
+    ood["always"] = np.full(10, 2.0)  # scores above every leaf photo: never rejected
+    rule = UnknownRule("coverage", answered_right=0.98, reject={"plants": 0.95, "always": 0.5})
+    point, fallback = pick_coverage_threshold(scores, correct, ood, rule)
+    assert fallback is not None and "always answered unknown >= 0.5" in fallback
+    assert "plants" not in fallback and "answered right" not in fallback
+    assert point["answered_right"] >= 0.98 and point["rejected"]["plants"] >= 0.95
+    # the most coverage among the thresholds that meet everything that can be met
+    every = operating_points(np.unique(scores), scores, correct, ood)
+    met = [p for p in every if p["answered_right"] >= 0.98 and p["rejected"]["plants"] >= 0.95]
+    assert point["coverage"] == max(p["coverage"] for p in met)
+
+
+def test_rejection_comes_before_coverage() -> None:
+    scores, correct, ood = _scores()
+    ood["high"] = np.array([0.5, 0.97, 0.99])  # 2 of 3 rejected only above 0.99
+    rule = UnknownRule("coverage", answered_right=0.98, reject={"high": 0.9})
+    point, fallback = pick_coverage_threshold(scores, correct, ood, rule)
+    assert fallback is None and point["threshold"] == 1.0 and point["coverage"] == 0.01
+
+
+def test_unreachable_answered_right_picks_the_most_right() -> None:
+    scores = np.array([0.2, 0.5, 0.8, 0.9])
+    correct = np.array([True, True, False, False])  # the surest answers are wrong
+    ood = {"nonleaf": np.array([0.1, 0.95])}
+    rule = UnknownRule("coverage", answered_right=0.98, reject={"nonleaf": 0.95})
+    point, fallback = pick_coverage_threshold(scores, correct, ood, rule)
+    assert fallback is not None and "answered right >= 0.98" in fallback
+    assert point["threshold"] == 0.2 and point["answered_right"] == 0.5  # most right of all
+
+
+def test_rejection_target_needs_that_roots_photos() -> None:
+    scores, correct, ood = _scores()
+    with pytest.raises(InvalidRequestError, match="missing"):
+        pick_coverage_threshold(
+            scores, correct, ood, UnknownRule("coverage", reject={"missing": 0.9})
+        )
+
+
+def test_risk_coverage_curve_is_monotone_and_holds_the_chosen_point() -> None:
+    scores, correct, ood = _scores()
+    rule = UnknownRule("coverage", answered_right=0.98, reject={"nonleaf": 0.95})
+    chosen, _ = pick_coverage_threshold(scores, correct, ood, rule)
+    curve = risk_coverage_curve(scores, correct, ood, chosen["threshold"])
+    thresholds = [p["threshold"] for p in curve]
+    coverage = [p["coverage"] for p in curve]
+    assert thresholds == sorted(set(thresholds)) and len(curve) >= 20
+    assert coverage == sorted(coverage, reverse=True) and coverage[0] == 1.0
+    assert chosen in curve
+    for root in ood:
+        rejected = [p["rejected"][root] for p in curve]
+        assert rejected == sorted(rejected)
+    for p in curve:
+        answered = scores >= p["threshold"]
+        assert p["answered_right"] == pytest.approx(correct[answered].mean())
+
+
+def test_coverage_rule_report() -> None:
+    logits, labels = overconfident(400)
+    rng = np.random.default_rng(4)
+    ood = rng.normal(0, 0.5, (60, 4))
+    roots = ["nonleaf"] * 30 + ["plants"] * 30
+    rule = UnknownRule("coverage", answered_right=0.7, reject={"nonleaf": 0.9, "plants": 0.8})
+    report = calibration_report(logits, labels, ood, rule, roots)
+    t = report["temperature"]
+    best, other = softmax(logits, t).max(axis=1), softmax(ood, t).max(axis=1)
+    correct = softmax(logits, t).argmax(axis=1) == labels
+    point, _ = pick_coverage_threshold(
+        best, correct, {"nonleaf": other[:30], "plants": other[30:]}, rule
+    )
+    assert report["unknown_threshold"] == point["threshold"]
+    assert report["val_unknown_rate"] == pytest.approx(1 - point["coverage"])
+    assert report["val_answered_right"] == point["answered_right"] >= 0.7
+    assert report["ood_rejected_per_root"] == point["rejected"]
+    assert report["targets_met"] is True and report["fallback"] is None
+    assert report["unknown_rule"] == {
+        "name": "coverage",
+        "answered_right": 0.7,
+        "reject": {"nonleaf": 0.9, "plants": 0.8},
+    }
+    assert any(p["threshold"] == point["threshold"] for p in report["risk_coverage"])
+    assert list(report["scores"]) == list(SCORES)
+    assert report["scores"]["max_softmax"]["threshold"] == point["threshold"]
+
+
+def test_keep_rule_report_has_only_the_old_keys() -> None:
+    logits, labels = overconfident()
+    ood = np.random.default_rng(2).normal(0, 0.5, (100, 4))
+    report = calibration_report(logits, labels, ood, UnknownRule(keep_fraction=0.9))
+    assert list(report) == [
+        "temperature",
+        "unknown_threshold",
+        "val_images",
+        "val_top1",
+        "nll_before",
+        "nll_after",
+        "ece_before",
+        "ece_after",
+        "val_unknown_rate",
+        "ood_val_images",
+        "ood_auroc",
+        "ood_rejected",
+    ]
+    probs = softmax(logits, report["temperature"])
+    correct = probs.argmax(axis=1) == labels
+    assert report["unknown_threshold"] == pick_threshold(probs.max(axis=1)[correct], 0.9)
+
+
+def test_unknown_rule_of_a_config() -> None:
+    cfg = TrainConfig(
+        data=["a"],
+        out="r",
+        ood=["nonleaf"],
+        unknown_rule="coverage",
+        answered_right=0.97,
+        reject=["nonleaf=0.95"],
+    )
+    assert UnknownRule.of(cfg) == UnknownRule("coverage", 0.95, 0.97, {"nonleaf": 0.95})
+    assert UnknownRule.of(TrainConfig(data=["a"], out="r")) == UnknownRule()
+    with pytest.raises(InvalidRequestError, match="need --unknown-rule coverage"):
+        TrainConfig(data=["a"], out="r", reject=["nonleaf=0.95"])
+    with pytest.raises(InvalidRequestError, match="ROOT=FRACTION"):
+        TrainConfig(data=["a"], out="r", unknown_rule="coverage", reject=["nonleaf=95"])

@@ -3,10 +3,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import make_tiny_model, tiny_spec
 from leafid.errors import InvalidRequestError
+from leafid_train.calibrate import UnknownRule, calibration_report
 from leafid_train.card import render_card, run_int8_decision
 from leafid_train.config import TrainConfig
 from leafid_train.run_folder import RunFolder
@@ -142,3 +144,53 @@ def test_a_slower_int8_never_ships(tmp_path: Path) -> None:
     decision = run_int8_decision(RunFolder(run))
     assert decision is not None and not decision.ships and not decision.faster
     assert run_int8_decision(RunFolder(tmp_path)) is None  # no INT8 copy at all
+
+
+def test_card_shows_the_coverage_rule_and_its_risk_coverage_table(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 200)
+    logits = rng.normal(0, 1, (200, 3))
+    logits[np.arange(200), labels] += 4.0
+    ood = rng.normal(0, 1, (40, 3))
+    rule = UnknownRule("coverage", answered_right=0.9, reject={"nonleaf": 0.8})
+    report = calibration_report(logits, labels, ood, rule, ["nonleaf"] * 40)
+    model = make_tiny_model(tmp_path / "m.onnx")
+    run = tmp_path / "run"
+    _fake_run(run, model)
+    TrainConfig(
+        data=["setA"],
+        out=str(run),
+        arch="test_efficientnet",
+        ood=["nonleaf"],
+        outlier_exposure=0.5,
+        unknown_rule="coverage",
+        answered_right=0.9,
+        reject=["nonleaf=0.8"],
+    ).save(run / "config.json")
+    (run / "calibration.json").write_text(json.dumps(report))
+    card = render_card(run)
+    assert (
+        "chosen on val to answer the most leaf photos with >= 90.00% of the answers right, "
+        ">= 80.00% of nonleaf answered unknown (every target met)." in card
+    )
+    assert "- Outlier exposure: each step also trains" in card and "weight 0.5)" in card
+    header = "| threshold | leaf photos answered | answered right | nonleaf unknown |"
+    rows = card.split(header)[1].split("\n\n")[0].strip().splitlines()[1:]
+    assert len(rows) == len(report["risk_coverage"])
+    chosen = [r for r in rows if r.startswith("| **")]
+    assert chosen == [
+        f"| **{report['unknown_threshold']:.4f}** "
+        f"| **{100 * (1 - report['val_unknown_rate']):.2f}%** "
+        f"| **{100 * report['val_answered_right']:.2f}%** "
+        f"| **{100 * report['ood_rejected_per_root']['nonleaf']:.2f}%** |"
+    ]
+    for name in ("max_softmax", "max_logit", "energy"):
+        assert f"| {name} | {report['scores'][name]['auroc']:.4f} |" in card
+    assert "--unknown-rule coverage --answered-right 0.9 --reject nonleaf=0.8" in card
+
+
+def test_card_of_a_keep_rule_run_has_no_risk_coverage_table(tmp_path: Path) -> None:
+    _fake_run(tmp_path / "run", make_tiny_model(tmp_path / "m.onnx"))
+    card = render_card(tmp_path / "run")
+    assert "chosen on val to keep 95.00% of correct answers." in card
+    assert "Risk-coverage" not in card and "Outlier exposure" not in card

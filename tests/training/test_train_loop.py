@@ -18,10 +18,10 @@ from leafid.errors import InvalidRequestError, ModelError  # noqa: E402
 from leafid.spec import ClassInfo, ModelSpec  # noqa: E402
 from leafid_train import train  # noqa: E402
 from leafid_train.backbone import PRETRAINED_MEAN, PRETRAINED_STD  # noqa: E402
-from leafid_train.calibrate import calibration_report  # noqa: E402
+from leafid_train.calibrate import UnknownRule, calibration_report  # noqa: E402
 from leafid_train.checkpoint import load_best  # noqa: E402
 from leafid_train.config import MANIFEST_DIR_ENV, TrainConfig  # noqa: E402
-from leafid_train.data import open_root  # noqa: E402
+from leafid_train.data import DatasetError, open_root  # noqa: E402
 from leafid_train.export import onnx_logits  # noqa: E402
 from leafid_train.export_run import export_run  # noqa: E402
 from leafid_train.int8_rule import Int8Decision  # noqa: E402
@@ -33,6 +33,11 @@ from leafid_train.loop import (  # noqa: E402
     train_one_epoch,
 )
 from leafid_train.manifest import ManifestMismatchError, write_manifest  # noqa: E402
+from leafid_train.outlier_exposure import (  # noqa: E402
+    load_ood_batches,
+    ood_order,
+    outlier_exposure_loss,
+)
 from leafid_train.run_data import build_data, build_spec, load_train_set  # noqa: E402
 from leafid_train.run_folder import RunFolder  # noqa: E402
 from leafid_train.train import TrainingFailedError, resume_training, run_training  # noqa: E402
@@ -135,7 +140,7 @@ def test_int8_export_has_its_own_calibration(
         onnx_logits(int8.path, data.eval_arrays("val")),
         data.labels("val"),
         onnx_logits(int8.path, data.eval_arrays("val", ood=True)),
-        keep=cfg.keep_fraction,
+        UnknownRule.of(cfg),
     )
     assert int8.spec.temperature == pytest.approx(want["temperature"])
     assert int8.threshold == pytest.approx(want["unknown_threshold"])
@@ -344,3 +349,162 @@ def test_int8_copy_that_does_not_qualify_is_not_kept(
     assert (tmp_path / "m.onnx").is_file() and not (tmp_path / "m.int8.onnx").exists()
     saved = json.loads((tmp_path / "run" / "int8_report.json").read_text())
     assert saved["ship_int8"] is False and "on test" in saved["rule"]
+
+
+def _ood_train_split(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Give the OOD roots a train part (their val images) when the split has none."""
+    import leafid_train.run_data as run_data
+
+    real = run_data.make_split
+
+    def with_ood_train(*args: Any, **kwargs: Any) -> Any:
+        split = real(*args, **kwargs)
+        if not split.ood.get("train"):
+            split.ood["train"] = list(split.ood["val"])
+        return split
+
+    monkeypatch.setattr(run_data, "make_split", with_ood_train)
+
+
+def test_outlier_exposure_loss_is_least_for_a_uniform_softmax() -> None:
+    uniform = torch.zeros(2, 4)
+    sure = torch.tensor([[6.0, 0.0, 0.0, 0.0], [0.0, 0.0, 3.0, 0.0]], requires_grad=True)
+    assert float(outlier_exposure_loss(uniform)) == pytest.approx(np.log(4))
+    loss = outlier_exposure_loss(sure)
+    assert float(loss.detach()) > np.log(4) + 0.5
+    loss.backward()
+    assert sure.grad is not None
+    # descent lowers each row's top logit and raises the others: towards uniform
+    assert sure.grad[0, 0] > 0 and sure.grad[1, 2] > 0
+    assert (sure.grad[0, 1:] < 0).all() and (sure.grad[1, [0, 1, 3]] < 0).all()
+    with torch.no_grad():
+        stepped = sure - 1.0 * sure.grad
+    assert float(outlier_exposure_loss(stepped)) < float(loss.detach())
+
+
+def test_ood_order_shows_every_image_before_repeating_one() -> None:
+    order = ood_order(5, 12, seed=3, epoch=2)
+    assert len(order) == 12
+    assert sorted(order[:5]) == sorted(order[5:10]) == list(range(5))
+    assert len(set(order[10:])) == 2
+    assert order == ood_order(5, 12, seed=3, epoch=2)
+    assert order != ood_order(5, 12, seed=3, epoch=3)
+    assert order != ood_order(5, 12, seed=3, epoch=2, rank=1)
+
+
+def test_outlier_exposure_pushes_ood_logits_towards_uniform(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _ood_train_split(monkeypatch)
+    make_ood(tmp_path / "nonleaf")
+    cfg = tiny_config(tmp_path, ood=[str(tmp_path / "nonleaf")], outlier_exposure=1.0)
+    data = build_data(cfg)
+    loader = torch.utils.data.DataLoader(load_train_set(data, cfg.seed), batch_size=6)
+    ood_batches = load_ood_batches(data, cfg.seed, rank=0, batch_size=6, processes=0)
+    ood_images = torch.from_numpy(data.eval_arrays("train", ood=True))
+
+    def ood_loss_after(weight: float, epochs: int = 4) -> tuple[float, list[float]]:
+        torch.manual_seed(0)
+        model = build_model(cfg, data.spec)
+        optimizer = build_optimizer(model, cfg)
+        scheduler = build_scheduler(optimizer, epochs * len(loader), 0.0)
+        losses = []
+        for epoch in range(1, epochs + 1):
+            stats = train_one_epoch(
+                model,
+                loader,
+                optimizer,
+                scheduler,
+                torch.nn.CrossEntropyLoss(),
+                epoch=epoch,
+                ood_batches=ood_batches.epoch(epoch, len(loader)),
+                ood_weight=weight,
+            )
+            losses.append(stats["train_ood_loss"])
+        model.eval()
+        with torch.no_grad():
+            return float(outlier_exposure_loss(model(ood_images))), losses
+
+    exposed, losses = ood_loss_after(1.0)
+    plain, _ = ood_loss_after(0.0)  # same batches, loss not minimised
+    assert losses[-1] < losses[0]
+    assert exposed < plain
+    assert exposed < np.log(3) + 0.2  # near uniform over the 3 classes
+
+
+def test_outlier_exposure_needs_ood_train_images(tmp_path: Path) -> None:
+    with pytest.raises(InvalidRequestError, match="outlier_exposure needs --ood"):
+        tiny_config(tmp_path, outlier_exposure=0.5)
+    make_ood(tmp_path / "nonleaf")
+    data = build_data(tiny_config(tmp_path, ood=[str(tmp_path / "nonleaf")]))
+    data.split.ood.pop("train", None)
+    with pytest.raises(DatasetError, match="needs OOD train images"):
+        load_ood_batches(data, 1, rank=0, batch_size=4, processes=0)
+
+
+def test_outlier_exposure_run_resumes_bit_identically(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _ood_train_split(monkeypatch)
+    make_ood(tmp_path / "nonleaf")
+    options: dict[str, Any] = dict(
+        epochs=3, ood=[str(tmp_path / "nonleaf")], outlier_exposure=0.5, ema_decay=0.9
+    )
+    straight = run_training(tiny_config(tmp_path, out="straight", **options), quiet=True)
+    assert straight.epochs_run == 3
+
+    def kill_in_epoch_2(epoch: int, step: int) -> None:
+        if epoch == 2 and step == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_training(
+            tiny_config(tmp_path, out="killed", **options), hook=kill_in_epoch_2, quiet=True
+        )
+    resume_training(tmp_path / "killed", quiet=True)
+    got, want = _metrics(tmp_path / "killed"), _metrics(tmp_path / "straight")
+    assert [m["epoch"] for m in got] == [1, 2, 3]
+    assert all(m["train_ood_loss"] > 0 for m in got)
+    drop = ("seconds", "images_per_s")
+    assert [{k: v for k, v in m.items() if k not in drop} for m in got] == [
+        {k: v for k, v in m.items() if k not in drop} for m in want
+    ]
+    a = torch.load(tmp_path / "killed" / "best.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "straight" / "best.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_coverage_rule_run_reports_its_curve_and_ships_the_threshold(tmp_path: Path) -> None:
+    make_ood(tmp_path / "nonleaf")
+    cfg = tiny_config(
+        tmp_path,
+        epochs=1,
+        ood=[str(tmp_path / "nonleaf")],
+        unknown_rule="coverage",
+        answered_right=0.5,
+        reject=["nonleaf=0.5"],
+    )
+    result = run_training(cfg, quiet=True)
+    calibration = json.loads((tmp_path / "run" / "calibration.json").read_text())
+    assert calibration == result.calibration
+    assert calibration["unknown_rule"]["reject"] == {"nonleaf": 0.5}
+    assert list(calibration["ood_rejected_per_root"]) == ["nonleaf"]
+    assert calibration["unknown_threshold"] in [
+        p["threshold"] for p in calibration["risk_coverage"]
+    ]
+    assert set(calibration["scores"]) == {"max_softmax", "max_logit", "energy"}
+    export_run(tmp_path / "run", tmp_path / "m.onnx")
+    clf = Classifier(tmp_path / "m.onnx")
+    assert clf.threshold == pytest.approx(calibration["unknown_threshold"])
+    assert clf.spec.metrics["val"]["unknown_rule"]["name"] == "coverage"
+    assert clf.spec.metrics["val"]["targets_met"] is calibration["targets_met"]
+
+
+def test_reject_target_must_name_an_ood_root(tmp_path: Path) -> None:
+    make_ood(tmp_path / "nonleaf")
+    cfg = tiny_config(
+        tmp_path, ood=[str(tmp_path / "nonleaf")], unknown_rule="coverage", reject=["plants=0.9"]
+    )
+    with pytest.raises(InvalidRequestError, match=r"\['plants'\], not an --ood root \(nonleaf\)"):
+        run_training(cfg, quiet=True)
+    assert not (tmp_path / "run").exists()

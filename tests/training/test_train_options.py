@@ -32,6 +32,10 @@ def test_train_command_parses_back_to_the_same_config() -> None:
         model_version="2.0.0",
         oversample=["swedish-leaf=2"],
         device="cuda:1",
+        outlier_exposure=0.5,
+        unknown_rule="coverage",
+        answered_right=0.97,
+        reject=["nonleaf=0.95", "unlisted-plants=0.9"],
     )
     line = train_command(cfg)
     argv = shlex.split(line)  # also drops a trailing comment
@@ -63,6 +67,7 @@ def test_every_flag_keeps_its_spelling_and_default() -> None:
             "--resize-size --epochs --head-epochs --batch-size --lr --head-lr-scale --weight-decay "
             "--label-smoothing --drop-rate --ema-decay --oversample --patience --split --seed "
             "--loader-processes --threads --device --cache-dir --no-verify --keep-fraction "
+            "--outlier-exposure --unknown-rule --answered-right --reject "
             "--model-version "
             "--export --int8"
         ).split()

@@ -2,18 +2,24 @@
 
 Temperature scaling (Guo et al., 2017, "On Calibration of Modern Neural Networks")
 divides the logits by one scalar ``T`` fitted to minimise the NLL on validation logits.
+The Classifier answers *unknown* when the best calibrated score (the max softmax) is
+under the unknown threshold; other scores of how sure the model is that a photo shows
+one of its classes (:data:`SCORES`) are measured beside it, on val.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from leafid.classifier import softmax
+from leafid.errors import InvalidRequestError
+from leafid_train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +29,7 @@ ECE_BINS = 15
 # nothing to separate; so T is kept in [0.5, 10]: at most 2x sharper or 10x softer.
 MIN_TEMPERATURE = 0.5
 MAX_TEMPERATURE = 10.0
+RISK_COVERAGE_POINTS = 20
 
 
 def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
@@ -131,6 +138,31 @@ def pick_threshold(correct_scores: np.ndarray, keep: float = 0.95) -> float:
     return float(np.clip(scores[min(k, len(scores) - 1)], 0.0, 1.0))
 
 
+SCORES = ("max_softmax", "max_logit", "energy")
+"""Scores of how sure the model is that a photo shows one of its classes (higher: surer)."""
+
+
+def energy_score(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Negative free energy ``T * logsumexp(logits / T)`` of each row (Liu et al., 2020)."""
+    z = logits.astype(np.float64) / temperature
+    top = z.max(axis=1)
+    return np.asarray(temperature * (top + np.log(np.exp(z - top[:, None]).sum(axis=1))))
+
+
+def known_scores(logits: np.ndarray, temperature: float) -> dict[str, np.ndarray]:
+    """Each of :data:`SCORES` for each row of ``logits``.
+
+    ``max_softmax`` is the Classifier's score (softmax at the calibration ``temperature``);
+    ``max_logit`` the largest raw logit; ``energy`` the :func:`energy_score` at T = 1, as
+    Liu et al. use it.
+    """
+    return {
+        "max_softmax": softmax(logits, temperature).max(axis=1),
+        "max_logit": logits.astype(np.float64).max(axis=1),
+        "energy": energy_score(logits),
+    }
+
+
 def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
     """Area under the ROC curve: P(score of a positive > score of a negative), ties half."""
     pos = np.asarray(positive, dtype=np.float64)
@@ -153,30 +185,242 @@ def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
     return float((rank_sum - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
+@dataclass(frozen=True)
+class UnknownRule:
+    """How the unknown threshold is chosen on val (``leafid train --unknown-rule``).
+
+    Attributes:
+        name: ``keep``: the highest threshold that still answers ``keep_fraction`` of the
+            correct answers (:func:`pick_threshold`; every run before the coverage rule).
+            ``coverage``: the threshold that answers the most val leaf photos subject to
+            ``answered_right`` and ``reject`` (:func:`pick_coverage_threshold`).
+        keep_fraction: Keep rule: share of correct answers kept.
+        answered_right: Coverage rule: least share of answered val leaf photos that are right.
+        reject: Coverage rule: {OOD root name: least share of its val photos answered
+            unknown}; roots not named have no target.
+    """
+
+    name: str = "keep"
+    keep_fraction: float = 0.95
+    answered_right: float = 0.98
+    reject: Mapping[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, cfg: TrainConfig) -> UnknownRule:
+        """The rule of a run's config."""
+        return cls(cfg.unknown_rule, cfg.keep_fraction, cfg.answered_right, cfg.reject_targets())
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form (the coverage rule's targets)."""
+        return {
+            "name": self.name,
+            "answered_right": self.answered_right,
+            "reject": dict(self.reject),
+        }
+
+
+def operating_points(
+    thresholds: np.ndarray,
+    scores: np.ndarray,
+    correct: np.ndarray,
+    ood_scores: Mapping[str, np.ndarray],
+) -> list[dict[str, Any]]:
+    """What each threshold does on val: a photo is answered when its score is ``>=`` it.
+
+    Returns:
+        Per threshold: ``coverage`` (share of leaf photos answered), ``answered_right``
+        (share of the answered ones that are right; None when none is) and ``rejected``
+        ({OOD root: share of its photos answered unknown}).
+    """
+    order = np.argsort(scores, kind="mergesort")
+    leaf = np.asarray(scores, dtype=np.float64)[order]
+    # right answers among the photos scoring >= leaf[i]: a suffix sum
+    right_from = np.concatenate([np.cumsum(np.asarray(correct)[order][::-1])[::-1], [0]])
+    ood = {root: np.sort(np.asarray(s, dtype=np.float64)) for root, s in ood_scores.items()}
+    points = []
+    for t in np.asarray(thresholds, dtype=np.float64):
+        first = int(np.searchsorted(leaf, t, side="left"))
+        answered = len(leaf) - first
+        points.append(
+            {
+                "threshold": float(t),
+                "coverage": answered / len(leaf) if len(leaf) else 0.0,
+                "answered_right": float(right_from[first]) / answered if answered else None,
+                "rejected": {
+                    root: float(np.searchsorted(s, t, side="left")) / len(s) if len(s) else 1.0
+                    for root, s in ood.items()
+                },
+            }
+        )
+    return points
+
+
+def _shortfall(point: dict[str, Any], rule: UnknownRule) -> float:
+    """How far ``point`` falls short of the rule's rejection targets, summed over roots."""
+    return sum(max(0.0, target - point["rejected"][root]) for root, target in rule.reject.items())
+
+
+def pick_coverage_threshold(
+    scores: np.ndarray,
+    correct: np.ndarray,
+    ood_scores: Mapping[str, np.ndarray],
+    rule: UnknownRule,
+) -> tuple[dict[str, Any], str | None]:
+    """The threshold that answers the most val leaf photos within the rule's targets.
+
+    Targets: at least ``rule.answered_right`` of the answered leaf photos right, and at
+    least ``rule.reject[root]`` of each named OOD root's photos answered unknown. Only
+    the leaf scores are candidates (a threshold between two of them answers the same
+    leaf photos as the upper one and rejects fewer OOD photos). When no threshold meets
+    every target, the issue's priority order decides: answered-right first (else the
+    most right), then rejection (the least summed shortfall), then coverage.
+
+    Returns:
+        The chosen :func:`operating_points` entry, and None when it meets every target,
+        else a sentence saying which targets could not be met.
+
+    Raises:
+        InvalidRequestError: A rejection target names a root without OOD scores.
+    """
+    missing = sorted(set(rule.reject) - set(ood_scores))
+    if missing:
+        raise InvalidRequestError(f"rejection targets for {missing}: no OOD val photos of them")
+    points = operating_points(np.unique(scores), scores, correct, ood_scores)
+    if not points:
+        return operating_points(np.array([0.0]), scores, correct, ood_scores)[0], None
+
+    def rank(p: dict[str, Any]) -> tuple[bool, float, float, float]:
+        right_ok = p["answered_right"] >= rule.answered_right
+        return (
+            right_ok,
+            0.0 if right_ok else p["answered_right"],
+            -_shortfall(p, rule),
+            p["coverage"],
+        )
+
+    best = max(points, key=rank)
+    unmet = []
+    if best["answered_right"] < rule.answered_right:
+        unmet.append(f"answered right >= {rule.answered_right:g}")
+    unmet += [
+        f"{root} answered unknown >= {target:g}"
+        for root, target in rule.reject.items()
+        if best["rejected"][root] < target
+    ]
+    if not unmet:
+        return best, None
+    return best, (
+        f"no threshold meets every target on val ({'; '.join(unmet)} not met): chosen by the "
+        "priority order answered-right, then rejection, then coverage"
+    )
+
+
+def risk_coverage_curve(
+    scores: np.ndarray,
+    correct: np.ndarray,
+    ood_scores: Mapping[str, np.ndarray],
+    chosen: float,
+    points: int = RISK_COVERAGE_POINTS,
+) -> list[dict[str, Any]]:
+    """Coverage vs answered-right (and OOD rejection) over thresholds, lowest first.
+
+    The thresholds answer 100%, 95%, ... of the val leaf photos (``points`` levels), plus
+    the ``chosen`` one; coverage falls as the threshold rises.
+    """
+    ranked = np.sort(np.asarray(scores, dtype=np.float64))[::-1]
+    levels = np.linspace(1.0, 1.0 / points, points)
+    picks = (
+        ranked[np.maximum(np.ceil(levels * len(ranked)).astype(int) - 1, 0)] if len(ranked) else []
+    )
+    thresholds = np.unique(np.concatenate([np.asarray(picks, dtype=np.float64), [chosen]]))
+    return operating_points(thresholds, scores, correct, ood_scores)
+
+
+def _by_root(scores: np.ndarray, roots: Sequence[str]) -> dict[str, np.ndarray]:
+    """OOD scores grouped by the root of each photo (all under ``ood`` without names)."""
+    if not roots:
+        return {"ood": scores}
+    names = np.asarray(roots)
+    return {root: scores[names == root] for root in dict.fromkeys(roots)}
+
+
+def compare_scores(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    ood_logits: np.ndarray,
+    ood_roots: Sequence[str],
+    temperature: float,
+    rule: UnknownRule,
+) -> dict[str, dict[str, Any]]:
+    """Each of :data:`SCORES` on val: how well it tells leaves from OOD photos.
+
+    Args:
+        logits: Val leaf logits (N, C).
+        labels: Their class indices.
+        ood_logits: Val OOD logits (M, C).
+        ood_roots: The OOD root of each of them (may be empty).
+        temperature: The calibration temperature (for ``max_softmax``).
+        rule: The coverage rule whose operating point is reported for each score.
+
+    Returns:
+        Per score: ``auroc`` (leaf vs all OOD), ``auroc_per_root`` and the
+        :func:`pick_coverage_threshold` point of that score (``threshold``, ``coverage``,
+        ``answered_right``, ``rejected``, ``targets_met``).
+    """
+    correct = logits.argmax(axis=1) == labels
+    leaf, ood = known_scores(logits, temperature), known_scores(ood_logits, temperature)
+    out = {}
+    for name in SCORES:
+        per_root = _by_root(ood[name], ood_roots)
+        point, unmet = pick_coverage_threshold(leaf[name], correct, per_root, rule)
+        out[name] = {
+            "auroc": auroc(leaf[name], ood[name]),
+            "auroc_per_root": {root: auroc(leaf[name], s) for root, s in per_root.items()},
+            **point,
+            "targets_met": unmet is None,
+        }
+    return out
+
+
 def calibration_report(
     logits: np.ndarray,
     labels: np.ndarray,
     ood_logits: np.ndarray | None = None,
-    keep: float = 0.95,
-) -> dict[str, float | int | None]:
+    rule: UnknownRule | None = None,
+    ood_roots: Sequence[str] = (),
+) -> dict[str, Any]:
     """Fit T and the unknown threshold on validation logits and report the figures.
 
     Args:
         logits: Validation logits (N, C).
         labels: True class indices (N,).
         ood_logits: Logits of out-of-distribution validation photos, if any.
-        keep: Share of correct answers the threshold must keep.
+        rule: How the threshold is chosen; default: the keep rule at 0.95.
+        ood_roots: The OOD root of each row of ``ood_logits`` (the coverage rule's
+            rejection targets are per root).
 
     Returns:
         temperature, unknown_threshold, nll/ece before and after, val accuracy and,
         with OOD logits, the AUROC of leaf vs non-leaf and the OOD rejection rate.
+        The coverage rule adds its targets (``unknown_rule``), whether the threshold
+        meets them (``targets_met``, ``fallback``), the val answered-right share, the
+        rejection per OOD root, the :func:`risk_coverage_curve` and the
+        :func:`compare_scores` of the other scores.
     """
+    rule = rule or UnknownRule()
     t = fit_temperature(logits, labels)
     probs = softmax(logits, t)
     best = probs.max(axis=1)
     correct = probs.argmax(axis=1) == labels
-    threshold = pick_threshold(best[correct], keep)
-    report: dict[str, float | int | None] = {
+    ood_best = softmax(ood_logits, t).max(axis=1) if ood_logits is not None else np.zeros(0)
+    unmet = None
+    if rule.name == "coverage":
+        ood_by_root = _by_root(ood_best, ood_roots) if len(ood_best) else {}
+        point, unmet = pick_coverage_threshold(best, correct, ood_by_root, rule)
+        threshold = float(np.clip(point["threshold"], 0.0, 1.0))
+    else:
+        threshold = pick_threshold(best[correct], rule.keep_fraction)
+    report: dict[str, Any] = {
         "temperature": t,
         "unknown_threshold": threshold,
         "val_images": int(len(labels)),
@@ -190,11 +434,21 @@ def calibration_report(
         "ood_auroc": None,
         "ood_rejected": None,
     }
-    if ood_logits is not None and len(ood_logits):
-        ood_best = softmax(ood_logits, t).max(axis=1)
+    if len(ood_best):
         report["ood_val_images"] = int(len(ood_best))
         report["ood_auroc"] = auroc(best, ood_best)
         report["ood_rejected"] = float((ood_best < threshold).mean())
+    if rule.name == "coverage":
+        report.update(
+            unknown_rule=rule.to_dict(),
+            val_answered_right=point["answered_right"],
+            ood_rejected_per_root=point["rejected"],
+            targets_met=unmet is None,
+            fallback=unmet,
+            risk_coverage=risk_coverage_curve(best, correct, ood_by_root, threshold),
+        )
+        if len(ood_best):
+            report["scores"] = compare_scores(logits, labels, ood_logits, ood_roots, t, rule)
     return report
 
 
@@ -204,7 +458,8 @@ def calibrate(
     labels: np.ndarray,
     ood_val: np.ndarray,
     *,
-    keep: float,
+    rule: UnknownRule,
+    ood_roots: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Calibrate a model on a run's val (+ OOD val) images: the one entry point.
 
@@ -216,11 +471,12 @@ def calibrate(
         val: The run's preprocessed val images.
         labels: Their class indices.
         ood_val: The run's preprocessed OOD val images (may be empty).
-        keep: Share of correct val answers the unknown threshold keeps.
+        rule: How the unknown threshold is chosen.
+        ood_roots: The OOD root of each OOD val image.
 
     Returns:
         The :func:`calibration_report`.
     """
     logits = logits_of(val)
     ood = logits_of(ood_val) if len(ood_val) else None
-    return dict(calibration_report(logits, labels, ood, keep=keep))
+    return calibration_report(logits, labels, ood, rule, ood_roots)

@@ -128,7 +128,7 @@ def render_card(run_dir: Path, model: Path | None = None, cfg: TrainConfig | Non
         f"- Classes: {len(summary['labels'])} (the same slug in two datasets is one class).",
         f"- Calibration: temperature T = {_num(cal['temperature'])}; unknown threshold "
         f"{_num(cal['unknown_threshold'])} (best calibrated score below it is answered "
-        f"*unknown*), chosen on val to keep {_pct(cfg.keep_fraction)} of correct answers.",
+        f"*unknown*), {_threshold_choice(cfg, cal)}",
     ]
     if int8_copy is not None:
         fp32 = fp32_of_int8_copy(int8_copy) or int8_copy
@@ -208,6 +208,14 @@ def render_card(run_dir: Path, model: Path | None = None, cfg: TrainConfig | Non
             if cfg.ema_decay
             else "."
         ),
+        *(
+            [
+                f"- Outlier exposure: each step also trains a batch of the OOD roots' train "
+                f"images towards a uniform softmax (loss weight {cfg.outlier_exposure})."
+            ]
+            if cfg.outlier_exposure
+            else []
+        ),
         "",
         "## Validation (used for calibration)",
         "",
@@ -217,6 +225,7 @@ def render_card(run_dir: Path, model: Path | None = None, cfg: TrainConfig | Non
         f"- Val answered unknown: {_pct(cal['val_unknown_rate'])}; OOD val: AUROC "
         f"{_num(cal['ood_auroc'])}, rejected {_pct(cal['ood_rejected'])}.",
         "",
+        *_risk_coverage_section(cal),
     ]
     if ships:
         out += _eval_section(ev8, f"shipped INT8 model (`{int8_copy.name}`)", run.eval_int8)
@@ -261,6 +270,54 @@ def render_card(run_dir: Path, model: Path | None = None, cfg: TrainConfig | Non
         "",
     ]
     return "\n".join(out)
+
+
+def _threshold_choice(cfg: TrainConfig, cal: dict[str, Any]) -> str:
+    """How the run's unknown threshold was chosen on val, as the end of a sentence."""
+    rule = cal.get("unknown_rule")
+    if rule is None:
+        return f"chosen on val to keep {_pct(cfg.keep_fraction)} of correct answers."
+    targets = [f">= {_pct(rule['answered_right'])} of the answers right"] + [
+        f">= {_pct(share)} of {root} answered unknown" for root, share in rule["reject"].items()
+    ]
+    met = "every target met" if cal["targets_met"] else cal["fallback"]
+    return f"chosen on val to answer the most leaf photos with {', '.join(targets)} ({met})."
+
+
+def _risk_coverage_section(cal: dict[str, Any]) -> list[str]:
+    """The coverage rule's risk-coverage table and score comparison (none for the keep rule)."""
+    if "risk_coverage" not in cal:
+        return []
+    roots = list(cal["ood_rejected_per_root"])
+    out = [
+        "Risk-coverage on val: leaf photos answered and the share of them right as the "
+        "threshold rises, with the OOD photos answered *unknown*; the chosen threshold in bold.",
+        "",
+        "| threshold | leaf photos answered | answered right |"
+        + "".join(f" {root} unknown |" for root in roots),
+        "|---|---|---|" + "---|" * len(roots),
+    ]
+    for p in cal["risk_coverage"]:
+        mark = "**" if p["threshold"] == cal["unknown_threshold"] else ""
+        cells = [_num(p["threshold"]), _pct(p["coverage"]), _pct(p["answered_right"])]
+        cells += [_pct(p["rejected"][root]) for root in roots]
+        out.append("| " + " | ".join(f"{mark}{c}{mark}" for c in cells) + " |")
+    out.append("")
+    if "scores" in cal:
+        out += [
+            "Other scores than the max softmax, each with its own threshold under the same "
+            "targets (measured on val; the model answers with the max softmax):",
+            "",
+            "| score | AUROC leaf vs OOD | leaf photos answered | answered right | targets met |",
+            "|---|---|---|---|---|",
+        ]
+        for name, sc in cal["scores"].items():
+            out.append(
+                f"| {name} | {_num(sc['auroc'])} | {_pct(sc['coverage'])} | "
+                f"{_pct(sc['answered_right'])} | {'yes' if sc['targets_met'] else 'no'} |"
+            )
+        out.append("")
+    return out
 
 
 def _evaluate_commands(cfg: TrainConfig, version: str, int8: bool) -> list[str]:

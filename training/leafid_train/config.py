@@ -87,7 +87,8 @@ class TrainConfig:
 
     Attributes:
         data: Dataset roots (names or paths, as given).
-        ood: Out-of-distribution roots, used only for the unknown threshold.
+        ood: Out-of-distribution roots: their val part picks the unknown threshold (and
+            with ``outlier_exposure``, their train part is trained on).
         out: The run folder.
         arch: timm architecture name.
         pretrained: Start from the ImageNet weights of ``arch`` (lite0 only).
@@ -118,6 +119,14 @@ class TrainConfig:
         cache_dir: Optional folder for decoded-image ``.npy`` files.
         verify: Check each root against its manifest in ``datasets/``.
         keep_fraction: Share of correct val answers the unknown threshold keeps.
+        outlier_exposure: Weight of the outlier-exposure loss on the OOD roots' train
+            images (:mod:`~leafid_train.outlier_exposure`; 0 = off).
+        unknown_rule: How the unknown threshold is chosen on val: ``keep`` (keep
+            ``keep_fraction`` of the correct answers) or ``coverage`` (answer the most val
+            leaf photos subject to ``answered_right`` and ``reject``).
+        answered_right: Coverage rule: least share of answered val leaf photos that are right.
+        reject: Coverage rule: ``ROOT=FRACTION`` items, the least share of OOD root ROOT's
+            val photos answered unknown.
         model_version: Version string written into the exported spec.
     """
 
@@ -215,6 +224,39 @@ class TrainConfig:
         default=0.95,
         metadata=option("share of correct val answers the unknown threshold keeps", check=fraction),
     )
+    outlier_exposure: float = field(
+        default=0.0,
+        metadata=option(
+            "weight of the outlier-exposure loss that trains the --ood roots' train images "
+            "towards a uniform softmax (0: off; Hendrycks et al. use 0.5)",
+            metavar="LAMBDA",
+            check=non_negative_float,
+        ),
+    )
+    unknown_rule: str = field(
+        default="keep",
+        metadata=option(
+            "how the unknown threshold is chosen on val: keep (--keep-fraction of the correct "
+            "answers; default) or coverage (answer the most val leaf photos subject to "
+            "--answered-right and --reject)",
+        ),
+    )
+    answered_right: float = field(
+        default=0.98,
+        metadata=option(
+            "coverage rule: least share of answered val leaf photos that are right "
+            "(default {default})",
+            check=fraction,
+        ),
+    )
+    reject: list[str] = field(
+        default_factory=list,
+        metadata=option(
+            "coverage rule: least share of --ood root ROOT's val photos answered unknown "
+            "(repeatable, e.g. --reject nonleaf=0.95)",
+            metavar="ROOT=FRACTION",
+        ),
+    )
     model_version: str = field(default="0.1.0", metadata=option())
 
     def __post_init__(self) -> None:
@@ -238,6 +280,7 @@ class TrainConfig:
             problems.append("ema_decay must be in [0, 1)")
         if not 0.5 <= self.keep_fraction <= 1.0:
             problems.append("keep_fraction must be in [0.5, 1]")
+        problems += self._unknown_problems()
         try:
             self.oversample_factors()
         except InvalidRequestError as exc:
@@ -261,6 +304,47 @@ class TrainConfig:
                 )
             factors[root] = int(times)
         return factors
+
+    def _unknown_problems(self) -> list[str]:
+        """What is wrong with the outlier-exposure and unknown-rule options."""
+        problems = []
+        if self.outlier_exposure < 0:
+            problems.append("outlier_exposure must be >= 0")
+        if self.outlier_exposure > 0 and not self.ood:
+            problems.append("outlier_exposure needs --ood roots (their train images)")
+        if self.unknown_rule not in UNKNOWN_RULES:
+            problems.append(f"unknown_rule must be one of {', '.join(UNKNOWN_RULES)}")
+        if not 0.0 <= self.answered_right <= 1.0:
+            problems.append("answered_right must be in [0, 1]")
+        if self.reject and self.unknown_rule != "coverage":
+            problems.append("--reject targets need --unknown-rule coverage")
+        try:
+            self.reject_targets()
+        except InvalidRequestError as exc:
+            problems.append(str(exc))
+        return problems
+
+    def reject_targets(self) -> dict[str, float]:
+        """``reject`` as {OOD root name: least share of its val photos answered unknown}.
+
+        Raises:
+            InvalidRequestError: An item is not ``ROOT=FRACTION`` with a fraction in
+                [0, 1], or a root is named twice.
+        """
+        targets: dict[str, float] = {}
+        for item in self.reject:
+            root, sep, share = item.rpartition("=")
+            try:
+                value = float(share)
+            except ValueError:
+                value = -1.0
+            if not sep or not root or not 0.0 <= value <= 1.0 or root in targets:
+                raise InvalidRequestError(
+                    f"reject needs distinct ROOT=FRACTION items with FRACTION in [0, 1], "
+                    f"got {item!r}"
+                )
+            targets[root] = value
+        return targets
 
     def resumed(self, **changes: Any) -> TrainConfig:
         """This saved config as a resumed run takes it.
@@ -303,6 +387,9 @@ class TrainConfig:
         data["split"] = tuple(data["split"])
         return cls(**data)
 
+
+UNKNOWN_RULES = ("keep", "coverage")
+"""Values of ``--unknown-rule`` (see :mod:`~leafid_train.calibrate`)."""
 
 RENAMED_KEYS = {"workers": "loader_processes"}
 """Former ``config.json`` keys -> the :class:`TrainConfig` field that replaced them."""

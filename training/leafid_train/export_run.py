@@ -14,7 +14,7 @@ import numpy as np
 from leafid.errors import InvalidRequestError, ModelError
 from leafid.paths import int8_copy_path
 from leafid.spec import ModelSpec
-from leafid_train.calibrate import calibrate
+from leafid_train.calibrate import UnknownRule, calibrate
 from leafid_train.checkpoint import load_best
 from leafid_train.config import TrainConfig
 from leafid_train.export import export_onnx, max_abs_diff, onnx_logits, save_onnx, set_metadata
@@ -41,6 +41,8 @@ VAL_KEYS = (
     "ood_rejected",
     "val_unknown_rate",
 )
+# The coverage rule's figures (calibration reports of the keep rule do not have them)
+RULE_KEYS = ("unknown_rule", "val_answered_right", "ood_rejected_per_root", "targets_met")
 TEST_KEYS = ("split", "images", "top1", "top5", "ece", "unknown_rate", "per_dataset", "ood")
 
 
@@ -61,6 +63,7 @@ def headline_metrics(
         evaluation: The model's test metrics (``leafid evaluate``), or None.
     """
     metrics: dict[str, Any] = {"val": {k: calibration[k] for k in VAL_KEYS}}
+    metrics["val"].update({k: calibration[k] for k in RULE_KEYS if k in calibration})
     if evaluation is not None:
         metrics["test"] = {k: evaluation[k] for k in TEST_KEYS if k in evaluation}
     return metrics
@@ -84,7 +87,7 @@ def run_spec(
 
 
 def _make_int8(
-    out: Path, spec: ModelSpec, data: RunData, keep: float, run: RunFolder, val: np.ndarray
+    out: Path, spec: ModelSpec, data: RunData, rule: UnknownRule, run: RunFolder, val: np.ndarray
 ) -> tuple[Path, dict[str, Any]]:
     """Quantise ``out``, refit temperature and threshold on its own logits, write it once.
 
@@ -104,7 +107,8 @@ def _make_int8(
         val,
         data.labels("val"),
         data.eval_arrays("val", ood=True),
-        keep=keep,
+        rule=rule,
+        ood_roots=[s.root for s in data.split.ood["val"]],
     )
     int8_spec = run_spec(
         spec,
@@ -194,7 +198,7 @@ def export_run(
         "model_version": spec.model_version,
     }
     if int8:
-        int8_path, int8_calibration = _make_int8(out, spec, data, cfg.keep_fraction, run, val)
+        int8_path, int8_calibration = _make_int8(out, spec, data, UnknownRule.of(cfg), run, val)
         comparison = compare(
             out,
             int8_path,

@@ -6,7 +6,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from leafid.spec import ModelSpec
 from leafid_train import ddp
 from leafid_train.backbone import PRETRAINED_ARCHS, LeafNet, build_leafnet
 from leafid_train.config import TrainConfig
+from leafid_train.outlier_exposure import outlier_exposure_loss
 from leafid_train.run_data import progress
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,8 @@ def train_one_epoch(
     hook: StepHook | None = None,
     show_progress: bool = False,
     ema: Any = None,
+    ood_batches: Iterable[Any] | None = None,
+    ood_weight: float = 0.0,
 ) -> dict[str, float]:
     """Train for one pass over ``loader``.
 
@@ -131,9 +134,15 @@ def train_one_epoch(
         hook: Called as ``hook(epoch, step)`` before every step (tests use it to interrupt).
         show_progress: Show a tqdm bar on a terminal.
         ema: Optional :func:`build_ema` average, updated after every step.
+        ood_batches: Outlier exposure: batches of (OOD images, anything), at least one
+            per step; each step adds ``ood_weight`` times the
+            :func:`~leafid_train.outlier_exposure.outlier_exposure_loss` of its OOD batch,
+            scored in the same forward pass as the leaf batch.
+        ood_weight: The weight of that loss.
 
     Returns:
-        Mean loss, top-1 on the augmented images, image count, seconds and images/s.
+        Mean loss, top-1 on the augmented images, image count, seconds and images/s;
+        with ``ood_batches`` also the mean outlier-exposure loss (unweighted).
     """
     net = model.module if hasattr(model, "module") else model
     model.train()
@@ -141,16 +150,26 @@ def train_one_epoch(
         net.backbone.eval()
         net.backbone.get_classifier().train()
     device = next(net.parameters()).device
-    total_loss, correct, seen = 0.0, 0, 0
+    ood = None if ood_batches is None else iter(ood_batches)
+    total_loss, total_ood_loss, correct, seen = 0.0, 0.0, 0, 0
     start = time.perf_counter()
     for step, (images, labels) in enumerate(progress(loader, f"epoch {epoch}", show_progress)):
         if hook is not None:
             hook(epoch, step)
         images, labels = images.to(device), labels.to(device)
         optimizer.zero_grad(set_to_none=True)
-        logits = model(images)
-        loss = criterion(logits, labels)
-        loss.backward()
+        if ood is None:
+            logits = model(images)
+            loss = criterion(logits, labels)
+            objective = loss
+        else:
+            both = model(torch.cat([images, next(ood)[0].to(device)]))
+            logits = both[: len(labels)]
+            loss = criterion(logits, labels)
+            ood_loss = outlier_exposure_loss(both[len(labels) :])
+            objective = loss + ood_weight * ood_loss
+            total_ood_loss += float(ood_loss.detach()) * len(labels)
+        objective.backward()
         optimizer.step()
         scheduler.step()
         if ema is not None:
@@ -160,13 +179,16 @@ def train_one_epoch(
         correct += int((logits.detach().argmax(1) == labels).sum())
         seen += n
     seconds = time.perf_counter() - start
-    return {
+    stats = {
         "train_loss": total_loss / max(1, seen),
         "train_top1": correct / max(1, seen),
         "train_images": seen,
         "seconds": seconds,
         "images_per_s": seen / seconds if seconds > 0 else 0.0,
     }
+    if ood is not None:
+        stats["train_ood_loss"] = total_ood_loss / max(1, seen)
+    return stats
 
 
 def predict_logits(

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from leafid.console import echo
 from leafid.errors import InvalidRequestError, LeafidError
 from leafid_train import ddp
-from leafid_train.calibrate import calibrate
+from leafid_train.calibrate import UnknownRule, calibrate
 from leafid_train.checkpoint import (
     TrainingParts,
     TrainState,
@@ -44,6 +44,7 @@ from leafid_train.loop import (
     train_one_epoch,
     validate,
 )
+from leafid_train.outlier_exposure import load_ood_batches
 from leafid_train.run_data import RunData, build_data, load_train_set, training_data_summary
 from leafid_train.run_folder import RunFolder
 
@@ -134,6 +135,16 @@ def _check_device(cfg: TrainConfig, info: ddp.DistInfo) -> None:
         )
 
 
+def _check_reject_roots(cfg: TrainConfig, data: RunData) -> None:
+    """Refuse ``--reject`` targets for roots that are not ``--ood`` roots of the run."""
+    unknown = set(cfg.reject_targets()) - {r.name for r in data.ood_roots}
+    if unknown:
+        raise InvalidRequestError(
+            f"--reject names {sorted(unknown)}, not an --ood root "
+            f"({', '.join(r.name for r in data.ood_roots) or 'none given'})"
+        )
+
+
 def _run(
     cfg: TrainConfig, run: RunFolder, *, resume: bool, hook: StepHook | None, quiet: bool
 ) -> RunResult:
@@ -147,6 +158,7 @@ def _run(
             torch.set_num_threads(cfg.threads)
         seed_everything(cfg.seed + info.rank)
         data = build_data(cfg, run.split if resume else None)
+        _check_reject_roots(cfg, data)
         if info.is_main:
             run.save_config(cfg)
             run.save_split(data.split)
@@ -235,6 +247,11 @@ def _train_epochs(
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg.epochs * len(loader), cfg.warmup_steps_frac)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    ood_batches = None
+    if cfg.outlier_exposure > 0:
+        ood_batches = load_ood_batches(
+            data, cfg.seed, info.rank, cfg.batch_size, cfg.loader_processes, show=show
+        )
     ema = build_ema(model, cfg.ema_decay)
     scored = model if ema is None else ema.module  # what is validated, kept and exported
     parts = TrainingParts(model, optimizer, scheduler, ema)
@@ -270,6 +287,8 @@ def _train_epochs(
                 hook=hook,
                 show_progress=show,
                 ema=ema,
+                ood_batches=None if ood_batches is None else ood_batches.epoch(epoch, len(loader)),
+                ood_weight=cfg.outlier_exposure,
             )
         )
         if ema is not None:  # each process averaged its own BatchNorm statistics
@@ -304,7 +323,8 @@ def calibrate_run(run: RunFolder, cfg: TrainConfig, data: RunData) -> dict[str, 
         data.eval_arrays("val"),
         data.labels("val"),
         data.eval_arrays("val", ood=True),
-        keep=cfg.keep_fraction,
+        rule=UnknownRule.of(cfg),
+        ood_roots=[s.root for s in data.split.ood["val"]],
     )
     run.write_calibration(report)
     return report
