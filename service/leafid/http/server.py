@@ -126,13 +126,17 @@ class LimitedH11Protocol(H11Protocol):
 
     def _make_room(self) -> None:
         """Close the connection that has waited longest for a head (else this new one)."""
+        assert self.limits is not None
+        open_ = [c for c in self.connections if not c.transport.is_closing()]
+        if len(open_) <= self.limits.max_connections:
+            return  # the ones over the cap are closing already
         idle = [
             c
-            for c in self.connections
+            for c in open_
             if isinstance(c, LimitedH11Protocol) and c is not self and c.waiting_for == "head"
         ]
         victim = min(idle, key=lambda c: c.waiting_since) if idle else self
-        log.debug("over %d connections: closing one", len(self.connections) - 1)
+        log.debug("over %d connections: closing one", self.limits.max_connections)
         victim.transport.close()
 
 
