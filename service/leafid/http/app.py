@@ -14,10 +14,10 @@ import hmac
 import html
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import anyio
 from fastapi import Depends, FastAPI, Query, Request
@@ -62,6 +62,7 @@ from leafid.images import ImageLimits
 from leafid.results import CAVEAT, Identification, Prediction, error_dict
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 PAGE_TEMPLATE = Path(__file__).resolve().parent / "index.html"  # filled in by render_index
@@ -161,10 +162,41 @@ PHOTOS_BODY = {
 }
 
 
-async def _unless_gone(request: Request) -> None:
-    """Refuse to start work for a client that has hung up while its request waited."""
-    if await request.is_disconnected():
-        raise ClientDisconnectedError("the client closed the connection before the work began")
+async def _work_on_photos(
+    request: Request,
+    gate: InferenceGate,
+    work: Callable[[Uploads], T],
+    max_files: int,
+    max_image_bytes: int,
+    what: str,
+) -> tuple[list[Upload], T, float]:
+    """Back-pressure first, then the photos, then the work in a worker thread.
+
+    The queue is checked before the body is read (the API key was checked before, as
+    a dependency); the photos are read as they stream in; ``work`` runs in a worker
+    thread in an inference slot, unless the client has hung up while it waited.
+
+    Args:
+        request: The upload request.
+        gate: The inference gate.
+        work: Decodes and classifies the photos (blocking).
+        max_files: Most photos accepted.
+        max_image_bytes: Largest photo kept (a larger one gets its own error).
+        what: What the photos are, for the message on their number.
+
+    Returns:
+        The photos, what ``work`` returned, and when the body was in (perf_counter).
+    """
+    gate.check()
+    with await read_uploads(
+        request, max_files=max_files, max_image_bytes=max_image_bytes, what=what
+    ) as uploads:
+        start = time.perf_counter()
+        async with gate.slot():
+            if await request.is_disconnected():
+                raise ClientDisconnectedError("the client closed the connection while waiting")
+            result = await anyio.to_thread.run_sync(work, uploads)
+    return uploads.items, result, start
 
 
 # --- the work done off the event loop ------------------------------------------------
@@ -343,19 +375,14 @@ def _add_routes(app: FastAPI) -> None:
         photos could be used, the request fails with the first photo's error (4xx).
         """
         k = _top_k(top_k, classifier)
-        gate.check()  # before the body is read
-        with await read_uploads(
+        photos, (identified, decode_s, infer_s), start = await _work_on_photos(
             request,
-            max_files=settings.max_images,
-            max_image_bytes=settings.max_image_bytes,
-            what="images of the same plant",
-        ) as uploads:
-            start = time.perf_counter()
-            async with gate.slot():
-                await _unless_gone(request)
-                identified, decode_s, infer_s = await anyio.to_thread.run_sync(
-                    _identify_work, classifier, uploads, k
-                )
+            gate,
+            lambda uploads: _identify_work(classifier, uploads, k),
+            settings.max_images,
+            settings.max_image_bytes,
+            "images of the same plant",
+        )
         metrics.inference.observe(infer_s)
         metrics.images.inc(sum(isinstance(a, Prediction) for a in identified.images))
         if identified.fused.unknown:
@@ -367,9 +394,7 @@ def _add_routes(app: FastAPI) -> None:
             "unknown": fused_dict["unknown"],
             "reason": fused_dict["reason"],
             "results": fused_dict["results"],
-            "images": [
-                _image_item(u, a) for u, a in zip(uploads.items, identified.images, strict=True)
-            ],
+            "images": [_image_item(u, a) for u, a in zip(photos, identified.images, strict=True)],
             "timing": {
                 "decode_ms": _ms(decode_s),
                 "inference_ms": _ms(infer_s),
@@ -402,19 +427,14 @@ def _add_routes(app: FastAPI) -> None:
         body, parameters, API key) answer the whole request with 4xx.
         """
         k = _top_k(top_k, classifier)
-        gate.check()  # before the body is read
-        with await read_uploads(
+        photos, (items, decode_s, infer_s), start = await _work_on_photos(
             request,
-            max_files=settings.max_batch,
-            max_image_bytes=settings.max_image_bytes,
-            what="images",
-        ) as uploads:
-            start = time.perf_counter()
-            async with gate.slot():
-                await _unless_gone(request)
-                items, decode_s, infer_s = await anyio.to_thread.run_sync(
-                    _classify_work, classifier, uploads, k
-                )
+            gate,
+            lambda uploads: _classify_work(classifier, uploads, k),
+            settings.max_batch,
+            settings.max_image_bytes,
+            "images",
+        )
         metrics.inference.observe(infer_s)
         for item in items:
             if isinstance(item, Prediction):
@@ -423,7 +443,7 @@ def _add_routes(app: FastAPI) -> None:
                     metrics.unknown.inc()
         return {
             "model": _model_ref(classifier),
-            "results": [_image_item(u, a) for u, a in zip(uploads.items, items, strict=True)],
+            "results": [_image_item(u, a) for u, a in zip(photos, items, strict=True)],
             "timing": {
                 "decode_ms": _ms(decode_s),
                 "inference_ms": _ms(infer_s),
