@@ -285,8 +285,9 @@ def test_requests_queued_when_the_grace_ends_get_503(tiny_model: Path) -> None:
 
 
 def test_serve_passes_the_limits_to_uvicorn(tiny_model: Path) -> None:
-    settings = Settings(model=tiny_model, keep_alive_timeout_s=7)
+    settings = Settings(model=tiny_model, keep_alive_timeout_s=7, max_connections=99)
     options = uvicorn_options(settings)
     assert options["http"] is LimitedH11Protocol
     assert options["timeout_keep_alive"] == 7
+    assert options["backlog"] == 99
     assert options["timeout_graceful_shutdown"] == http_server.GRACEFUL_SHUTDOWN_S

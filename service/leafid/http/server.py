@@ -145,6 +145,9 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     return {
         "http": LimitedH11Protocol,
         "timeout_keep_alive": settings.keep_alive_timeout_s,
+        # asyncio accepts up to `backlog` waiting connections in one go, before the cap
+        # can close any: the cap's size keeps open sockets under twice the cap
+        "backlog": settings.max_connections,
         "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
     }
 
