@@ -141,12 +141,23 @@ def test_idle_keep_alive_connection_is_closed(served: Any) -> None:
     assert took < 1 + 1.5
 
 
+def knock(server: Any) -> socket.socket:
+    """A connection that is opened and then left idle (not waited for: many pile up)."""
+    sock = socket.socket()
+    sock.setblocking(False)
+    try:
+        sock.connect(("127.0.0.1", server.config.port))
+    except BlockingIOError:
+        pass
+    return sock
+
+
 def test_healthz_answers_while_many_idle_sockets_are_open(served: Any) -> None:
     cap = 30
-    idle = [connect(served) for _ in range(4 * cap)]
+    idle = [knock(served) for _ in range(10 * cap)]
     try:
-        time.sleep(0.2)
-        assert len(served.server_state.connections) == cap
+        time.sleep(0.3)
+        assert cap // 2 <= len(served.server_state.connections) <= cap
         started = time.monotonic()
         for _ in range(5):
             assert healthz_status(served) == 200
@@ -157,7 +168,9 @@ def test_healthz_answers_while_many_idle_sockets_are_open(served: Any) -> None:
 
 
 def test_busy_connections_are_kept_over_idle_ones(tiny_model: Path) -> None:
-    settings = limited_settings(tiny_model, max_connections=3, header_timeout_s=5.0)
+    settings = limited_settings(
+        tiny_model, max_connections=3, header_timeout_s=5.0, body_timeout_s=10.0
+    )
     with running_uvicorn(create_app(settings), **uvicorn_options(settings)) as server:
         busy = connect(server)  # head sent, body owed: not evicted for an idle one
         busy.sendall(
@@ -165,7 +178,7 @@ def test_busy_connections_are_kept_over_idle_ones(tiny_model: Path) -> None:
             b"Content-Type: multipart/form-data; boundary=b\r\n\r\n"
         )
         time.sleep(0.1)
-        idle = [connect(server) for _ in range(6)]
+        idle = [knock(server) for _ in range(6)]
         try:
             time.sleep(0.2)
             protocols = [
