@@ -4,8 +4,9 @@ Build it with :func:`create_app`. The classifier is loaded once in the app's lif
 and reached through the :func:`get_classifier` dependency (tests may override it).
 Every error answer is ``{"error": {"code": ..., "message": ...}}``, built by
 :func:`leafid.http.errors.error_response` from the :class:`~leafid.errors.LeafidError`
-hierarchy; middleware, the inference gate and the response schemas have their own
-modules beside this one.
+hierarchy; middleware, the inference gate, the response schemas, the streamed reading
+of uploaded photos (``uploads``) and the connection limits under uvicorn (``server``)
+have their own modules beside this one.
 """
 
 from __future__ import annotations
