@@ -7,8 +7,12 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
+
+if TYPE_CHECKING:
+    import uvicorn
 
 
 def free_port() -> int:
@@ -18,12 +22,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(app: FastAPI) -> Iterator[str]:
-    """Serve ``app`` on a free loopback port; yields the base URL."""
+def running_uvicorn(app: FastAPI, **options: Any) -> Iterator[uvicorn.Server]:
+    """Serve ``app`` on a free loopback port with these ``uvicorn.Config`` options."""
     import uvicorn
 
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **options)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -33,7 +37,14 @@ def running_server(app: FastAPI) -> Iterator[str]:
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield server
     finally:
         server.should_exit = True
         thread.join(timeout=20)
+
+
+@contextmanager
+def running_server(app: FastAPI, **options: Any) -> Iterator[str]:
+    """Serve ``app`` on a free loopback port; yields the base URL."""
+    with running_uvicorn(app, **options) as server:
+        yield f"http://127.0.0.1:{server.config.port}"

@@ -296,3 +296,48 @@ def test_cors_when_configured(tiny_model: Path) -> None:
         assert r.headers["access-control-allow-origin"] == "https://leaf.example"
         r = c.get("/v1/species", headers={"Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in r.headers
+
+
+def test_health_checks_answer_head(client: TestClient) -> None:
+    for path in ("/healthz", "/readyz"):
+        r = client.head(path)
+        assert r.status_code == 200 and r.content == b""
+    schema = client.get("/openapi.json").json()
+    assert set(schema["paths"]["/healthz"]) == {"get"}  # not a second operation in the docs
+
+
+@pytest.mark.parametrize("value", [" , ", ",", " ", ",,,"])
+def test_api_keys_that_name_no_key_are_refused(
+    value: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tiny_model: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from pydantic import ValidationError
+
+    from leafid.cli import main
+
+    with pytest.raises(ValidationError, match="names no key"):
+        Settings(api_keys=value)
+    monkeypatch.setenv("LEAFID_API_KEYS", value)
+    assert main(["serve", "--model", str(tiny_model), "--port", "0"]) == 2  # before serving
+    assert "LEAFID_API_KEYS is set but names no key" in capsys.readouterr().err
+
+
+def test_empty_api_keys_mean_no_authentication(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEAFID_API_KEYS", "")
+    assert Settings().api_keys == []
+    assert Settings(api_keys=" a , ,b ").api_keys == ["a", "b"]
+
+
+def test_docs_load_nothing_from_a_cdn(client: TestClient) -> None:
+    for page in ("/docs", "/redoc"):
+        r = client.get(page)
+        assert r.status_code == 200
+        assert "cdn" not in r.text.lower()
+        assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", r.text)
+        scripts = [a for a in assets if a.endswith(".js")]
+        assert scripts, page
+        for asset in assets:
+            assert not re.match(r"(https?:)?//", asset), (page, asset)
+            assert client.get(asset).status_code == 200, asset

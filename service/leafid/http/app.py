@@ -4,8 +4,9 @@ Build it with :func:`create_app`. The classifier is loaded once in the app's lif
 and reached through the :func:`get_classifier` dependency (tests may override it).
 Every error answer is ``{"error": {"code": ..., "message": ...}}``, built by
 :func:`leafid.http.errors.error_response` from the :class:`~leafid.errors.LeafidError`
-hierarchy; middleware, the inference gate and the response schemas have their own
-modules beside this one.
+hierarchy; middleware, the inference gate, the response schemas, the streamed reading
+of uploaded photos (``uploads``) and the connection limits under uvicorn (``server``)
+have their own modules beside this one.
 """
 
 from __future__ import annotations
@@ -14,31 +15,37 @@ import hmac
 import html
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import anyio
-from fastapi import Depends, FastAPI, File, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from leafid import __version__
-from leafid.classifier import Classifier
+from leafid.classifier import Classifier, Loaded
 from leafid.errors import (
     ImageError,
     InvalidRequestError,
     LeafidError,
     ModelError,
 )
-from leafid.http.errors import AuthError, on_http_error, on_leafid_error, on_validation_error
+from leafid.http.errors import (
+    AuthError,
+    ClientDisconnectedError,
+    on_http_error,
+    on_leafid_error,
+    on_validation_error,
+)
 from leafid.http.gate import InferenceGate
 from leafid.http.metrics import Metrics
 from leafid.http.middleware import BodyLimitMiddleware, CatchAllMiddleware, MetricsMiddleware
@@ -49,11 +56,14 @@ from leafid.http.schemas import (
     ModelOut,
     SpeciesOut,
 )
+from leafid.http.server import STATE_KEY, ConnectionLimits, accept_errors_summarised
 from leafid.http.settings import Settings
+from leafid.http.uploads import FIELD, Upload, Uploads, read_uploads
 from leafid.images import ImageLimits
 from leafid.results import CAVEAT, Identification, Prediction, error_dict
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 PAGE_TEMPLATE = Path(__file__).resolve().parent / "index.html"  # filled in by render_index
@@ -124,25 +134,80 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 GateDep = Annotated[InferenceGate, Depends(get_gate)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 TopK = Annotated[int | None, Query(description="Candidates to return, 1 to the number of classes")]
-Images = Annotated[
-    list[UploadFile], File(description="Photos (JPEG, PNG, WebP, HEIC with leafid[heic], ...)")
-]
+
+# The photos are read by leafid.http.uploads as the body streams in (after the API key
+# and the queue are checked), not by FastAPI, so their form is declared here for the docs.
+PHOTOS_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": [FIELD],
+                    "properties": {
+                        FIELD: {
+                            "type": "array",
+                            "title": "Images",
+                            "description": "Photos (JPEG, PNG, WebP, HEIC with leafid[heic], ...)",
+                            "items": {
+                                "type": "string",
+                                "contentMediaType": "application/octet-stream",
+                            },
+                        }
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+async def _work_on_photos(
+    request: Request,
+    gate: InferenceGate,
+    work: Callable[[Uploads], T],
+    max_files: int,
+    max_image_bytes: int,
+    what: str,
+) -> tuple[list[Upload], T, float]:
+    """Back-pressure first, then the photos, then the work in a worker thread.
+
+    The queue is checked before the body is read (the API key was checked before, as
+    a dependency); the photos are read as they stream in; ``work`` runs in a worker
+    thread in an inference slot, unless the client has hung up while it waited.
+
+    Args:
+        request: The upload request.
+        gate: The inference gate.
+        work: Decodes and classifies the photos (blocking).
+        max_files: Most photos accepted.
+        max_image_bytes: Largest photo kept (a larger one gets its own error).
+        what: What the photos are, for the message on their number.
+
+    Returns:
+        The photos, what ``work`` returned, and when the body was in (perf_counter).
+    """
+    gate.check()
+    with await read_uploads(
+        request, max_files=max_files, max_image_bytes=max_image_bytes, what=what
+    ) as uploads:
+        start = time.perf_counter()
+        async with gate.slot():
+            if await request.is_disconnected():
+                raise ClientDisconnectedError("the client closed the connection while waiting")
+            result = await anyio.to_thread.run_sync(work, uploads)
+    return uploads.items, result, start
 
 
 # --- the work done off the event loop ------------------------------------------------
 
 
-@dataclass
-class _Upload:
-    filename: str
-    data: bytes
-
-
-async def _read_uploads(files: list[UploadFile]) -> list[_Upload]:
-    """Read the uploaded files (the byte limit is checked when they are decoded)."""
+def _load_all(classifier: Classifier, uploads: Uploads) -> list[Loaded]:
+    """Decode every photo; one over the byte limit keeps its error."""
     return [
-        _Upload(file.filename or f"image-{index + 1}", await file.read())
-        for index, file in enumerate(files)
+        upload.error if upload.error is not None else classifier.try_load(uploads.read(upload))
+        for upload in uploads.items
     ]
 
 
@@ -168,27 +233,27 @@ def _ms(seconds: float) -> float:
 
 
 def _identify_work(
-    classifier: Classifier, uploads: list[_Upload], top_k: int
+    classifier: Classifier, uploads: Uploads, top_k: int
 ) -> tuple[Identification, float, float]:
     start = time.perf_counter()
-    loaded = [classifier.try_load(upload.data) for upload in uploads]
+    loaded = _load_all(classifier, uploads)
     decoded = time.perf_counter()
-    names = [upload.filename for upload in uploads]
+    names = [upload.filename for upload in uploads.items]
     identified = classifier.identify_loaded(loaded, names, top_k)
     return identified, decoded - start, time.perf_counter() - decoded
 
 
 def _classify_work(
-    classifier: Classifier, uploads: list[_Upload], top_k: int
+    classifier: Classifier, uploads: Uploads, top_k: int
 ) -> tuple[list[Prediction | ImageError], float, float]:
     start = time.perf_counter()
-    loaded = [classifier.try_load(upload.data) for upload in uploads]
+    loaded = _load_all(classifier, uploads)
     decoded = time.perf_counter()
     answers = classifier.classify_loaded(loaded, top_k)
     return answers, decoded - start, time.perf_counter() - decoded
 
 
-def _image_item(upload: _Upload, answer: Prediction | ImageError) -> dict[str, Any]:
+def _image_item(upload: Upload, answer: Prediction | ImageError) -> dict[str, Any]:
     """One photo's item of an answer: its own prediction, or why it could not be used."""
     if isinstance(answer, ImageError):
         return {"filename": upload.filename, "error": error_dict(answer)}
@@ -233,7 +298,7 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
     settings = settings or Settings()
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         if app.state.classifier is None and get_classifier not in app.dependency_overrides:
             started = time.perf_counter()
             app.state.classifier = await anyio.to_thread.run_sync(load_classifier, settings)
@@ -248,9 +313,12 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
             settings.retry_after_s,
             app.state.metrics.rejected,
         )
-        yield
+        with accept_errors_summarised():
+            # the state reaches uvicorn's connections (leafid.http.server)
+            yield {STATE_KEY: ConnectionLimits.from_settings(settings)}
 
-    app = FastAPI(
+    # FastAPIOffline: /docs and /redoc load their scripts from this server, not a CDN
+    app = FastAPIOffline(
         title="leafid",
         version=__version__,
         summary="Leaf-photo plant identification with honest confidence.",
@@ -274,7 +342,7 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
             allow_headers=["X-API-Key", "Authorization"],
         )
     # added last = outermost: metrics see every answer, the catch-all's 500 included
-    app.add_middleware(CatchAllMiddleware)
+    app.add_middleware(CatchAllMiddleware, retry_after_s=settings.retry_after_s)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics, router_app=app)
     _add_routes(app)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
@@ -290,9 +358,10 @@ def _add_routes(app: FastAPI) -> None:
         responses=ERROR_RESPONSES,
         dependencies=auth,
         tags=["identify"],
+        openapi_extra=PHOTOS_BODY,
     )
     async def identify(
-        images: Images,
+        request: Request,
         classifier: ClassifierDep,
         settings: SettingsDep,
         gate: GateDep,
@@ -306,17 +375,15 @@ def _add_routes(app: FastAPI) -> None:
         in ``images`` (as in ``/v1/classify``) and the status is 200. When none of the
         photos could be used, the request fails with the first photo's error (4xx).
         """
-        start = time.perf_counter()
-        if not 1 <= len(images) <= settings.max_images:
-            raise InvalidRequestError(
-                f"send 1 to {settings.max_images} images of the same plant, got {len(images)}"
-            )
         k = _top_k(top_k, classifier)
-        uploads = await _read_uploads(images)
-        async with gate.slot():
-            identified, decode_s, infer_s = await anyio.to_thread.run_sync(
-                _identify_work, classifier, uploads, k
-            )
+        photos, (identified, decode_s, infer_s), start = await _work_on_photos(
+            request,
+            gate,
+            lambda uploads: _identify_work(classifier, uploads, k),
+            settings.max_images,
+            settings.max_image_bytes,
+            "images of the same plant",
+        )
         metrics.inference.observe(infer_s)
         metrics.images.inc(sum(isinstance(a, Prediction) for a in identified.images))
         if identified.fused.unknown:
@@ -328,7 +395,7 @@ def _add_routes(app: FastAPI) -> None:
             "unknown": fused_dict["unknown"],
             "reason": fused_dict["reason"],
             "results": fused_dict["results"],
-            "images": [_image_item(u, a) for u, a in zip(uploads, identified.images, strict=True)],
+            "images": [_image_item(u, a) for u, a in zip(photos, identified.images, strict=True)],
             "timing": {
                 "decode_ms": _ms(decode_s),
                 "inference_ms": _ms(infer_s),
@@ -343,9 +410,10 @@ def _add_routes(app: FastAPI) -> None:
         responses=ERROR_RESPONSES,
         dependencies=auth,
         tags=["identify"],
+        openapi_extra=PHOTOS_BODY,
     )
     async def classify(
-        images: Images,
+        request: Request,
         classifier: ClassifierDep,
         settings: SettingsDep,
         gate: GateDep,
@@ -359,15 +427,15 @@ def _add_routes(app: FastAPI) -> None:
         and the status is 200. Errors of the request itself (count, size of the whole
         body, parameters, API key) answer the whole request with 4xx.
         """
-        start = time.perf_counter()
-        if not 1 <= len(images) <= settings.max_batch:
-            raise InvalidRequestError(f"send 1 to {settings.max_batch} images, got {len(images)}")
         k = _top_k(top_k, classifier)
-        uploads = await _read_uploads(images)
-        async with gate.slot():
-            items, decode_s, infer_s = await anyio.to_thread.run_sync(
-                _classify_work, classifier, uploads, k
-            )
+        photos, (items, decode_s, infer_s), start = await _work_on_photos(
+            request,
+            gate,
+            lambda uploads: _classify_work(classifier, uploads, k),
+            settings.max_batch,
+            settings.max_image_bytes,
+            "images",
+        )
         metrics.inference.observe(infer_s)
         for item in items:
             if isinstance(item, Prediction):
@@ -376,7 +444,7 @@ def _add_routes(app: FastAPI) -> None:
                     metrics.unknown.inc()
         return {
             "model": _model_ref(classifier),
-            "results": [_image_item(u, a) for u, a in zip(uploads, items, strict=True)],
+            "results": [_image_item(u, a) for u, a in zip(photos, items, strict=True)],
             "timing": {
                 "decode_ms": _ms(decode_s),
                 "inference_ms": _ms(infer_s),
@@ -425,6 +493,10 @@ def _add_routes(app: FastAPI) -> None:
     def readyz(classifier: ClassifierDep) -> dict[str, str]:
         """The model is loaded and requests can be answered (503 otherwise)."""
         return {"status": "ready", "model_version": classifier.model_version}
+
+    # load balancers check health with HEAD too (not a separate operation in the docs)
+    for path, check in (("/healthz", healthz), ("/readyz", readyz)):
+        app.head(path, include_in_schema=False)(check)
 
     @app.get("/metrics", tags=["ops"], response_class=Response)
     def prometheus(metrics: MetricsDep) -> Response:

@@ -37,7 +37,8 @@ def register(subparsers: Any) -> None:
         description=(
             "Run the HTTP service (API at /v1, docs at /docs, upload page at /). "
             "Other settings come from LEAFID_* environment variables, e.g. "
-            "LEAFID_API_KEYS=key1,key2, LEAFID_MAX_UPLOAD_BYTES, LEAFID_CORS_ORIGINS."
+            "LEAFID_API_KEYS=key1,key2, LEAFID_MAX_UPLOAD_BYTES, LEAFID_CORS_ORIGINS, "
+            "LEAFID_HEADER_TIMEOUT_S, LEAFID_BODY_TIMEOUT_S, LEAFID_MAX_CONNECTIONS."
         ),
     )
     add_model_option(serve)
@@ -197,14 +198,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     The model is loaded before uvicorn starts so that a missing or invalid model is
     reported as one clear error (raised as a LeafidError for the CLI to print). SIGTERM
-    stops the server gracefully (requests in flight are answered, for at most 30 s)
-    and the command returns 0, as after Ctrl-C (SIGINT).
+    stops the server gracefully (requests in flight are answered, for at most 30 s;
+    those still unanswered then get 503) and the command returns 0, as after Ctrl-C
+    (SIGINT). Connection timeouts and the connection cap: :mod:`leafid.http.server`.
     """
     with require_extra("service"):
         import uvicorn
         from pydantic import ValidationError
 
         from leafid.http.app import create_app, load_classifier
+        from leafid.http.server import uvicorn_options
         from leafid.http.settings import Settings
 
     overrides: dict[str, Any] = {
@@ -223,8 +226,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "host": args.host,
         "port": args.port,
         "log_level": args.log_level,
-        "timeout_graceful_shutdown": 30,
         "access_log": args.log_level == "debug",
+        **uvicorn_options(settings),  # connection timeouts and cap
     }
     with _sigterm_exits_cleanly():
         if args.processes == 1:

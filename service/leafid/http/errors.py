@@ -44,6 +44,12 @@ class ServiceBusyError(ServiceError):
         super().__init__(message, {"Retry-After": str(retry_after_s)})
 
 
+class ShuttingDownError(ServiceBusyError):
+    """The server stopped before the request was answered (its shutdown grace ended)."""
+
+    code = "shutting_down"
+
+
 class AuthError(ServiceError):
     """The API key is missing or wrong."""
 
@@ -65,6 +71,23 @@ def error_response(exc: LeafidError) -> JSONResponse:
         status_code=exc.http_status,
         headers=headers,
     )
+
+
+class MalformedBodyError(LeafidError):
+    """The request body is not the multipart form it says it is."""
+
+    code = "bad_request"
+    http_status = 400
+
+
+class ClientDisconnectedError(LeafidError):
+    """The client closed the connection before its request was answered.
+
+    Nobody reads the answer; its status (nginx's 499) is for the metrics.
+    """
+
+    code = "client_disconnected"
+    http_status = 499
 
 
 class HttpError(LeafidError):

@@ -16,7 +16,8 @@ class InferenceGate:
 
     A request arriving when all slots are busy and the queue is full is refused at
     once with :class:`ServiceBusyError` (503 + ``Retry-After``) and counted in
-    ``rejected``.
+    ``rejected``: by :meth:`check` before its body is read, and by :meth:`slot` if the
+    queue filled up while it was being read.
     """
 
     def __init__(self, slots: int, queue_size: int, retry_after_s: int, rejected: Counter) -> None:
@@ -26,15 +27,23 @@ class InferenceGate:
         self.rejected = rejected
         self.waiting = 0
 
-    @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold one inference slot for the duration of the block."""
+    def check(self) -> None:
+        """Refuse a request that could not even wait for a slot now.
+
+        Raises:
+            ServiceBusyError: Every slot is busy and the queue is full.
+        """
         if self._semaphore.value == 0 and self.waiting >= self.queue_size:
             self.rejected.inc()
             raise ServiceBusyError(
                 f"the service is busy ({self.waiting} requests waiting); retry shortly",
                 self.retry_after_s,
             )
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one inference slot for the duration of the block (see :meth:`check`)."""
+        self.check()
         self.waiting += 1
         try:
             await self._semaphore.acquire()

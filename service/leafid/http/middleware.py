@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -11,7 +12,7 @@ from fastapi import FastAPI
 from starlette.routing import Match
 
 from leafid.errors import TooLargeError
-from leafid.http.errors import InternalError, send_error
+from leafid.http.errors import InternalError, ShuttingDownError, send_error
 from leafid.http.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -80,10 +81,15 @@ class CatchAllMiddleware:
 
     The exception is logged with its traceback; the client is told no details. When
     the answer has already started, the exception is raised on (nothing can be sent).
+
+    A request cancelled before its answer started (uvicorn cancels those still in
+    progress when the shutdown grace ends) is answered 503 ``shutting_down`` with
+    ``Retry-After``, not uvicorn's plain 500: it was never served, another try may be.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, retry_after_s: int) -> None:
         self.app = app
+        self.retry_after_s = retry_after_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Run the app; answer an unhandled exception with a 500."""
@@ -99,6 +105,12 @@ class CatchAllMiddleware:
 
         try:
             await self.app(scope, receive, watching_send)
+        except asyncio.CancelledError:
+            if started:
+                raise
+            # the task ends here: answering is all that is left to do for it
+            stopping = ShuttingDownError("the service is shutting down", self.retry_after_s)
+            await send_error(send, stopping)
         except Exception:
             log.exception("unhandled error in %s %s", scope["method"], scope["path"])
             if started:
@@ -106,9 +118,18 @@ class CatchAllMiddleware:
             await send_error(send, InternalError("internal server error"))
 
 
+# HTTP methods counted by name (RFC 9110 and PATCH); any other is counted as "other", so
+# that made-up methods cannot add label values.
+METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+)
+
+
 class MetricsMiddleware:
     """Counts and times every request, by route template, method and status.
 
+    Labels come from fixed sets: the app's route templates ("unmatched" for a path no
+    route matches), :data:`METHODS` or "other", and the statuses the service answers.
     A request whose handling raised before an answer started counts as a 500.
     """
 
@@ -149,6 +170,7 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, recording_send)
         finally:
-            labels = (self._route(scope), scope["method"], str(status))
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            labels = (self._route(scope), method, str(status))
             self.metrics.requests.labels(*labels).inc()
             self.metrics.latency.labels(*labels).observe(time.perf_counter() - start)

@@ -32,8 +32,17 @@ class Settings(BaseSettings):
         queue_size: Requests allowed to wait for a free slot; more are refused with 503.
         retry_after_s: Seconds sent in ``Retry-After`` when the queue is full.
         threads: onnxruntime intra-op threads per inference (0 lets onnxruntime choose).
-        api_keys: Accepted API keys; empty means no authentication.
+        api_keys: Accepted API keys; empty means no authentication. A value that
+            names no key but is not empty (``" , "``) is refused.
         cors_origins: Origins allowed to call the API from a browser; empty means none.
+        header_timeout_s: Seconds a connection has to send a request's head (request
+            line and headers), from when it opens or its previous answer was sent;
+            then it is closed.
+        body_timeout_s: Seconds a request has to send its whole body once its head is
+            in; then the connection is closed.
+        keep_alive_timeout_s: Seconds an idle keep-alive connection is kept open.
+        max_connections: Open connections per server process; a new one over the cap
+            closes the connection that has waited longest for a request head.
     """
 
     model_config = SettingsConfigDict(env_prefix="LEAFID_", extra="ignore", populate_by_name=True)
@@ -55,6 +64,10 @@ class Settings(BaseSettings):
     threads: int = Field(default=1, ge=0)
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, repr=False)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=60.0, gt=0)
+    keep_alive_timeout_s: int = Field(default=5, ge=1)
+    max_connections: int = Field(default=256, ge=1)
 
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod
@@ -62,4 +75,16 @@ class Settings(BaseSettings):
         """Accept a comma-separated string (as environment variables give) or a list."""
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _some_key_if_any(cls, value: object) -> object:
+        """Refuse keys that are all blank: that would silently turn authentication off."""
+        given = value.split(",") if isinstance(value, str) else value
+        if isinstance(given, list) and value and not any(str(key).strip() for key in given):
+            raise ValueError(
+                "LEAFID_API_KEYS is set but names no key (only commas or spaces): give the "
+                "keys, or leave it unset (or empty) to turn authentication off"
+            )
         return value
