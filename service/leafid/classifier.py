@@ -121,6 +121,22 @@ def _named(exc: ImageError, name: str) -> ImageError:
     return type(exc)(f"{name}: {exc}")
 
 
+def _without_frames(exc: ImageError) -> ImageError:
+    """``exc`` with the tracebacks of it and its causes dropped.
+
+    A kept error's traceback holds the frames of the failed decode, and with them the
+    image's bytes (and the list the error is kept in: a cycle that only a full garbage
+    collection frees), so a request's failed photos would stay in memory.
+    """
+    seen: set[int] = set()
+    err: BaseException | None = exc
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        err.__traceback__ = None
+        err = err.__cause__ or err.__context__
+    return exc
+
+
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """Row-wise softmax of ``logits / temperature`` in float64."""
     z = logits.astype(np.float64) / temperature
@@ -222,7 +238,7 @@ class Classifier:
             data = image if isinstance(image, bytes) else read_bytes(image, self.limits)
             return self.load(data, budget)
         except ImageError as exc:
-            return exc
+            return _without_frames(exc)
 
     def request_budget(self) -> DecodeBudget:
         """A fresh decode budget for one request (``limits.max_request_decode_bytes``)."""

@@ -7,6 +7,7 @@ from conftest import TINY_COLOURS, encode, make_tiny_model, noisy, solid, tiny_s
 from leafid.classifier import Classifier, in_place, make_session, softmax
 from leafid.errors import (
     BadImageError,
+    ImageError,
     InvalidModelError,
     InvalidRequestError,
     ModelNotFoundError,
@@ -333,3 +334,13 @@ def test_int8_copy_names_go_both_ways(tmp_path):
     assert copy == tmp_path / "m.v2.int8.onnx"
     assert fp32_of_int8_copy(copy) == tmp_path / "m.v2.onnx"
     assert fp32_of_int8_copy(tmp_path / "m.onnx") is None
+
+
+def test_a_returned_image_error_holds_no_frames(tiny_model: Path) -> None:
+    # a kept traceback would hold the failed decode's frames, and the photo's bytes
+    bad = Classifier(tiny_model).try_load(b"\xff\xd8\xff" + b"\x00" * 5000)
+    assert isinstance(bad, ImageError)
+    err: BaseException | None = bad
+    while err is not None:
+        assert err.__traceback__ is None
+        err = err.__cause__ or err.__context__

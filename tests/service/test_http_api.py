@@ -15,7 +15,13 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from leafid.classifier import Classifier  # noqa: E402
-from leafid.http.app import PAGE_TEMPLATE, STATIC_DIR, create_app, get_classifier  # noqa: E402
+from leafid.http.app import (  # noqa: E402
+    PAGE_TEMPLATE,
+    STATIC_DIR,
+    create_app,
+    get_classifier,
+    load_classifier,
+)
 from leafid.http.settings import Settings  # noqa: E402
 from leafid.results import CAVEAT  # noqa: E402
 
@@ -275,6 +281,19 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     assert s.cors_origins == ["https://example.org"]
     assert s.max_images == 3
     assert "one" not in repr(s)
+
+
+def test_image_limit_settings_reach_the_classifier(
+    monkeypatch: pytest.MonkeyPatch, tiny_model: Path
+) -> None:
+    monkeypatch.setenv("LEAFID_MAX_DECODE_BYTES", str(64 * 2**20))
+    monkeypatch.setenv("LEAFID_MAX_REQUEST_DECODE_BYTES", str(128 * 2**20))
+    limits = load_classifier(Settings(model=tiny_model, max_pixels=1000)).limits
+    assert (limits.max_pixels, limits.max_decode_bytes, limits.max_request_decode_bytes) == (
+        1000,
+        64 * 2**20,
+        128 * 2**20,
+    )
 
 
 def test_inference_slots_setting_and_its_former_name(monkeypatch: pytest.MonkeyPatch) -> None:

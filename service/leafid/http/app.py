@@ -204,9 +204,12 @@ async def _work_on_photos(
 
 
 def _load_all(classifier: Classifier, uploads: Uploads) -> list[Loaded]:
-    """Decode every photo; one over the byte limit keeps its error."""
+    """Decode every photo, with one decode budget; one over the byte limit keeps its error."""
+    budget = classifier.request_budget()
     return [
-        upload.error if upload.error is not None else classifier.try_load(uploads.read(upload))
+        upload.error
+        if upload.error is not None
+        else classifier.try_load(uploads.read(upload), budget)
         for upload in uploads.items
     ]
 
@@ -279,7 +282,12 @@ def load_classifier(settings: Settings) -> Classifier:
         ModelNotFoundError: The model file does not exist.
         InvalidModelError: The file is not a usable leafid model.
     """
-    limits = ImageLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_pixels)
+    limits = ImageLimits(
+        max_bytes=settings.max_image_bytes,
+        max_pixels=settings.max_pixels,
+        max_decode_bytes=settings.max_decode_bytes,
+        max_request_decode_bytes=settings.max_request_decode_bytes,
+    )
     return Classifier(settings.model, threads=settings.threads, limits=limits)
 
 

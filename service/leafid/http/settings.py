@@ -8,6 +8,7 @@ from typing import Annotated
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from leafid.images import ImageLimits
 from leafid.paths import default_model_path
 
 MiB = 1024 * 1024
@@ -24,6 +25,10 @@ class Settings(BaseSettings):
         max_upload_bytes: Largest accepted request body, in bytes.
         max_image_bytes: Largest accepted single image file, in bytes.
         max_pixels: Largest accepted image width * height.
+        max_decode_bytes: Largest memory one image may take to decode (judged from its
+            header, before decoding; a larger one is refused with 413).
+        max_request_decode_bytes: Largest decode memory of all the photos of one request
+            together; each photo past it gets its own 413.
         max_images: Most photos in one ``/v1/identify`` request.
         max_batch: Most photos in one ``/v1/classify`` request.
         inference_slots: Requests decoded and classified at the same time
@@ -51,6 +56,8 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=25 * MiB, gt=0)
     max_image_bytes: int = Field(default=12 * MiB, gt=0)
     max_pixels: int = Field(default=50_000_000, gt=0)
+    max_decode_bytes: int = Field(default=ImageLimits.max_decode_bytes, gt=0)
+    max_request_decode_bytes: int = Field(default=ImageLimits.max_request_decode_bytes, gt=0)
     max_images: int = Field(default=5, ge=1)
     max_batch: int = Field(default=16, ge=1)
     inference_slots: int = Field(
