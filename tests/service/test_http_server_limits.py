@@ -220,9 +220,9 @@ class CountingClassifier(Classifier):
 
     decoded = 0
 
-    def try_load(self, image: Any) -> Any:
+    def try_load(self, image: Any, budget: Any = None) -> Any:
         self.decoded += 1
-        return super().try_load(image)
+        return super().try_load(image, budget)
 
 
 class SlowClassifier(CountingClassifier):
