@@ -18,6 +18,8 @@ DEFAULT_DATA_DIR = "../shared/datasets"
 MANIFEST_DIR_ENV = "LEAFID_MANIFEST_DIR"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MANIFEST_DIR = REPO_ROOT / "datasets"
+DEFAULT_OOD_SPLIT = (0.0, 0.5, 0.5)
+"""Train / val / test fractions of OOD roots unless a run asks otherwise: no train part."""
 
 
 def manifest_dir() -> Path:
@@ -110,6 +112,8 @@ class TrainConfig:
         patience: Stop after this many epochs without a better val loss (0 = never).
         seed: Seeds torch, numpy, random and the split.
         split: Train / val / test fractions.
+        ood_split: Train / val / test fractions of the OOD roots (default: val and test
+            halves, no train part).
         loader_processes: DataLoader worker processes (``workers`` in older config files).
         threads: torch intra-op threads (0 = torch default).
         device: torch device that trains (``cpu``, ``cuda``, ``cuda:1``...); evaluation,
@@ -189,6 +193,15 @@ class TrainConfig:
         default=(0.70, 0.15, 0.15),
         metadata=option(metavar=("TRAIN", "VAL", "TEST"), check=fraction),
     )
+    ood_split: tuple[float, float, float] = field(
+        default=DEFAULT_OOD_SPLIT,
+        metadata=option(
+            "train / val / test fractions of the --ood roots (default: no train part); the "
+            "train part gives training its field backgrounds and outlier images",
+            metavar=("TRAIN", "VAL", "TEST"),
+            check=fraction,
+        ),
+    )
     seed: int = field(default=20261125, metadata=option(check=int_at_least(0)))
     loader_processes: int = field(
         default=0,
@@ -219,11 +232,14 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.split = tuple(float(v) for v in self.split)  # type: ignore[assignment]
+        self.ood_split = tuple(float(v) for v in self.ood_split)  # type: ignore[assignment]
         problems = []
         if not self.data:
             problems.append("at least one --data root is needed")
-        if len(self.split) != 3 or min(self.split) < 0 or abs(sum(self.split) - 1) > 1e-6:
+        if not _fractions_ok(self.split):
             problems.append("split needs three fractions >= 0 that add up to 1")
+        if not _fractions_ok(self.ood_split) or min(self.ood_split[1:]) <= 0:
+            problems.append("ood_split needs three fractions >= 0 (val, test > 0) adding up to 1")
         if not 0 <= self.head_epochs <= self.epochs or self.epochs < 1:
             problems.append("need epochs >= 1 and 0 <= head_epochs <= epochs")
         if self.batch_size < 1 or self.lr <= 0:
@@ -280,6 +296,7 @@ class TrainConfig:
         """Plain-JSON form."""
         data = asdict(self)
         data["split"] = list(self.split)
+        data["ood_split"] = list(self.ood_split)
         return data
 
     def save(self, path: Path) -> None:
@@ -302,6 +319,11 @@ class TrainConfig:
             raise InvalidRequestError(f"{path}: unknown config keys {sorted(extra)}")
         data["split"] = tuple(data["split"])
         return cls(**data)
+
+
+def _fractions_ok(values: tuple[float, ...]) -> bool:
+    """Three fractions >= 0 that add up to 1."""
+    return len(values) == 3 and min(values) >= 0 and abs(sum(values) - 1) <= 1e-6
 
 
 RENAMED_KEYS = {"workers": "loader_processes"}

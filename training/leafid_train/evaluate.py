@@ -43,9 +43,9 @@ def select(
 
     Without a split file every image of every root is used. With one, the leaf images
     are those of part ``split`` for the given roots (all of the file's roots when
-    ``data`` is empty). An OOD root that the run used is split into val (which picked
-    the unknown threshold) and test halves: ``val`` and ``test`` take that half, and
-    ``train`` has none, so asking for it is an error. An OOD root the run did not use
+    ``data`` is empty). An OOD root that the run used gives its part ``split`` (val
+    picked the unknown threshold; a train part exists only when the run's ``ood_split``
+    gave it a share, else asking for it is an error). An OOD root the run did not use
     contributes all its images.
 
     Raises:

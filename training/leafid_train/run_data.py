@@ -19,6 +19,7 @@ from leafid_train.augment import augment
 from leafid_train.backbone import PRETRAINED_ARCHS, PRETRAINED_MEAN, PRETRAINED_STD
 from leafid_train.config import TrainConfig
 from leafid_train.data import (
+    SPLITS,
     DataRoot,
     DatasetError,
     ImageCache,
@@ -55,8 +56,14 @@ class RunData:
         raise DatasetError(f"no dataset root named {name!r} in this run")
 
     def paths(self, part: str, ood: bool = False) -> list[Path]:
-        """Files of one split part (``train``/``val``/``test``; OOD: ``val``/``test``)."""
-        items = (self.split.ood if ood else self.split.leaf)[part]
+        """Files of one split part (``train``/``val``/``test``).
+
+        OOD roots have a ``train`` part only when the run's ``ood_split`` gives it a
+        share; otherwise it is empty.
+        """
+        if part not in SPLITS:
+            raise DatasetError(f"no split part {part!r} (want one of {SPLITS})")
+        items = (self.split.ood if ood else self.split.leaf).get(part, [])
         return [self.root(s.root).path(s.rel) for s in items]
 
     def labels(self, part: str) -> np.ndarray:
@@ -121,7 +128,7 @@ def build_data(cfg: TrainConfig, split_file: Path | None = None) -> RunData:
         if set(split.roots) != names:
             raise DatasetError(f"{split_file} is for roots {sorted(split.roots)}, not {names}")
     else:
-        split = make_split(roots, ood_roots, cfg.seed, cfg.split)
+        split = make_split(roots, ood_roots, cfg.seed, cfg.split, cfg.ood_split)
     leaf = [s for part in split.leaf.values() for s in part]
     overlap = {r.name for r in roots} & {r.name for r in ood_roots}
     if overlap:
