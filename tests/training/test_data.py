@@ -14,7 +14,6 @@ from leafid.classifier import Classifier
 from leafid.errors import InvalidRequestError
 from leafid.images import ImageLimits, decode
 from leafid.preprocess import preprocess
-from leafid_train.augment import augment
 from leafid_train.config import DATA_DIR_ENV, TrainConfig, resolve_root
 from leafid_train.data import (
     DatasetError,
@@ -259,16 +258,6 @@ def test_eval_arrays_are_the_classifiers_inputs(tmp_path: Path) -> None:
     np.testing.assert_array_equal(ImageCache(clf.spec).eval_array(path), want)
     train = ImageCache(clf.spec).train_array(path)
     assert min(train.shape[:2]) == clf.spec.resize_size  # resized from the drafted image
-
-
-def test_augment_shape_dtype_and_seeded() -> None:
-    arr = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
-    a = augment(arr, 32, np.random.default_rng(5))
-    b = augment(arr, 32, np.random.default_rng(5))
-    c = augment(arr, 32, np.random.default_rng(6))
-    assert a.shape == (32, 32, 3) and a.dtype == np.uint8
-    np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(a, c)
 
 
 def test_config_round_trip_and_validation(tmp_path: Path) -> None:

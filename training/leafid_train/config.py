@@ -109,6 +109,10 @@ class TrainConfig:
             step and validate, keep and export it instead of the raw weights (0 = off).
         oversample: ``ROOT=N`` items: each training image of data root ROOT is shown N
             times per epoch (each time with its own augmentation), for a hard root.
+        paste: Data roots of lab photos (a leaf on a plain background) whose leaves are
+            cut out and shown on field frames and generated fills.
+        paste_prob: Chance that a ``paste`` root's image is shown pasted (else as is).
+        greyscale_prob: Chance that any training image is shown in greyscale.
         patience: Stop after this many epochs without a better val loss (0 = never).
         seed: Seeds torch, numpy, random and the split.
         split: Train / val / test fractions.
@@ -178,6 +182,29 @@ class TrainConfig:
             "show each training image of data root ROOT (its name: the dataset name or "
             "folder name) N times per epoch (repeatable)",
             metavar="ROOT=N",
+        ),
+    )
+    paste: list[str] = field(
+        default_factory=list,
+        metadata=option(
+            "cut the leaves of data root ROOT out of their plain background and show them "
+            "on field frames (the --ood train part) and generated fills (repeatable)",
+            metavar="ROOT",
+        ),
+    )
+    paste_prob: float = field(
+        default=0.5,
+        metadata=option(
+            "share of a --paste root's images shown pasted each epoch (default {default}; "
+            "the rest as they are)",
+            check=fraction,
+        ),
+    )
+    greyscale_prob: float = field(
+        default=0.0,
+        metadata=option(
+            "chance that a training image is shown in greyscale (default {default})",
+            check=fraction,
         ),
     )
     patience: int = field(
@@ -252,6 +279,10 @@ class TrainConfig:
             problems.append(f"device must be cpu or cuda[:N], got {self.device!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             problems.append("ema_decay must be in [0, 1)")
+        if not (0.0 <= self.paste_prob <= 1.0 and 0.0 <= self.greyscale_prob <= 1.0):
+            problems.append("paste_prob and greyscale_prob must be in [0, 1]")
+        if len(set(self.paste)) != len(self.paste):
+            problems.append(f"paste names a root twice: {self.paste}")
         if not 0.5 <= self.keep_fraction <= 1.0:
             problems.append("keep_fraction must be in [0.5, 1]")
         try:
