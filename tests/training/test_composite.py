@@ -4,8 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
-from synthetic_data import make_ood, tiny_config
+from synthetic_data import lab_photo, make_lab_root, make_ood, tiny_config
 
 from leafid.errors import InvalidRequestError
 from leafid_train import run_data
@@ -20,26 +19,6 @@ from leafid_train.composite import (
     otsu,
 )
 from leafid_train.run_data import TrainSet, build_data, load_train_set
-
-
-def lab_photo(
-    paper: tuple[int, int, int], leaf: tuple[int, int, int], seed: int = 0, shadow: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
-    """A leaf-like ellipse with a thin stem on plain paper (noisy), and its true mask."""
-    size = (120, 96)
-    truth = Image.new("L", size, 0)
-    draw = ImageDraw.Draw(truth)
-    draw.ellipse((30, 18, 90, 66), fill=255)
-    draw.line((60, 66, 62, 88), fill=255, width=3)  # the stem
-    photo = Image.new("RGB", size, paper)
-    if shadow:  # a darker, same-hued shadow beside the leaf, as on plantvillage's paper
-        dark = tuple(round(c * 0.55) for c in paper)
-        ImageDraw.Draw(photo).ellipse((38, 24, 100, 74), fill=dark)
-    photo.paste(Image.new("RGB", size, leaf), (0, 0), truth)
-    grey = len(set(paper)) == len(set(leaf)) == 1  # a greyscale photo has grey noise too
-    noise = np.random.default_rng(seed).integers(-8, 9, (96, 120, 1 if grey else 3))
-    arr = np.clip(np.asarray(photo).astype(int) + noise, 0, 255).astype(np.uint8)
-    return arr, np.asarray(truth) > 127
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -91,6 +70,9 @@ def test_cut_out_box_and_unusable_photos() -> None:
     assert (grey == grey[..., :1]).all()  # a grey leaf's composite is grey as a whole
     plain = np.full((64, 64, 3), 200, dtype=np.uint8)
     assert cut_out(plain) is None  # nothing on the paper
+    cropped = arr[30:, :]  # the leaf runs off the frame
+    cropped[:, 40:80] = (70, 110, 40)
+    assert cut_out(cropped) is None
 
 
 def test_composite_is_seeded_and_puts_the_leaf_on_the_background() -> None:
@@ -161,18 +143,8 @@ def test_pasted_epoch_is_the_same_after_resume() -> None:
     assert not all(np.array_equal(first.image(i), again.image(i)) for i in range(len(first)))
 
 
-def _lab_root(root: Path, n: int = 6) -> Path:
-    for slug, leaf in {"viridis": (40, 160, 50), "rubra": (170, 50, 40)}.items():
-        folder = root / "images" / slug
-        folder.mkdir(parents=True)
-        for k in range(n):
-            arr, _ = lab_photo((250, 250, 248), leaf, seed=k)
-            Image.fromarray(arr).save(folder / f"{k}.png")
-    return root
-
-
 def test_load_train_set_cuts_out_paste_roots_and_reads_the_ood_train_part(tmp_path: Path) -> None:
-    lab = _lab_root(tmp_path / "lab")
+    lab = make_lab_root(tmp_path / "lab")
     make_ood(tmp_path / "field", n=12)
     cfg = tiny_config(
         tmp_path, data=[str(tmp_path / "leaf"), str(lab)], ood=[str(tmp_path / "field")]

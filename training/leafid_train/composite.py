@@ -120,6 +120,14 @@ def otsu(values: np.ndarray, bins: int = 128) -> float:
     return float(edges[int(np.argmax(between)) + 1])
 
 
+def _border(x: np.ndarray) -> np.ndarray:
+    """The values of an image's border frame (:data:`BORDER` of its shorter side)."""
+    k = max(1, round(BORDER * min(x.shape[:2])))
+    rest = x.shape[2:]
+    parts = [x[:k], x[-k:], x[k:-k, :k], x[k:-k, -k:]]
+    return np.concatenate([p.reshape(-1, *rest) for p in parts])
+
+
 def is_grey(arr: np.ndarray) -> bool:
     """Whether an image's colour channels differ by less than :data:`GREY_SPREAD` on average."""
     return float(np.abs(_opponent(arr)[..., 1:]).mean()) < GREY_SPREAD
@@ -135,13 +143,7 @@ def background_distance(arr: np.ndarray) -> np.ndarray:
     there is.
     """
     opp = _opponent(arr)
-    h, w = arr.shape[:2]
-    k = max(1, round(BORDER * min(h, w)))
-    border = np.concatenate(
-        [opp[:k].reshape(-1, 3), opp[-k:].reshape(-1, 3), opp[:, :k].reshape(-1, 3)]
-        + [opp[:, -k:].reshape(-1, 3)]
-    )
-    paper = np.median(border, axis=0)
+    paper = np.median(_border(opp), axis=0)
     light = opp[..., 0] - paper[0]
     if is_grey(arr):
         return np.abs(light)
@@ -213,17 +215,21 @@ def leaf_mask(arr: np.ndarray) -> np.ndarray:
     return clean_mask(dist > threshold)
 
 
-def cut_out(arr: np.ndarray, smallest: float = 0.02, largest: float = 0.9) -> Cutout | None:
+def cut_out(
+    arr: np.ndarray, smallest: float = 0.02, largest: float = 0.9, border: float = 0.1
+) -> Cutout | None:
     """The leaf of a lab photo, or None when the mask is unusable.
 
     Args:
         arr: uint8 RGB array (H, W, 3).
         smallest: A mask under this share of the image is not a leaf.
         largest: A mask over this share is the whole photo (no plain background).
+        border: A mask over this share of the image's border frame is a leaf cut by
+            the frame, or a photo without a plain background (a field photo).
     """
     mask = leaf_mask(arr)
     share = float(mask.mean())
-    if not smallest <= share <= largest:
+    if not smallest <= share <= largest or float(_border(mask).mean()) > border:
         return None
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
