@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+from PIL import Image, ImageDraw
+
 from conftest import TINY_CLASSES, TINY_COLOURS, noisy
 
 
@@ -42,6 +45,37 @@ def make_ood(root: Path, n: int = 8) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         noisy((128, 128, 128), (48, 40), seed=5000 + i).save(folder / f"n{i}.jpg", quality=90)
+    return root
+
+
+def lab_photo(
+    paper: tuple[int, int, int], leaf: tuple[int, int, int], seed: int = 0, shadow: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """A leaf-like ellipse with a thin stem on plain paper (noisy), and its true mask."""
+    size = (120, 96)
+    truth = Image.new("L", size, 0)
+    draw = ImageDraw.Draw(truth)
+    draw.ellipse((30, 18, 90, 66), fill=255)
+    draw.line((60, 66, 62, 88), fill=255, width=3)  # the stem
+    photo = Image.new("RGB", size, paper)
+    if shadow:  # a darker, same-hued shadow beside the leaf, as on plantvillage's paper
+        dark = tuple(round(c * 0.55) for c in paper)
+        ImageDraw.Draw(photo).ellipse((38, 24, 100, 74), fill=dark)
+    photo.paste(Image.new("RGB", size, leaf), (0, 0), truth)
+    grey = len(set(paper)) == len(set(leaf)) == 1  # a greyscale photo has grey noise too
+    noise = np.random.default_rng(seed).integers(-8, 9, (96, 120, 1 if grey else 3))
+    arr = np.clip(np.asarray(photo).astype(int) + noise, 0, 255).astype(np.uint8)
+    return arr, np.asarray(truth) > 127
+
+
+def make_lab_root(root: Path, per_class: int = 6) -> Path:
+    """An ImageFolder of lab photos: each tiny class's colour as a leaf on white paper."""
+    for slug, colour in TINY_COLOURS.items():
+        folder = root / "images" / slug
+        folder.mkdir(parents=True)
+        for k in range(per_class):
+            arr, _ = lab_photo((250, 250, 248), colour, seed=k)
+            Image.fromarray(arr).save(folder / f"{k}.png")
     return root
 
 

@@ -14,7 +14,6 @@ from leafid.classifier import Classifier
 from leafid.errors import InvalidRequestError
 from leafid.images import ImageLimits, decode
 from leafid.preprocess import preprocess
-from leafid_train.augment import augment
 from leafid_train.config import DATA_DIR_ENV, TrainConfig, resolve_root
 from leafid_train.data import (
     DatasetError,
@@ -28,6 +27,7 @@ from leafid_train.data import (
     split_samples,
     split_units,
 )
+from leafid_train.run_data import build_data
 
 
 def test_open_root_reads_tsv_and_images(tmp_path: Path) -> None:
@@ -138,8 +138,36 @@ def test_split_file_round_trip_and_ood_halves(tmp_path: Path) -> None:
     split = make_split([leaf], [ood], 3, (0.7, 0.15, 0.15))
     assert sorted(len(v) for v in split.ood.values()) == [4, 5]
     assert not set(split.ood["val"]) & set(split.ood["test"])
+    assert set(split.ood) == {"val", "test"}  # no train part unless asked for
     split.save(tmp_path / "split.json")
     assert Split.load(tmp_path / "split.json") == split
+
+
+def test_ood_train_part_only_when_asked(tmp_path: Path) -> None:
+    leaf = open_root(make_imagefolder(tmp_path / "leaf"))
+    ood = open_root(make_ood(tmp_path / "nonleaf", n=12))
+    split = make_split([leaf], [ood], 3, (0.7, 0.15, 0.15), (0.5, 0.25, 0.25))
+    assert {k: len(v) for k, v in split.ood.items()} == {"train": 6, "val": 3, "test": 3}
+    parts = [set(v) for v in split.ood.values()]
+    assert sum(len(p) for p in parts) == len(set().union(*parts)) == 12  # disjoint, complete
+    split.save(tmp_path / "split.json")
+    assert Split.load(tmp_path / "split.json") == split
+
+
+def test_run_data_lists_ood_train_paths(tmp_path: Path) -> None:
+    make_imagefolder(tmp_path / "leaf")
+    make_ood(tmp_path / "nonleaf", n=12)
+    common = dict(data=[str(tmp_path / "leaf")], ood=[str(tmp_path / "nonleaf")], out="x")
+    plain = build_data(TrainConfig(**common, verify=False))  # type: ignore[arg-type]
+    assert plain.paths("train", ood=True) == []
+    asked = build_data(
+        TrainConfig(**common, verify=False, ood_split=(0.5, 0.25, 0.25))  # type: ignore[arg-type]
+    )
+    train = asked.paths("train", ood=True)
+    assert len(train) == 6 and all(p.is_file() for p in train)
+    assert not set(train) & set(asked.paths("val", ood=True) + asked.paths("test", ood=True))
+    with pytest.raises(DatasetError, match="no split part"):
+        asked.paths("holdout", ood=True)
 
 
 def test_cache_matches_preprocess_and_disk(tmp_path: Path) -> None:
@@ -232,22 +260,14 @@ def test_eval_arrays_are_the_classifiers_inputs(tmp_path: Path) -> None:
     assert min(train.shape[:2]) == clf.spec.resize_size  # resized from the drafted image
 
 
-def test_augment_shape_dtype_and_seeded() -> None:
-    arr = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
-    a = augment(arr, 32, np.random.default_rng(5))
-    b = augment(arr, 32, np.random.default_rng(5))
-    c = augment(arr, 32, np.random.default_rng(6))
-    assert a.shape == (32, 32, 3) and a.dtype == np.uint8
-    np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(a, c)
-
-
 def test_config_round_trip_and_validation(tmp_path: Path) -> None:
     cfg = TrainConfig(data=["a"], out=str(tmp_path), epochs=3, head_epochs=1)
     cfg.save(tmp_path / "config.json")
     assert TrainConfig.load(tmp_path / "config.json") == cfg
     with pytest.raises(InvalidRequestError, match="head_epochs"):
         TrainConfig(data=["a"], out="x", epochs=1, head_epochs=2)
+    with pytest.raises(InvalidRequestError, match="ood_split"):
+        TrainConfig(data=["a"], out="x", ood_split=(0.5, 0.5, 0.0))
     for name in ("loader_processes", "threads", "patience"):
         with pytest.raises(InvalidRequestError, match=name):
             TrainConfig(data=["a"], out="x", **{name: -1})

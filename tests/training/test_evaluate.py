@@ -2,10 +2,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-from synthetic_data import make_imagefolder, make_ood
+from synthetic_data import make_imagefolder, make_lab_root, make_ood
 
 import leafid.classifier
 from conftest import make_tiny_model, tiny_spec
@@ -163,3 +164,43 @@ def test_batch_size_under_one_is_refused(tmp_path: Path) -> None:
     make_imagefolder(tmp_path / "setA", per_class=1)
     with pytest.raises(InvalidRequestError, match="batch size"):
         evaluate_model(model, [str(tmp_path / "setA")], tmp_path / "eval", batch_size=0)
+
+
+def test_shift_report_is_seeded_and_uses_held_out_backgrounds(tmp_path: Path) -> None:
+    model = make_tiny_model(tmp_path / "tiny.onnx", tiny_spec(unknown_threshold=0.4))
+    lab = open_root(make_lab_root(tmp_path / "lab", per_class=8))
+    leaf = open_root(make_imagefolder(tmp_path / "field-leaves", per_class=8))
+    ood = open_root(make_ood(tmp_path / "nonleaf", n=12))
+    split = make_split([lab, leaf], [ood], 1, (0.5, 0.25, 0.25), (0.5, 0.25, 0.25))
+    split.save(tmp_path / "split.json")
+    kwargs: dict[str, Any] = {
+        "ood": [str(tmp_path / "nonleaf")],
+        "split_file": tmp_path / "split.json",
+        "shifts": True,
+    }
+    m = evaluate_model(model, [], tmp_path / "eval", **kwargs)
+    shifts = m["shifts"]
+    assert shifts["backgrounds"] == len(split.ood["test"]) == 3
+    assert shifts["field_roots"] == ["lab"]  # the noisy photos have no paper to cut off
+    results = shifts["results"]
+    assert list(results) == ["field", "greyscale", "blur", "rotation", "low_light"]
+    lab_test = sum(s.root == "lab" for s in split.leaf["test"])
+    assert results["field"]["images"] == lab_test
+    for name in ("greyscale", "blur", "rotation", "low_light"):
+        assert results[name]["images"] == m["images"]
+    # the tiny model reads colour: grey images are all unknown, blurred ones all right
+    assert results["greyscale"] == {
+        "images": m["images"],
+        "right": 0.0,
+        "unknown_rate": 1.0,
+        "answered_right": None,
+    }
+    assert results["blur"]["answered_right"] == 1.0
+    again = evaluate_model(model, [], tmp_path / "eval2", **kwargs)
+    assert again["shifts"] == shifts
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert saved["shifts"] == shifts
+    del kwargs["shifts"]
+    assert "shifts" not in evaluate_model(model, [], tmp_path / "eval3", **kwargs)
+    with pytest.raises(InvalidRequestError, match="not --split train"):
+        evaluate_model(model, [], tmp_path / "eval4", split="train", shifts=True, **kwargs)

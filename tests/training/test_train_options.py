@@ -26,11 +26,15 @@ def test_train_command_parses_back_to_the_same_config() -> None:
         lr=5e-4,
         patience=0,
         split=(0.8, 0.1, 0.1),
+        ood_split=(0.5, 0.25, 0.25),
         cache_dir="/tmp/cache",
         verify=False,
         keep_fraction=0.9,
         model_version="2.0.0",
         oversample=["swedish-leaf=2"],
+        paste=["swedish-leaf"],
+        paste_prob=0.7,
+        greyscale_prob=0.1,
         device="cuda:1",
         outlier_exposure=0.5,
         unknown_rule="coverage",
@@ -65,7 +69,9 @@ def test_every_flag_keeps_its_spelling_and_default() -> None:
         == (
             "--data --ood --out --resume --arch --checkpoint --no-pretrained --input-size "
             "--resize-size --epochs --head-epochs --batch-size --lr --head-lr-scale --weight-decay "
-            "--label-smoothing --drop-rate --ema-decay --oversample --patience --split --seed "
+            "--label-smoothing --drop-rate --ema-decay --oversample --paste --paste-prob "
+            "--greyscale-prob --patience --split --ood-split "
+            "--seed "
             "--loader-processes --threads --device --cache-dir --no-verify --keep-fraction "
             "--outlier-exposure --unknown-rule --answered-right --reject "
             "--model-version "

@@ -92,3 +92,9 @@ def augment(
         out = out[::-1]
     out = np.rot90(out, k=int(rng.integers(4)))
     return np.ascontiguousarray(jitter(out, rng, cfg))
+
+
+def greyscale(arr: np.ndarray) -> np.ndarray:
+    """The image in grey (ITU-R 601 luma, as Pillow's ``L``), still three channels."""
+    grey = np.asarray(Image.fromarray(arr).convert("L"))
+    return np.repeat(grey[..., None], 3, axis=2)

@@ -102,6 +102,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--threshold", type=fraction, help="override the model's unknown threshold")
     p.add_argument("--batch-size", type=int_at_least(1), default=32)
     p.add_argument("--threads", type=int_at_least(0), default=0)
+    p.add_argument(
+        "--shifts",
+        action="store_true",
+        help=(
+            "also measure field shifts: the leaves on the --ood images of the part (never "
+            "training's backgrounds), greyscale, blur, rotation and low light"
+        ),
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = _add(subparsers, "export", "export a run's best checkpoint to ONNX (spec inside)")
@@ -169,6 +177,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         batch_size=args.batch_size,
         threads=args.threads,
+        shifts=args.shifts,
     )
     echo(
         f"{m['images']} images ({m['split']}): top-1 {m['top1']:.4f}, top-5 {m['top5']:.4f}, "
@@ -182,6 +191,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if "ood" in m:
         o = m["ood"]
         echo(f"  OOD: {o['images']} images, AUROC {o['auroc']:.4f}, rejected {o['rejected']:.4f}")
+    for name, d in m.get("shifts", {}).get("results", {}).items():
+        if d["images"]:
+            answered = d["answered_right"]
+            echo(
+                f"  shift {name}: {d['images']} images, right {d['right']:.4f}, unknown "
+                f"{d['unknown_rate']:.4f}, answered right "
+                + ("-" if answered is None else f"{answered:.4f}")
+            )
+        else:
+            echo(f"  shift {name}: no images (field needs --ood backgrounds and lab photos)")
     if m["failed"]:
         echo(f"  {len(m['failed'])} images could not be read (listed in metrics.json)", err=True)
     folder = load("run_folder").EvalFolder(args.out)

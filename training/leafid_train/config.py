@@ -18,6 +18,8 @@ DEFAULT_DATA_DIR = "../shared/datasets"
 MANIFEST_DIR_ENV = "LEAFID_MANIFEST_DIR"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MANIFEST_DIR = REPO_ROOT / "datasets"
+DEFAULT_OOD_SPLIT = (0.0, 0.5, 0.5)
+"""Train / val / test fractions of OOD roots unless a run asks otherwise: no train part."""
 
 
 def manifest_dir() -> Path:
@@ -108,9 +110,15 @@ class TrainConfig:
             step and validate, keep and export it instead of the raw weights (0 = off).
         oversample: ``ROOT=N`` items: each training image of data root ROOT is shown N
             times per epoch (each time with its own augmentation), for a hard root.
+        paste: Data roots of lab photos (a leaf on a plain background) whose leaves are
+            cut out and shown on field frames and generated fills.
+        paste_prob: Chance that a ``paste`` root's image is shown pasted (else as is).
+        greyscale_prob: Chance that any training image is shown in greyscale.
         patience: Stop after this many epochs without a better val loss (0 = never).
         seed: Seeds torch, numpy, random and the split.
         split: Train / val / test fractions.
+        ood_split: Train / val / test fractions of the OOD roots (default: val and test
+            halves, no train part).
         loader_processes: DataLoader worker processes (``workers`` in older config files).
         threads: torch intra-op threads (0 = torch default).
         device: torch device that trains (``cpu``, ``cuda``, ``cuda:1``...); evaluation,
@@ -185,6 +193,29 @@ class TrainConfig:
             metavar="ROOT=N",
         ),
     )
+    paste: list[str] = field(
+        default_factory=list,
+        metadata=option(
+            "cut the leaves of data root ROOT out of their plain background and show them "
+            "on field frames (the --ood train part) and generated fills (repeatable)",
+            metavar="ROOT",
+        ),
+    )
+    paste_prob: float = field(
+        default=0.5,
+        metadata=option(
+            "share of a --paste root's images shown pasted each epoch (default {default}; "
+            "the rest as they are)",
+            check=fraction,
+        ),
+    )
+    greyscale_prob: float = field(
+        default=0.0,
+        metadata=option(
+            "chance that a training image is shown in greyscale (default {default})",
+            check=fraction,
+        ),
+    )
     patience: int = field(
         default=4,
         metadata=option(
@@ -197,6 +228,15 @@ class TrainConfig:
     split: tuple[float, float, float] = field(
         default=(0.70, 0.15, 0.15),
         metadata=option(metavar=("TRAIN", "VAL", "TEST"), check=fraction),
+    )
+    ood_split: tuple[float, float, float] = field(
+        default=DEFAULT_OOD_SPLIT,
+        metadata=option(
+            "train / val / test fractions of the --ood roots (default: no train part); the "
+            "train part gives training its field backgrounds and outlier images",
+            metavar=("TRAIN", "VAL", "TEST"),
+            check=fraction,
+        ),
     )
     seed: int = field(default=20261125, metadata=option(check=int_at_least(0)))
     loader_processes: int = field(
@@ -261,11 +301,14 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.split = tuple(float(v) for v in self.split)  # type: ignore[assignment]
+        self.ood_split = tuple(float(v) for v in self.ood_split)  # type: ignore[assignment]
         problems = []
         if not self.data:
             problems.append("at least one --data root is needed")
-        if len(self.split) != 3 or min(self.split) < 0 or abs(sum(self.split) - 1) > 1e-6:
+        if not _fractions_ok(self.split):
             problems.append("split needs three fractions >= 0 that add up to 1")
+        if not _fractions_ok(self.ood_split) or min(self.ood_split[1:]) <= 0:
+            problems.append("ood_split needs three fractions >= 0 (val, test > 0) adding up to 1")
         if not 0 <= self.head_epochs <= self.epochs or self.epochs < 1:
             problems.append("need epochs >= 1 and 0 <= head_epochs <= epochs")
         if self.batch_size < 1 or self.lr <= 0:
@@ -278,6 +321,10 @@ class TrainConfig:
             problems.append(f"device must be cpu or cuda[:N], got {self.device!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             problems.append("ema_decay must be in [0, 1)")
+        if not (0.0 <= self.paste_prob <= 1.0 and 0.0 <= self.greyscale_prob <= 1.0):
+            problems.append("paste_prob and greyscale_prob must be in [0, 1]")
+        if len(set(self.paste)) != len(self.paste):
+            problems.append(f"paste names a root twice: {self.paste}")
         if not 0.5 <= self.keep_fraction <= 1.0:
             problems.append("keep_fraction must be in [0.5, 1]")
         problems += self._unknown_problems()
@@ -364,6 +411,7 @@ class TrainConfig:
         """Plain-JSON form."""
         data = asdict(self)
         data["split"] = list(self.split)
+        data["ood_split"] = list(self.ood_split)
         return data
 
     def save(self, path: Path) -> None:
@@ -390,6 +438,12 @@ class TrainConfig:
 
 UNKNOWN_RULES = ("keep", "coverage")
 """Values of ``--unknown-rule`` (see :mod:`~leafid_train.calibrate`)."""
+
+
+def _fractions_ok(values: tuple[float, ...]) -> bool:
+    """Three fractions >= 0 that add up to 1."""
+    return len(values) == 3 and min(values) >= 0 and abs(sum(values) - 1) <= 1e-6
+
 
 RENAMED_KEYS = {"workers": "loader_processes"}
 """Former ``config.json`` keys -> the :class:`TrainConfig` field that replaced them."""

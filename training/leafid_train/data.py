@@ -31,12 +31,11 @@ from leafid.errors import ImageError, LeafidError
 from leafid.images import ImageLimits, read_bytes
 from leafid.preprocess import RESAMPLE, preprocess
 from leafid.spec import ClassInfo, ModelSpec
-from leafid_train.config import resolve_root
+from leafid_train.config import DEFAULT_OOD_SPLIT, resolve_root
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-OOD_FRACTIONS = (0.0, 0.5, 0.5)
 
 
 class DatasetError(LeafidError):
@@ -261,7 +260,11 @@ def split_samples(
 
 @dataclass
 class Split:
-    """The files of one run: leaf splits and the OOD val/test halves, saved as split.json."""
+    """The files of one run: leaf splits and OOD splits, saved as split.json.
+
+    ``ood`` has ``val`` and ``test`` parts, and a ``train`` part only when the run's OOD
+    fractions give train a share (older runs and the default have none).
+    """
 
     seed: int
     fractions: tuple[float, float, float]
@@ -315,18 +318,24 @@ def make_split(
     ood_roots: Sequence[DataRoot],
     seed: int,
     fractions: Sequence[float],
+    ood_fractions: Sequence[float] = DEFAULT_OOD_SPLIT,
 ) -> Split:
-    """Scan the roots and split them (OOD roots into val/test halves only)."""
+    """Scan the roots and split them, each by capture run (:func:`split_samples`).
+
+    OOD roots are split by ``ood_fractions``; their ``train`` part is kept only when its
+    fraction is > 0 (by default OOD roots have val and test halves only).
+    """
     leaf = [s for r in roots for s in samples_of(r)]
     ood = [s for r in ood_roots for s in samples_of(r)]
-    ood_split = split_samples(ood, seed, OOD_FRACTIONS)
+    ood_split = split_samples(ood, seed, ood_fractions)
+    ood_parts = SPLITS if ood_fractions[0] > 0 else ("val", "test")
     return Split(
         seed=seed,
         fractions=(float(fractions[0]), float(fractions[1]), float(fractions[2])),
         roots={r.name: str(r.root.resolve()) for r in roots},
         ood_roots={r.name: str(r.root.resolve()) for r in ood_roots},
         leaf=split_samples(leaf, seed, fractions),
-        ood={"val": ood_split["val"], "test": ood_split["test"]},
+        ood={part: ood_split[part] for part in ood_parts},
     )
 
 

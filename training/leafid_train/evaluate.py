@@ -6,18 +6,24 @@ so the figures describe the shipped behaviour, threshold included.
 
 from __future__ import annotations
 
+import io
 import logging
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image, ImageFilter
 
-from leafid.classifier import Classifier
+from leafid.classifier import Classifier, decode_input
 from leafid.errors import ImageError, InvalidRequestError
+from leafid.images import read_bytes
 from leafid.results import Prediction
+from leafid_train.augment import greyscale
 from leafid_train.calibrate import auroc, ece, reliability
+from leafid_train.composite import composite, cut_out
 from leafid_train.data import DataRoot, DatasetError, Sample, Split, open_root, samples_of
 from leafid_train.plots import confusion_png, reliability_png
 from leafid_train.run_folder import EvalFolder
@@ -43,9 +49,9 @@ def select(
 
     Without a split file every image of every root is used. With one, the leaf images
     are those of part ``split`` for the given roots (all of the file's roots when
-    ``data`` is empty). An OOD root that the run used is split into val (which picked
-    the unknown threshold) and test halves: ``val`` and ``test`` take that half, and
-    ``train`` has none, so asking for it is an error. An OOD root the run did not use
+    ``data`` is empty). An OOD root that the run used gives its part ``split`` (val
+    picked the unknown threshold; a train part exists only when the run's ``ood_split``
+    gave it a share, else asking for it is an error). An OOD root the run did not use
     contributes all its images.
 
     Raises:
@@ -177,6 +183,121 @@ def compute_metrics(
     return metrics
 
 
+SHIFT_SEED = 14
+"""Seeds the shifted images (with the shift and the image's place in the sorted list)."""
+FIELD_SIDE = 384
+"""Side of a field-shift photo, in pixels (a phone photo, scaled down)."""
+
+
+def _rotated(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """Turned by an angle off the right angles training sees; corners filled with paper."""
+    angle = float(rng.uniform(20, 70) + 90 * rng.integers(4))
+    paper = tuple(int(v) for v in np.median(np.asarray(img)[[0, -1]].reshape(-1, 3), axis=0))
+    return img.rotate(angle, Image.Resampling.BILINEAR, expand=True, fillcolor=paper)
+
+
+def _low_light(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A third of the light, with sensor noise."""
+    x = np.asarray(img, dtype=np.float32) * 0.35 + rng.normal(0, 4, (img.height, img.width, 1))
+    return Image.fromarray(np.clip(x + 0.5, 0, 255).astype(np.uint8))
+
+
+SHIFTS: dict[str, Callable[[Image.Image, np.random.Generator], Image.Image]] = {
+    "greyscale": lambda img, rng: Image.fromarray(greyscale(np.asarray(img))),
+    "blur": lambda img, rng: img.filter(ImageFilter.GaussianBlur(min(img.size) / 128)),
+    "rotation": _rotated,
+    "low_light": _low_light,
+}
+"""Shifts of a whole photo, by name; ``field`` (leaf on a field photo) is made apart."""
+
+
+def _jpeg(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _shift_rates(
+    truth: Sequence[str], answers: Sequence[Prediction | ImageError]
+) -> dict[str, Any]:
+    """Images, right (top-1 correct and answered), unknown rate, answered-right."""
+    got = [(t, a) for t, a in zip(truth, answers, strict=True) if isinstance(a, Prediction)]
+    if not got:
+        return {"images": 0}
+    right = [a.results[0].slug == t and not a.unknown for t, a in got]
+    answered = sum(not a.unknown for _, a in got)
+    return {
+        "images": len(got),
+        "right": float(np.mean(right)),
+        "unknown_rate": 1 - answered / len(got),
+        "answered_right": sum(right) / answered if answered else None,
+    }
+
+
+def shift_report(
+    clf: Classifier,
+    roots: Sequence[DataRoot],
+    leaf: Sequence[Sample],
+    ood_roots: Sequence[DataRoot],
+    backgrounds: Sequence[Sample],
+    batch_size: int = 32,
+) -> dict[str, Any]:
+    """How the model answers the leaf images shifted as field photos are (seeded).
+
+    ``field``: leaves cut out of their plain background (:func:`cut_out`) and laid on
+    the ``backgrounds`` (:func:`composite`); only roots of which at least half the images
+    can be cut out (lab photos, not field photos) take part, and only when there are
+    backgrounds. The other :data:`SHIFTS` change every leaf image. Shifted images are
+    JPEG-encoded and classified as users' files are. Unreadable images are left out.
+    """
+    by_name = {r.name: r for r in list(roots) + list(ood_roots)}
+
+    def decoded(sample: Sample) -> Image.Image | None:
+        try:
+            data = read_bytes(by_name[sample.root].path(sample.rel), clf.limits)
+            return decode_input(data, clf.spec, clf.limits)
+        except ImageError:
+            return None
+
+    frames = [np.asarray(img) for s in backgrounds if (img := decoded(s)) is not None]
+    made: dict[str, list[bytes]] = {name: [] for name in ("field", *SHIFTS)}
+    truth: dict[str, list[str]] = {name: [] for name in made}
+    field_by_root: dict[str, list[tuple[str, bytes]]] = {}
+    for i, sample in enumerate(leaf):
+        img = decoded(sample)
+        if img is None:
+            continue
+        for k, (name, shift) in enumerate(SHIFTS.items(), start=1):
+            made[name].append(_jpeg(shift(img, np.random.default_rng([SHIFT_SEED, k, i]))))
+            truth[name].append(sample.label)
+        arr = np.asarray(img)
+        cut = cut_out(arr) if frames else None
+        if cut is not None:
+            rng = np.random.default_rng([SHIFT_SEED, 0, i])
+            field = composite(arr, cut, frames, FIELD_SIDE, rng)
+            field_by_root.setdefault(sample.root, []).append(
+                (sample.label, _jpeg(Image.fromarray(field)))
+            )
+    counts = Counter(s.root for s in leaf)
+    field_roots = sorted(r for r, pairs in field_by_root.items() if 2 * len(pairs) >= counts[r])
+    for root in field_roots:
+        for label, data in field_by_root[root]:
+            made["field"].append(data)
+            truth["field"].append(label)
+    results = {}
+    for name, images in made.items():
+        answers: list[Prediction | ImageError] = []
+        for start in range(0, len(images), batch_size):
+            answers += clf.classify_images(images[start : start + batch_size])
+        results[name] = _shift_rates(truth[name], answers)
+    return {
+        "seed": SHIFT_SEED,
+        "backgrounds": len(frames),
+        "field_roots": field_roots,
+        "results": results,
+    }
+
+
 def evaluate_model(
     model: Path,
     data: Sequence[str],
@@ -188,6 +309,7 @@ def evaluate_model(
     threshold: float | None = None,
     batch_size: int = 32,
     threads: int = 0,
+    shifts: bool = False,
 ) -> dict[str, Any]:
     """Evaluate an ONNX model; writes its metrics and plots into ``out`` (:class:`EvalFolder`).
 
@@ -201,17 +323,22 @@ def evaluate_model(
         threshold: Overrides the model's unknown threshold.
         batch_size: Images per model call.
         threads: onnxruntime threads (0: its choice).
+        shifts: Also report :func:`shift_report` under ``shifts``, with the OOD images
+            of the evaluated part as field backgrounds (never train: training's backgrounds).
 
     Returns:
         The metrics written to :attr:`EvalFolder.metrics`.
 
     Raises:
-        InvalidRequestError: ``batch_size`` is under 1.
+        InvalidRequestError: ``batch_size`` is under 1, or ``shifts`` with the train
+            part of a split file.
         DatasetError: No leaf images are selected or none of them can be read, or a
             split part or root is unknown.
     """
     if batch_size < 1:
         raise InvalidRequestError(f"batch size must be >= 1, got {batch_size}")
+    if shifts and split_file is not None and split == "train":
+        raise InvalidRequestError("shifts need held-out images and backgrounds: not --split train")
     clf = Classifier(model, threads=threads, threshold=threshold)
     roots, leaf, ood_roots, ood_samples = select(data, ood, split_file, split)
     if not leaf:
@@ -225,6 +352,8 @@ def evaluate_model(
         )
     ood_scored, ood_failed = score(clf, ood_roots, ood_samples, batch_size)
     metrics = compute_metrics(clf.spec.labels, leaf_scored, ood_scored)
+    if shifts:
+        metrics["shifts"] = shift_report(clf, roots, leaf, ood_roots, ood_samples, batch_size)
     metrics.update(
         model=str(model),
         model_version=clf.model_version,

@@ -15,10 +15,12 @@ from torch.utils.data import Dataset
 
 from leafid.errors import InvalidRequestError
 from leafid.spec import ClassInfo, ModelSpec
-from leafid_train.augment import augment
+from leafid_train.augment import augment, greyscale
 from leafid_train.backbone import PRETRAINED_ARCHS, PRETRAINED_MEAN, PRETRAINED_STD
+from leafid_train.composite import Paste, composite, cut_out
 from leafid_train.config import TrainConfig
 from leafid_train.data import (
+    SPLITS,
     DataRoot,
     DatasetError,
     ImageCache,
@@ -55,8 +57,14 @@ class RunData:
         raise DatasetError(f"no dataset root named {name!r} in this run")
 
     def paths(self, part: str, ood: bool = False) -> list[Path]:
-        """Files of one split part (``train``/``val``/``test``; OOD: ``val``/``test``)."""
-        items = (self.split.ood if ood else self.split.leaf)[part]
+        """Files of one split part (``train``/``val``/``test``).
+
+        OOD roots have a ``train`` part only when the run's ``ood_split`` gives it a
+        share; otherwise it is empty.
+        """
+        if part not in SPLITS:
+            raise DatasetError(f"no split part {part!r} (want one of {SPLITS})")
+        items = (self.split.ood if ood else self.split.leaf).get(part, [])
         return [self.root(s.root).path(s.rel) for s in items]
 
     def labels(self, part: str) -> np.ndarray:
@@ -101,17 +109,18 @@ def build_data(cfg: TrainConfig, split_file: Path | None = None) -> RunData:
     Raises:
         ManifestMismatchError: A root does not match its manifest (``cfg.verify``).
         DatasetError: A root is empty or unreadable.
-        InvalidRequestError: A root is both --data and --ood, or --oversample names a
-            root that is not a --data root.
+        InvalidRequestError: A root is both --data and --ood, or --oversample or --paste
+            names a root that is not a --data root.
     """
     roots = [open_root(d) for d in cfg.data]
     ood_roots = [open_root(d) for d in cfg.ood]
-    unknown = set(cfg.oversample_factors()) - {r.name for r in roots}
-    if unknown:
-        raise InvalidRequestError(
-            f"--oversample names {sorted(unknown)}, not a --data root "
-            f"({', '.join(r.name for r in roots)})"
-        )
+    for flag, named in (("--oversample", cfg.oversample_factors()), ("--paste", cfg.paste)):
+        unknown = set(named) - {r.name for r in roots}
+        if unknown:
+            raise InvalidRequestError(
+                f"{flag} names {sorted(unknown)}, not a --data root "
+                f"({', '.join(r.name for r in roots)})"
+            )
     if cfg.verify:
         checked = verify_roots(roots + ood_roots)
         log.info("verified against manifests: %s", checked or "none found")
@@ -121,7 +130,7 @@ def build_data(cfg: TrainConfig, split_file: Path | None = None) -> RunData:
         if set(split.roots) != names:
             raise DatasetError(f"{split_file} is for roots {sorted(split.roots)}, not {names}")
     else:
-        split = make_split(roots, ood_roots, cfg.seed, cfg.split)
+        split = make_split(roots, ood_roots, cfg.seed, cfg.split, cfg.ood_split)
     leaf = [s for part in split.leaf.values() for s in part]
     overlap = {r.name for r in roots} & {r.name for r in ood_roots}
     if overlap:
@@ -138,7 +147,10 @@ class TrainSet(Dataset):  # type: ignore[type-arg]
 
     Augmentation is seeded by (seed, epoch, index), so an epoch is the same after resume.
     ``order`` lists the array shown at each index (an array listed twice is shown twice
-    per epoch, augmented differently); default: each array once.
+    per epoch, augmented differently); default: each array once. With ``paste``, an
+    array that has a cut-out leaf is shown on a background with chance ``paste.prob``
+    (:func:`~leafid_train.composite.composite`), else augmented as usual; any image is
+    then turned grey with chance ``greyscale_prob``.
     """
 
     def __init__(
@@ -148,26 +160,47 @@ class TrainSet(Dataset):  # type: ignore[type-arg]
         spec: ModelSpec,
         seed: int,
         order: Sequence[int] | None = None,
+        paste: Paste | None = None,
+        greyscale_prob: float = 0.0,
     ) -> None:
         self.arrays = arrays
         self.labels = labels
         self.spec = spec
         self.seed = seed
         self.order = list(range(len(arrays))) if order is None else list(order)
+        self.paste = paste
+        self.greyscale_prob = greyscale_prob
         self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.order)
 
-    def __getitem__(self, i: int) -> tuple[Any, int]:
+    def image(self, i: int) -> np.ndarray:
+        """The uint8 HWC image shown at index ``i`` this epoch."""
         rng = np.random.default_rng([self.seed, self.epoch, i])
-        j = self.order[i]
-        arr = augment(self.arrays[j], self.spec.input_size, rng, self.spec.interpolation)
-        return torch.from_numpy(arr), int(self.labels[j])
+        j, size = self.order[i], self.spec.input_size
+        cut = self.paste.cutouts[j] if self.paste else None
+        # no random draws for what is off, so that runs without these options stay the same
+        if self.paste and cut is not None and rng.random() < self.paste.prob:
+            arr = composite(self.arrays[j], cut, self.paste.frames, size, rng, self.paste.cfg)
+        else:
+            arr = augment(self.arrays[j], size, rng, self.spec.interpolation)
+        if self.greyscale_prob and rng.random() < self.greyscale_prob:
+            arr = greyscale(arr)
+        return arr
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        return torch.from_numpy(self.image(i)), int(self.labels[self.order[i]])
 
 
 def load_train_set(
-    data: RunData, seed: int, show: bool = False, oversample: Mapping[str, int] | None = None
+    data: RunData,
+    seed: int,
+    show: bool = False,
+    oversample: Mapping[str, int] | None = None,
+    paste: Sequence[str] = (),
+    paste_prob: float = 0.5,
+    greyscale_prob: float = 0.0,
 ) -> TrainSet:
     """Decode (or read from the cache) every training image once.
 
@@ -176,6 +209,10 @@ def load_train_set(
         seed: Augmentation seed.
         show: Progress bar on a terminal.
         oversample: {root name: N}: that root's images are shown N times per epoch.
+        paste: Roots whose leaves are cut out (once, here) and shown on backgrounds:
+            the OOD roots' train part and generated fills.
+        paste_prob: Chance that a ``paste`` root's image is shown pasted.
+        greyscale_prob: Chance that any image is shown in greyscale.
     """
     factors = dict(oversample or {})
     paths = data.paths("train")
@@ -185,7 +222,34 @@ def load_train_set(
         for i, item in enumerate(data.split.leaf["train"])
         for _ in range(factors.get(item.root, 1))
     ]
-    return TrainSet(arrays, data.labels("train"), data.spec, seed, order)
+    pasted = load_paste(data, arrays, paste, paste_prob, show) if paste else None
+    return TrainSet(arrays, data.labels("train"), data.spec, seed, order, pasted, greyscale_prob)
+
+
+def load_paste(
+    data: RunData, arrays: Sequence[np.ndarray], roots: Sequence[str], prob: float, show: bool
+) -> Paste:
+    """Cut out the leaves of the ``roots``' training arrays and decode the field frames."""
+    samples = data.split.leaf["train"]
+    cutouts = [
+        cut_out(arr) if s.root in roots else None
+        for s, arr in progress(list(zip(samples, arrays, strict=True)), "cut out leaves", show)
+    ]
+    wanted = sum(s.root in roots for s in samples)
+    found = sum(c is not None for c in cutouts)
+    frame_paths = data.paths("train", ood=True)
+    frames = [data.cache.train_array(p) for p in progress(frame_paths, "decode frames", show)]
+    log.info(
+        "pasting %d of %d leaves of %s (no usable mask: %d) on %d field frames and fills",
+        found,
+        wanted,
+        ", ".join(roots),
+        wanted - found,
+        len(frames),
+    )
+    if not frames:
+        log.warning("no OOD train part (see --ood-split): leaves go on generated fills only")
+    return Paste(cutouts, frames, prob)
 
 
 def progress(items: Sequence[Any], desc: str, show: bool) -> Any:

@@ -231,7 +231,15 @@ def _train_epochs(
     ``show``: print progress (rank 0, not quiet).
     """
     say = partial(_say, show=show)
-    train_set = load_train_set(data, cfg.seed, show=show, oversample=cfg.oversample_factors())
+    train_set = load_train_set(
+        data,
+        cfg.seed,
+        show=show,
+        oversample=cfg.oversample_factors(),
+        paste=cfg.paste,
+        paste_prob=cfg.paste_prob,
+        greyscale_prob=cfg.greyscale_prob,
+    )
     val_arrays, val_labels = data.eval_arrays("val"), data.labels("val")
     sampler = DistributedSampler(
         train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=cfg.seed
