@@ -20,11 +20,12 @@ from leafid_train import train  # noqa: E402
 from leafid_train.backbone import PRETRAINED_MEAN, PRETRAINED_STD  # noqa: E402
 from leafid_train.calibrate import calibration_report  # noqa: E402
 from leafid_train.checkpoint import load_best  # noqa: E402
-from leafid_train.config import MANIFEST_DIR_ENV, TrainConfig  # noqa: E402
+from leafid_train.config import TrainConfig  # noqa: E402
 from leafid_train.data import DatasetError, open_root  # noqa: E402
 from leafid_train.export import onnx_logits  # noqa: E402
 from leafid_train.export_run import export_run  # noqa: E402
 from leafid_train.int8_rule import Int8Decision  # noqa: E402
+from leafid_train.locations import MANIFEST_DIR_ENV  # noqa: E402
 from leafid_train.loop import (  # noqa: E402
     build_model,
     build_optimizer,
