@@ -8,10 +8,11 @@ import pytest
 
 from conftest import make_tiny_model, tiny_spec
 from leafid.errors import InvalidRequestError
-from leafid_train.calibrate import UnknownRule, calibration_report
+from leafid_train.calibrate import calibration_report
 from leafid_train.card import render_card, run_int8_decision
 from leafid_train.config import TrainConfig
 from leafid_train.run_folder import RunFolder
+from leafid_train.unknown_rule import UnknownRule
 
 
 def _fake_run(run: Path, model: Path | None) -> None:

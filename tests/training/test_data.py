@@ -11,22 +11,10 @@ from synthetic_data import make_imagefolder, make_ood
 
 from conftest import encode, make_tiny_model, noisy, tiny_spec
 from leafid.classifier import Classifier
-from leafid.errors import InvalidRequestError
 from leafid.images import ImageLimits, decode
 from leafid.preprocess import preprocess
-from leafid_train.config import DATA_DIR_ENV, TrainConfig, resolve_root
-from leafid_train.data import (
-    DatasetError,
-    ImageCache,
-    Sample,
-    Split,
-    label_space,
-    make_split,
-    open_root,
-    samples_of,
-    split_samples,
-    split_units,
-)
+from leafid_train.config import TrainConfig
+from leafid_train.data import DatasetError, ImageCache, label_space, open_root, samples_of
 from leafid_train.run_data import build_data
 
 
@@ -48,15 +36,6 @@ def test_plain_imagefolder_without_tsv(tmp_path: Path) -> None:
     assert classes[0].scientific_name == "Caerulea"
 
 
-def test_bare_name_resolves_under_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    make_imagefolder(tmp_path / "store" / "setA")
-    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "store"))
-    monkeypatch.chdir(tmp_path)
-    assert resolve_root("setA") == tmp_path / "store" / "setA"
-    with pytest.raises(InvalidRequestError, match="not found"):
-        resolve_root("nope")
-
-
 def test_empty_root_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "empty" / "images" / "a").mkdir(parents=True)
     with pytest.raises(DatasetError, match="no images"):
@@ -71,87 +50,6 @@ def test_same_slug_in_two_roots_is_one_class(tmp_path: Path) -> None:
     classes = label_space([a, b], samples_of(a) + samples_of(b))
     assert [c.slug for c in classes] == ["caerulea", "rubra", "viridis", "zeta"]
     assert classes[2].scientific_name == "Planta viridis"  # first root's row wins
-
-
-def test_split_is_deterministic_stratified_disjoint() -> None:
-    samples = [Sample("r", f"c{c}/{i}.jpg", f"c{c}") for c in range(3) for i in range(40)]
-    one = split_samples(samples, 7, (0.7, 0.15, 0.15))
-    two = split_samples(list(reversed(samples)), 7, (0.7, 0.15, 0.15))
-    assert one == two
-    sets = [set(one[k]) for k in ("train", "val", "test")]
-    assert not (sets[0] & sets[1]) and not (sets[0] & sets[2]) and not (sets[1] & sets[2])
-    assert set().union(*sets) == set(samples)
-    for part, want in (("train", 28), ("val", 6), ("test", 6)):
-        per_class = {c: sum(s.label == f"c{c}" for s in one[part]) for c in range(3)}
-        assert set(per_class.values()) == {want}, (part, per_class)
-    other_seed = split_samples(samples, 8, (0.7, 0.15, 0.15))
-    assert other_seed["test"] != one["test"]
-
-
-def test_small_class_gets_val_and_test() -> None:
-    samples = [Sample("r", f"a/{i}.jpg", "a") for i in range(4)]
-    split = split_samples(samples, 1, (0.7, 0.15, 0.15))
-    assert [len(split[k]) for k in ("train", "val", "test")] == [2, 1, 1]
-
-
-def _frames(runs: list[tuple[str, str, int, int]]) -> list[Sample]:
-    """DeepWeeds-named frames: (day, camera, first second, count), 30 s apart."""
-    out = []
-    for day, camera, start, count in runs:
-        for k in range(count):
-            t = start + 30 * k
-            hms = f"{t // 3600:02d}{t // 60 % 60:02d}{t % 60:02d}"
-            out.append(Sample("weeds", f"w/{day}-{hms}-{camera}.jpg", "w"))
-    return out
-
-
-def test_capture_runs_are_cut_by_day_camera_and_gap() -> None:
-    samples = _frames(
-        [
-            ("20170101", "0", 36000, 3),  # one run ...
-            ("20170101", "0", 36000 + 60 + 121, 2),  # ... then a gap over 120 s: another
-            ("20170101", "1", 36000, 2),  # another camera
-            ("20170102", "0", 36000, 2),  # another day
-        ]
-    )
-    assert [len(u) for u in split_units(samples)] == [3, 2, 2, 2]
-    # one file not named like a frame: the group is split file by file
-    mixed = [*samples, Sample("weeds", "w/other.jpg", "w")]
-    assert all(len(u) == 1 for u in split_units(mixed))
-
-
-def test_frames_of_one_capture_run_never_straddle_the_split() -> None:
-    samples = _frames([("20170101", str(c), 3600 * h, 4) for c in range(3) for h in range(10)])
-    parts = split_samples(samples, seed=5, fractions=(0.7, 0.15, 0.15))
-    side = {s: name for name, items in parts.items() for s in items}
-    for unit in split_units(samples):
-        assert len({side[s] for s in unit}) == 1
-    # 18 of 120 files wanted in test and val: whole runs of 4 give 20
-    assert {name: len(v) for name, v in parts.items()} == {"train": 80, "val": 20, "test": 20}
-    two_runs = _frames([("20170101", "0", 0, 5), ("20170101", "1", 0, 5)])
-    assert len(split_samples(two_runs, 5, (0.7, 0.15, 0.15))["train"]) == 5  # train keeps one
-
-
-def test_split_file_round_trip_and_ood_halves(tmp_path: Path) -> None:
-    leaf = open_root(make_imagefolder(tmp_path / "leaf"))
-    ood = open_root(make_ood(tmp_path / "nonleaf", n=9))
-    split = make_split([leaf], [ood], 3, (0.7, 0.15, 0.15))
-    assert sorted(len(v) for v in split.ood.values()) == [4, 5]
-    assert not set(split.ood["val"]) & set(split.ood["test"])
-    assert set(split.ood) == {"val", "test"}  # no train part unless asked for
-    split.save(tmp_path / "split.json")
-    assert Split.load(tmp_path / "split.json") == split
-
-
-def test_ood_train_part_only_when_asked(tmp_path: Path) -> None:
-    leaf = open_root(make_imagefolder(tmp_path / "leaf"))
-    ood = open_root(make_ood(tmp_path / "nonleaf", n=12))
-    split = make_split([leaf], [ood], 3, (0.7, 0.15, 0.15), (0.5, 0.25, 0.25))
-    assert {k: len(v) for k, v in split.ood.items()} == {"train": 6, "val": 3, "test": 3}
-    parts = [set(v) for v in split.ood.values()]
-    assert sum(len(p) for p in parts) == len(set().union(*parts)) == 12  # disjoint, complete
-    split.save(tmp_path / "split.json")
-    assert Split.load(tmp_path / "split.json") == split
 
 
 def test_run_data_lists_ood_train_paths(tmp_path: Path) -> None:
@@ -258,16 +156,3 @@ def test_eval_arrays_are_the_classifiers_inputs(tmp_path: Path) -> None:
     np.testing.assert_array_equal(ImageCache(clf.spec).eval_array(path), want)
     train = ImageCache(clf.spec).train_array(path)
     assert min(train.shape[:2]) == clf.spec.resize_size  # resized from the drafted image
-
-
-def test_config_round_trip_and_validation(tmp_path: Path) -> None:
-    cfg = TrainConfig(data=["a"], out=str(tmp_path), epochs=3, head_epochs=1)
-    cfg.save(tmp_path / "config.json")
-    assert TrainConfig.load(tmp_path / "config.json") == cfg
-    with pytest.raises(InvalidRequestError, match="head_epochs"):
-        TrainConfig(data=["a"], out="x", epochs=1, head_epochs=2)
-    with pytest.raises(InvalidRequestError, match="ood_split"):
-        TrainConfig(data=["a"], out="x", ood_split=(0.5, 0.5, 0.0))
-    for name in ("loader_processes", "threads", "patience"):
-        with pytest.raises(InvalidRequestError, match=name):
-            TrainConfig(data=["a"], out="x", **{name: -1})

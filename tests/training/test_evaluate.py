@@ -14,8 +14,9 @@ from leafid.classifier import Classifier
 from leafid.errors import InvalidRequestError
 from leafid.images import ImageLimits, read_bytes
 from leafid.results import Candidate, Prediction
-from leafid_train.data import DatasetError, Sample, make_split, open_root, samples_of
+from leafid_train.data import DatasetError, Sample, open_root, samples_of
 from leafid_train.evaluate import Scored, compute_metrics, evaluate_model, score
+from leafid_train.split import make_split
 
 pytest.importorskip("matplotlib")
 

@@ -11,9 +11,10 @@ pytest.importorskip("torch")
 
 from leafid.classifier import Classifier  # noqa: E402
 from leafid.paths import shipped_model_candidates  # noqa: E402
-from leafid_train.config import data_dir  # noqa: E402
-from leafid_train.data import make_split, open_root  # noqa: E402
+from leafid_train.data import open_root  # noqa: E402
 from leafid_train.evaluate import evaluate_model  # noqa: E402
+from leafid_train.locations import data_dir  # noqa: E402
+from leafid_train.split import make_split  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.train]
 

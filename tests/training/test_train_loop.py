@@ -18,13 +18,14 @@ from leafid.errors import InvalidRequestError, ModelError  # noqa: E402
 from leafid.spec import ClassInfo, ModelSpec  # noqa: E402
 from leafid_train import train  # noqa: E402
 from leafid_train.backbone import PRETRAINED_MEAN, PRETRAINED_STD  # noqa: E402
-from leafid_train.calibrate import UnknownRule, calibration_report  # noqa: E402
+from leafid_train.calibrate import calibration_report  # noqa: E402
 from leafid_train.checkpoint import load_best  # noqa: E402
-from leafid_train.config import MANIFEST_DIR_ENV, TrainConfig  # noqa: E402
+from leafid_train.config import TrainConfig  # noqa: E402
 from leafid_train.data import DatasetError, open_root  # noqa: E402
 from leafid_train.export import onnx_logits  # noqa: E402
 from leafid_train.export_run import export_run  # noqa: E402
 from leafid_train.int8_rule import Int8Decision  # noqa: E402
+from leafid_train.locations import MANIFEST_DIR_ENV  # noqa: E402
 from leafid_train.loop import (  # noqa: E402
     build_model,
     build_optimizer,
@@ -41,6 +42,7 @@ from leafid_train.outlier_exposure import (  # noqa: E402
 from leafid_train.run_data import build_data, build_spec, load_train_set  # noqa: E402
 from leafid_train.run_folder import RunFolder  # noqa: E402
 from leafid_train.train import TrainingFailedError, resume_training, run_training  # noqa: E402
+from leafid_train.unknown_rule import UnknownRule  # noqa: E402
 
 
 def _metrics(run: Path) -> list[dict]:

@@ -3,7 +3,8 @@
 Everything in the card is read from the run folder (:class:`RunFolder`: config,
 summary, calibration, export report, test metrics and, with an INT8 copy, its report
 and test metrics), the exported model's spec and the dataset manifests; nothing is
-typed by hand. The evaluation plots are copied beside the card.
+typed by hand. The evaluation plots are copied beside the card. The test-results, INT8
+and risk-coverage sections are rendered in :mod:`leafid_train.card_sections`.
 """
 
 from __future__ import annotations
@@ -19,19 +20,12 @@ from leafid.errors import InvalidRequestError
 from leafid.paths import fp32_of_int8_copy, int8_copy_path
 from leafid.results import CAVEAT
 from leafid.spec import ModelSpec
+from leafid_train.card_sections import eval_section, int8_section, num, pct, risk_coverage_section
 from leafid_train.config import TrainConfig
-from leafid_train.int8_rule import INT8_RULE, Int8Decision, int8_decision
+from leafid_train.int8_rule import Int8Decision, int8_decision
 from leafid_train.manifest import DATASET_NOTES, load_manifest
-from leafid_train.run_folder import EvalFolder, RunFolder
+from leafid_train.run_folder import RunFolder
 from leafid_train.train_options import train_command
-
-
-def _pct(value: Any) -> str:
-    return "n/a" if value is None else f"{100 * float(value):.2f}%"
-
-
-def _num(value: Any, digits: int = 4) -> str:
-    return "n/a" if value is None else f"{float(value):.{digits}f}"
 
 
 def _short(text: str, limit: int = 240) -> str:
@@ -126,8 +120,8 @@ def render_card(run_dir: Path, model: Path | None = None, cfg: TrainConfig | Non
         f"{cfg.input_size}x{cfg.input_size} (shorter side resized to {cfg.resize_size}, centre "
         "crop), normalisation inside the graph.",
         f"- Classes: {len(summary['labels'])} (the same slug in two datasets is one class).",
-        f"- Calibration: temperature T = {_num(cal['temperature'])}; unknown threshold "
-        f"{_num(cal['unknown_threshold'])} (best calibrated score below it is answered "
+        f"- Calibration: temperature T = {num(cal['temperature'])}; unknown threshold "
+        f"{num(cal['unknown_threshold'])} (best calibrated score below it is answered "
         f"*unknown*), {_threshold_choice(cfg, cal)}",
     ]
     if int8_copy is not None:
@@ -145,7 +139,7 @@ def render_card(run_dir: Path, model: Path | None = None, cfg: TrainConfig | Non
         if "int8_compare" in exported:
             c = exported["int8_compare"]
             out.append(
-                f"- INT8 copy: top-1 agreement with fp32 {_pct(c['top1_agreement'])}; "
+                f"- INT8 copy: top-1 agreement with fp32 {pct(c['top1_agreement'])}; "
                 f"{c['int8']['size_mb']:.1f} MB vs {c['fp32']['size_mb']:.1f} MB; batch-1 "
                 f"{c['int8']['images_per_s_b1']:.0f} vs {c['fp32']['images_per_s_b1']:.0f} img/s."
             )
@@ -187,7 +181,7 @@ def render_card(run_dir: Path, model: Path | None = None, cfg: TrainConfig | Non
         "",
         f"- Epochs run: {summary['epochs_run']} of {cfg.epochs} ({cfg.head_epochs} head-only "
         f"warm-up); best epoch {summary['best_epoch']} (val loss "
-        f"{_num(summary['best_val_loss'])}).",
+        f"{num(summary['best_val_loss'])}).",
         f"- Training time: {summary['train_seconds'] / 60:.1f} min on CPU "
         f"({summary['world_size']} process(es)).",
         *(
@@ -200,7 +194,7 @@ def render_card(run_dir: Path, model: Path | None = None, cfg: TrainConfig | Non
             else []
         ),
         f"- AdamW lr {cfg.lr} (head x{cfg.head_lr_scale}), weight decay {cfg.weight_decay}, "
-        f"cosine schedule with {_pct(cfg.warmup_steps_frac)} warm-up, label smoothing "
+        f"cosine schedule with {pct(cfg.warmup_steps_frac)} warm-up, label smoothing "
         f"{cfg.label_smoothing}, batch {cfg.batch_size}, seed {cfg.seed}"
         + (
             f"; the model kept is an exponential moving average of the weights (decay "
@@ -219,19 +213,19 @@ def render_card(run_dir: Path, model: Path | None = None, cfg: TrainConfig | Non
         "",
         "## Validation (used for calibration)",
         "",
-        f"- Val top-1 {_pct(cal['val_top1'])} on {cal['val_images']} images; ECE (15 bins) "
-        f"{_pct(cal['ece_before'])} before, {_pct(cal['ece_after'])} after temperature "
-        f"scaling; NLL {_num(cal['nll_before'])} -> {_num(cal['nll_after'])}.",
-        f"- Val answered unknown: {_pct(cal['val_unknown_rate'])}; OOD val: AUROC "
-        f"{_num(cal['ood_auroc'])}, rejected {_pct(cal['ood_rejected'])}.",
+        f"- Val top-1 {pct(cal['val_top1'])} on {cal['val_images']} images; ECE (15 bins) "
+        f"{pct(cal['ece_before'])} before, {pct(cal['ece_after'])} after temperature "
+        f"scaling; NLL {num(cal['nll_before'])} -> {num(cal['nll_after'])}.",
+        f"- Val answered unknown: {pct(cal['val_unknown_rate'])}; OOD val: AUROC "
+        f"{num(cal['ood_auroc'])}, rejected {pct(cal['ood_rejected'])}.",
         "",
-        *_risk_coverage_section(cal),
+        *risk_coverage_section(cal),
     ]
     if ships:
-        out += _eval_section(ev8, f"shipped INT8 model (`{int8_copy.name}`)", run.eval_int8)
-        out += _eval_section(ev, "fp32 model", None)
+        out += eval_section(ev8, f"shipped INT8 model (`{int8_copy.name}`)", run.eval_int8)
+        out += eval_section(ev, "fp32 model", None)
     else:
-        out += _eval_section(ev, "fp32 model", run.eval)
+        out += eval_section(ev, "fp32 model", run.eval)
     names = list(td["datasets"])
     notes = [DATASET_NOTES[n] for n in names if n in DATASET_NOTES]
     lab = [n for n in names if n in ("swedish-leaf", "flavia", "plantvillage")]
@@ -256,7 +250,7 @@ def render_card(run_dir: Path, model: Path | None = None, cfg: TrainConfig | Non
         "- Scores are calibrated on the val split of these datasets; on other photo "
         "conditions they may be over- or under-confident.",
         "",
-        *_int8_section(int8_report, decision, ev, ev8, int8_copy),
+        *int8_section(int8_report, decision, ev, ev8, int8_copy),
         "## Reproduce",
         "",
         "```sh",
@@ -276,48 +270,12 @@ def _threshold_choice(cfg: TrainConfig, cal: dict[str, Any]) -> str:
     """How the run's unknown threshold was chosen on val, as the end of a sentence."""
     rule = cal.get("unknown_rule")
     if rule is None:
-        return f"chosen on val to keep {_pct(cfg.keep_fraction)} of correct answers."
-    targets = [f">= {_pct(rule['answered_right'])} of the answers right"] + [
-        f">= {_pct(share)} of {root} answered unknown" for root, share in rule["reject"].items()
+        return f"chosen on val to keep {pct(cfg.keep_fraction)} of correct answers."
+    targets = [f">= {pct(rule['answered_right'])} of the answers right"] + [
+        f">= {pct(share)} of {root} answered unknown" for root, share in rule["reject"].items()
     ]
     met = "every target met" if cal["targets_met"] else cal["fallback"]
     return f"chosen on val to answer the most leaf photos with {', '.join(targets)} ({met})."
-
-
-def _risk_coverage_section(cal: dict[str, Any]) -> list[str]:
-    """The coverage rule's risk-coverage table and score comparison (none for the keep rule)."""
-    if "risk_coverage" not in cal:
-        return []
-    roots = list(cal["ood_rejected_per_root"])
-    out = [
-        "Risk-coverage on val: leaf photos answered and the share of them right as the "
-        "threshold rises, with the OOD photos answered *unknown*; the chosen threshold in bold.",
-        "",
-        "| threshold | leaf photos answered | answered right |"
-        + "".join(f" {root} unknown |" for root in roots),
-        "|---|---|---|" + "---|" * len(roots),
-    ]
-    for p in cal["risk_coverage"]:
-        mark = "**" if p["threshold"] == cal["unknown_threshold"] else ""
-        cells = [_num(p["threshold"]), _pct(p["coverage"]), _pct(p["answered_right"])]
-        cells += [_pct(p["rejected"][root]) for root in roots]
-        out.append("| " + " | ".join(f"{mark}{c}{mark}" for c in cells) + " |")
-    out.append("")
-    if "scores" in cal:
-        out += [
-            "Other scores than the max softmax, each with its own threshold under the same "
-            "targets (measured on val; the model answers with the max softmax):",
-            "",
-            "| score | AUROC leaf vs OOD | leaf photos answered | answered right | targets met |",
-            "|---|---|---|---|---|",
-        ]
-        for name, sc in cal["scores"].items():
-            out.append(
-                f"| {name} | {_num(sc['auroc'])} | {_pct(sc['coverage'])} | "
-                f"{_pct(sc['answered_right'])} | {'yes' if sc['targets_met'] else 'no'} |"
-            )
-        out.append("")
-    return out
 
 
 def _evaluate_commands(cfg: TrainConfig, version: str, int8: bool) -> list[str]:
@@ -336,106 +294,6 @@ def _evaluate_commands(cfg: TrainConfig, version: str, int8: bool) -> list[str]:
             f"--split test{ood} --out {evaluated.path}"
         )
     return lines
-
-
-def _int8_section(
-    report: dict[str, Any] | None,
-    decision: Int8Decision | None,
-    ev: dict[str, Any] | None,
-    ev8: dict[str, Any] | None,
-    shipped: Path | None,
-) -> list[str]:
-    """INT8 copy: speed and accuracy against fp32, and whether it ships (``shipped``)."""
-    if report is None or decision is None:
-        return []
-    c = report["compare"]
-    out = [
-        "## INT8 quantisation",
-        "",
-        "Static INT8 (QDQ) copy, calibrated on train images, with its own temperature and "
-        f"threshold fitted on val. Rule for shipping it as the default: {INT8_RULE}.",
-        "",
-        "| | size | img/s batch 1 | img/s batch 16 | val top-1 | test top-1 |",
-        "|---|---|---|---|---|---|",
-    ]
-    test = {"fp32": ev["top1"] if ev else None, "int8": ev8["top1"] if ev8 else None}
-    for name in ("fp32", "int8"):
-        m = c[name]
-        out.append(
-            f"| {name} | {m['size_mb']:.1f} MB | {m['images_per_s_b1']:.0f} | "
-            f"{m['images_per_s_b16']:.0f} | {_pct(m['top1'])} | {_pct(test[name])} |"
-        )
-    cal8 = report["calibration"]
-    test_drop = decision.test_drop
-    if shipped is not None:
-        verdict = f"INT8 is shipped as the default (`{shipped.name}`)"
-    elif decision.ships:
-        verdict = "INT8 qualifies, but this export did not ship a copy; fp32 is the default"
-    else:
-        verdict = "INT8 is not shipped; fp32 is the default"
-    out += [
-        "",
-        f"INT8 calibration: T = {_num(cal8['temperature'])}, unknown threshold "
-        f"{_num(cal8['unknown_threshold'])}; val ECE {_pct(cal8['ece_after'])}, OOD val "
-        f"AUROC {_num(cal8['ood_auroc'])}.",
-        "",
-        f"Decision: {verdict} (faster: {'yes' if decision.faster else 'no'}; top-1 drop on val "
-        f"{100 * decision.val_drop:.2f} points"
-        + (f", on test {100 * test_drop:.2f} points" if test_drop is not None else ", test not run")
-        + ").",
-        "",
-    ]
-    return out
-
-
-def _eval_section(ev: dict[str, Any] | None, model: str, plots: EvalFolder | None) -> list[str]:
-    """Test figures of one evaluated model (``model`` names it in the heading).
-
-    ``plots``: the evaluation whose plots are copied beside the card, to show them.
-    """
-    if ev is None:
-        return [f"## Test results: {model}", "", "Not evaluated yet (no metrics.json).", ""]
-    out = [
-        f"## Test results: {model} ({ev['split']} split, through `leafid.Classifier`)",
-        "",
-        f"- Images: {ev['images']}; top-1 {_pct(ev['top1'])}, top-5 {_pct(ev['top5'])}; "
-        f"ECE (15 bins) {_pct(ev['ece'])}; answered unknown {_pct(ev['unknown_rate'])} "
-        f"(threshold {_num(ev['threshold'])}).",
-    ]
-    if "ood" in ev:
-        o = ev["ood"]
-        out.append(
-            f"- Non-leaf photos: {o['images']}; AUROC leaf vs non-leaf {_num(o['auroc'])}; "
-            f"answered unknown {_pct(o['rejected'])}."
-        )
-    out += [
-        "",
-        "| dataset | images | top-1 | top-5 | answered unknown | top-1 of answered |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, d in ev["per_dataset"].items():
-        out.append(
-            f"| {name} | {d['images']} | {_pct(d['top1'])} | {_pct(d['top5'])} | "
-            f"{_pct(d['unknown_rate'])} | {_pct(d['answered_top1'])} |"
-        )
-    out.append("")
-    if plots is not None:
-        out += [
-            f"![confusion matrix]({plots.confusion.name})",
-            "",
-            f"![reliability diagram]({plots.reliability.name})",
-            "",
-        ]
-    out += [
-        "<details><summary>Per-class precision and recall</summary>",
-        "",
-        "| class | test images | precision | recall |",
-        "|---|---|---|---|",
-    ]
-    for slug, c in ev["per_class"].items():
-        out.append(f"| {slug} | {c['support']} | {_pct(c['precision'])} | {_pct(c['recall'])} |")
-    out += ["", "</details>", ""]
-    return out
 
 
 def write_card(

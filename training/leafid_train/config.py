@@ -1,9 +1,8 @@
-"""Settings and the resolved training configuration saved with every run."""
+"""The training configuration (:class:`TrainConfig`) saved with every run, and its options."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -13,42 +12,8 @@ from typing import Any
 from leafid.argtypes import fraction, int_at_least, non_negative_float, positive_float
 from leafid.errors import InvalidRequestError
 
-DATA_DIR_ENV = "LEAFID_DATA_DIR"
-DEFAULT_DATA_DIR = "../shared/datasets"
-MANIFEST_DIR_ENV = "LEAFID_MANIFEST_DIR"
-REPO_ROOT = Path(__file__).resolve().parents[2]
-MANIFEST_DIR = REPO_ROOT / "datasets"
 DEFAULT_OOD_SPLIT = (0.0, 0.5, 0.5)
 """Train / val / test fractions of OOD roots unless a run asks otherwise: no train part."""
-
-
-def manifest_dir() -> Path:
-    """Where dataset manifests live: ``$LEAFID_MANIFEST_DIR`` or the repository's ``datasets/``."""
-    return Path(os.environ.get(MANIFEST_DIR_ENV) or MANIFEST_DIR)
-
-
-def data_dir() -> Path:
-    """Where bare dataset names are looked up: ``$LEAFID_DATA_DIR`` or ``../shared/datasets``."""
-    return Path(os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR)
-
-
-def resolve_root(name_or_path: str) -> Path:
-    """Turn a ``--data`` value into a dataset folder.
-
-    A bare name (no path separator, not an existing folder here) is looked up under
-    :func:`data_dir`; anything else is used as a path.
-
-    Raises:
-        InvalidRequestError: The folder does not exist.
-    """
-    candidate = Path(name_or_path).expanduser()
-    is_bare = os.sep not in name_or_path and "/" not in name_or_path
-    if is_bare and not candidate.is_dir():
-        candidate = data_dir() / name_or_path
-    if not candidate.is_dir():
-        where = f" (looked under {data_dir()}, set {DATA_DIR_ENV})" if is_bare else ""
-        raise InvalidRequestError(f"dataset folder not found: {name_or_path}{where}")
-    return candidate
 
 
 def option(
@@ -437,7 +402,7 @@ class TrainConfig:
 
 
 UNKNOWN_RULES = ("keep", "coverage")
-"""Values of ``--unknown-rule`` (see :mod:`~leafid_train.calibrate`)."""
+"""Values of ``--unknown-rule`` (see :mod:`~leafid_train.unknown_rule`)."""
 
 
 def _fractions_ok(values: tuple[float, ...]) -> bool:

@@ -24,9 +24,10 @@ from leafid.results import Prediction
 from leafid_train.augment import greyscale
 from leafid_train.calibrate import auroc, ece, reliability
 from leafid_train.composite import composite, cut_out
-from leafid_train.data import DataRoot, DatasetError, Sample, Split, open_root, samples_of
+from leafid_train.data import DataRoot, DatasetError, Sample, open_root, samples_of
 from leafid_train.plots import confusion_png, reliability_png
 from leafid_train.run_folder import EvalFolder
+from leafid_train.split import Split
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import numpy as np
 from leafid.errors import InvalidRequestError, ModelError
 from leafid.paths import int8_copy_path
 from leafid.spec import ModelSpec
-from leafid_train.calibrate import UnknownRule, calibrate
+from leafid_train.calibrate import calibrate
 from leafid_train.checkpoint import load_best
 from leafid_train.config import TrainConfig
 from leafid_train.export import export_onnx, max_abs_diff, onnx_logits, save_onnx, set_metadata
@@ -22,6 +22,7 @@ from leafid_train.int8_rule import INT8_RULE, int8_decision
 from leafid_train.quantize import compare, quantize_int8
 from leafid_train.run_data import RunData, build_data
 from leafid_train.run_folder import RunFolder
+from leafid_train.unknown_rule import UnknownRule
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from leafid_train.config import manifest_dir
 from leafid_train.data import DataRoot, DatasetError, class_info, list_images
+from leafid_train.locations import manifest_dir
 
 MANIFEST_VERSION = 1
 _SECTIONS = {

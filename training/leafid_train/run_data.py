@@ -19,17 +19,9 @@ from leafid_train.augment import augment, greyscale
 from leafid_train.backbone import PRETRAINED_ARCHS, PRETRAINED_MEAN, PRETRAINED_STD
 from leafid_train.composite import Paste, composite, cut_out
 from leafid_train.config import TrainConfig
-from leafid_train.data import (
-    SPLITS,
-    DataRoot,
-    DatasetError,
-    ImageCache,
-    Split,
-    label_space,
-    make_split,
-    open_root,
-)
+from leafid_train.data import DataRoot, DatasetError, ImageCache, label_space, open_root
 from leafid_train.manifest import checksum, verify_roots
+from leafid_train.split import SPLITS, Split, make_split
 
 log = logging.getLogger(__name__)
 

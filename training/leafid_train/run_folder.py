@@ -18,7 +18,7 @@ from typing import Any
 
 from leafid.paths import int8_copy_path
 from leafid_train.config import TrainConfig
-from leafid_train.data import Split
+from leafid_train.split import Split
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

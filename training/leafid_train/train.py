@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from leafid.console import echo
 from leafid.errors import InvalidRequestError, LeafidError
 from leafid_train import ddp
-from leafid_train.calibrate import UnknownRule, calibrate
+from leafid_train.calibrate import calibrate
 from leafid_train.checkpoint import (
     TrainingParts,
     TrainState,
@@ -47,6 +47,7 @@ from leafid_train.loop import (
 from leafid_train.outlier_exposure import load_ood_batches
 from leafid_train.run_data import RunData, build_data, load_train_set, training_data_summary
 from leafid_train.run_folder import RunFolder
+from leafid_train.unknown_rule import UnknownRule
 
 log = logging.getLogger(__name__)
 

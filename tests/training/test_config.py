@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from leafid.errors import InvalidRequestError
+from leafid_train.config import TrainConfig
+
+
+def test_config_round_trip_and_validation(tmp_path: Path) -> None:
+    cfg = TrainConfig(data=["a"], out=str(tmp_path), epochs=3, head_epochs=1)
+    cfg.save(tmp_path / "config.json")
+    assert TrainConfig.load(tmp_path / "config.json") == cfg
+    with pytest.raises(InvalidRequestError, match="head_epochs"):
+        TrainConfig(data=["a"], out="x", epochs=1, head_epochs=2)
+    with pytest.raises(InvalidRequestError, match="ood_split"):
+        TrainConfig(data=["a"], out="x", ood_split=(0.5, 0.5, 0.0))
+    for name in ("loader_processes", "threads", "patience"):
+        with pytest.raises(InvalidRequestError, match=name):
+            TrainConfig(data=["a"], out="x", **{name: -1})

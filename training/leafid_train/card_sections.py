@@ -1,0 +1,159 @@
+"""Sections of ``MODEL_CARD.md`` rendered from a run's reports: test results, INT8, risk-coverage.
+
+Each renderer takes the parsed JSON of one report and returns Markdown lines (none when
+the run has no such report); :mod:`leafid_train.card` puts them in order.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from leafid_train.int8_rule import INT8_RULE, Int8Decision
+from leafid_train.run_folder import EvalFolder
+
+
+def pct(value: Any) -> str:
+    """``value`` as a percentage with two decimals ("n/a" for None)."""
+    return "n/a" if value is None else f"{100 * float(value):.2f}%"
+
+
+def num(value: Any, digits: int = 4) -> str:
+    """``value`` with ``digits`` decimals ("n/a" for None)."""
+    return "n/a" if value is None else f"{float(value):.{digits}f}"
+
+
+def risk_coverage_section(cal: dict[str, Any]) -> list[str]:
+    """The coverage rule's risk-coverage table and score comparison (none for the keep rule)."""
+    if "risk_coverage" not in cal:
+        return []
+    roots = list(cal["ood_rejected_per_root"])
+    out = [
+        "Risk-coverage on val: leaf photos answered and the share of them right as the "
+        "threshold rises, with the OOD photos answered *unknown*; the chosen threshold in bold.",
+        "",
+        "| threshold | leaf photos answered | answered right |"
+        + "".join(f" {root} unknown |" for root in roots),
+        "|---|---|---|" + "---|" * len(roots),
+    ]
+    for p in cal["risk_coverage"]:
+        mark = "**" if p["threshold"] == cal["unknown_threshold"] else ""
+        cells = [num(p["threshold"]), pct(p["coverage"]), pct(p["answered_right"])]
+        cells += [pct(p["rejected"][root]) for root in roots]
+        out.append("| " + " | ".join(f"{mark}{c}{mark}" for c in cells) + " |")
+    out.append("")
+    if "scores" in cal:
+        out += [
+            "Other scores than the max softmax, each with its own threshold under the same "
+            "targets (measured on val; the model answers with the max softmax):",
+            "",
+            "| score | AUROC leaf vs OOD | leaf photos answered | answered right | targets met |",
+            "|---|---|---|---|---|",
+        ]
+        for name, sc in cal["scores"].items():
+            out.append(
+                f"| {name} | {num(sc['auroc'])} | {pct(sc['coverage'])} | "
+                f"{pct(sc['answered_right'])} | {'yes' if sc['targets_met'] else 'no'} |"
+            )
+        out.append("")
+    return out
+
+
+def int8_section(
+    report: dict[str, Any] | None,
+    decision: Int8Decision | None,
+    ev: dict[str, Any] | None,
+    ev8: dict[str, Any] | None,
+    shipped: Path | None,
+) -> list[str]:
+    """INT8 copy: speed and accuracy against fp32, and whether it ships (``shipped``)."""
+    if report is None or decision is None:
+        return []
+    c = report["compare"]
+    out = [
+        "## INT8 quantisation",
+        "",
+        "Static INT8 (QDQ) copy, calibrated on train images, with its own temperature and "
+        f"threshold fitted on val. Rule for shipping it as the default: {INT8_RULE}.",
+        "",
+        "| | size | img/s batch 1 | img/s batch 16 | val top-1 | test top-1 |",
+        "|---|---|---|---|---|---|",
+    ]
+    test = {"fp32": ev["top1"] if ev else None, "int8": ev8["top1"] if ev8 else None}
+    for name in ("fp32", "int8"):
+        m = c[name]
+        out.append(
+            f"| {name} | {m['size_mb']:.1f} MB | {m['images_per_s_b1']:.0f} | "
+            f"{m['images_per_s_b16']:.0f} | {pct(m['top1'])} | {pct(test[name])} |"
+        )
+    cal8 = report["calibration"]
+    test_drop = decision.test_drop
+    if shipped is not None:
+        verdict = f"INT8 is shipped as the default (`{shipped.name}`)"
+    elif decision.ships:
+        verdict = "INT8 qualifies, but this export did not ship a copy; fp32 is the default"
+    else:
+        verdict = "INT8 is not shipped; fp32 is the default"
+    out += [
+        "",
+        f"INT8 calibration: T = {num(cal8['temperature'])}, unknown threshold "
+        f"{num(cal8['unknown_threshold'])}; val ECE {pct(cal8['ece_after'])}, OOD val "
+        f"AUROC {num(cal8['ood_auroc'])}.",
+        "",
+        f"Decision: {verdict} (faster: {'yes' if decision.faster else 'no'}; top-1 drop on val "
+        f"{100 * decision.val_drop:.2f} points"
+        + (f", on test {100 * test_drop:.2f} points" if test_drop is not None else ", test not run")
+        + ").",
+        "",
+    ]
+    return out
+
+
+def eval_section(ev: dict[str, Any] | None, model: str, plots: EvalFolder | None) -> list[str]:
+    """Test figures of one evaluated model (``model`` names it in the heading).
+
+    ``plots``: the evaluation whose plots are copied beside the card, to show them.
+    """
+    if ev is None:
+        return [f"## Test results: {model}", "", "Not evaluated yet (no metrics.json).", ""]
+    out = [
+        f"## Test results: {model} ({ev['split']} split, through `leafid.Classifier`)",
+        "",
+        f"- Images: {ev['images']}; top-1 {pct(ev['top1'])}, top-5 {pct(ev['top5'])}; "
+        f"ECE (15 bins) {pct(ev['ece'])}; answered unknown {pct(ev['unknown_rate'])} "
+        f"(threshold {num(ev['threshold'])}).",
+    ]
+    if "ood" in ev:
+        o = ev["ood"]
+        out.append(
+            f"- Non-leaf photos: {o['images']}; AUROC leaf vs non-leaf {num(o['auroc'])}; "
+            f"answered unknown {pct(o['rejected'])}."
+        )
+    out += [
+        "",
+        "| dataset | images | top-1 | top-5 | answered unknown | top-1 of answered |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, d in ev["per_dataset"].items():
+        out.append(
+            f"| {name} | {d['images']} | {pct(d['top1'])} | {pct(d['top5'])} | "
+            f"{pct(d['unknown_rate'])} | {pct(d['answered_top1'])} |"
+        )
+    out.append("")
+    if plots is not None:
+        out += [
+            f"![confusion matrix]({plots.confusion.name})",
+            "",
+            f"![reliability diagram]({plots.reliability.name})",
+            "",
+        ]
+    out += [
+        "<details><summary>Per-class precision and recall</summary>",
+        "",
+        "| class | test images | precision | recall |",
+        "|---|---|---|---|",
+    ]
+    for slug, c in ev["per_class"].items():
+        out.append(f"| {slug} | {c['support']} | {pct(c['precision'])} | {pct(c['recall'])} |")
+    out += ["", "</details>", ""]
+    return out
