@@ -195,3 +195,24 @@ def test_card_of_a_keep_rule_run_has_no_risk_coverage_table(tmp_path: Path) -> N
     card = render_card(tmp_path / "run")
     assert "chosen on val to keep 95.00% of correct answers." in card
     assert "Risk-coverage" not in card and "Outlier exposure" not in card
+
+
+def test_card_shows_the_field_shifts_when_evaluated_with_them(tmp_path: Path) -> None:
+    model = make_tiny_model(tmp_path / "m.onnx")
+    _fake_run(tmp_path / "run", model)
+    _fake_eval(tmp_path / "run" / "eval", 0.9)
+    assert "Shifted copies" not in render_card(tmp_path / "run")
+    metrics_file = tmp_path / "run" / "eval" / "metrics.json"
+    metrics = json.loads(metrics_file.read_text())
+    field = {"images": 8, "right": 0.5, "unknown_rate": 0.25, "answered_right": 2 / 3}
+    metrics["shifts"] = {
+        "seed": 7,
+        "backgrounds": 40,
+        "field_roots": ["setA"],
+        "results": {"field": field, "low_light": {"images": 0}},
+    }
+    metrics_file.write_text(json.dumps(metrics))
+    card = render_card(tmp_path / "run")
+    assert "lays the leaves of setA on 40 field photos" in card
+    assert "| field | 8 | 50.00% | 25.00% | 66.67% |" in card
+    assert "| low light | 0 | n/a | n/a | n/a |" in card

@@ -140,6 +140,8 @@ def eval_section(ev: dict[str, Any] | None, model: str, plots: EvalFolder | None
             f"{pct(d['unknown_rate'])} | {pct(d['answered_top1'])} |"
         )
     out.append("")
+    if "shifts" in ev:
+        out += shifts_section(ev["shifts"])
     if plots is not None:
         out += [
             f"![confusion matrix]({plots.confusion.name})",
@@ -157,3 +159,26 @@ def eval_section(ev: dict[str, Any] | None, model: str, plots: EvalFolder | None
         out.append(f"| {slug} | {c['support']} | {pct(c['precision'])} | {pct(c['recall'])} |")
     out += ["", "</details>", ""]
     return out
+
+
+def shifts_section(shifts: dict[str, Any]) -> list[str]:
+    """The field-shift table of ``leafid evaluate --shifts`` (test leaves, shifted)."""
+    roots = ", ".join(shifts["field_roots"]) or "none"
+    out = [
+        "Shifted copies of the same test photos (`leafid evaluate --shifts`, seed "
+        f"{shifts['seed']}): *field* lays the leaves of {roots} on {shifts['backgrounds']} "
+        "field photos of the OOD roots' held-out part (never a training background); the "
+        "other shifts change every test photo. *Right*: top-1 correct and answered.",
+        "",
+        "| shift | images | right | answered unknown | right of answered |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r in shifts["results"].items():
+        if r["images"]:
+            out.append(
+                f"| {name.replace('_', ' ')} | {r['images']} | {pct(r['right'])} | "
+                f"{pct(r['unknown_rate'])} | {pct(r['answered_right'])} |"
+            )
+        else:
+            out.append(f"| {name.replace('_', ' ')} | 0 | n/a | n/a | n/a |")
+    return [*out, ""]
