@@ -160,6 +160,16 @@ def test_score_reads_files_like_users_files(
     assert all("over the limit" in f["error"] for f in failed)
 
 
+def test_a_batch_is_not_a_request_no_image_is_refused_for_its_neighbours(tmp_path: Path) -> None:
+    # leafid classify decodes each file on its own budget; so does evaluate
+    root = open_root(make_imagefolder(tmp_path / "setA", per_class=4))
+    one_image = 48 * 40 * 5  # an RGB 48x40 JPEG's decode cost, with room to spare
+    limits = ImageLimits(max_decode_bytes=one_image, max_request_decode_bytes=one_image)
+    clf = Classifier(make_tiny_model(tmp_path / "tiny.onnx"), limits=limits)
+    scored, failed = score(clf, [root], samples_of(root), batch_size=32)
+    assert len(scored) == 12 and failed == []
+
+
 def test_batch_size_under_one_is_refused(tmp_path: Path) -> None:
     model = make_tiny_model(tmp_path / "tiny.onnx")
     make_imagefolder(tmp_path / "setA", per_class=1)

@@ -96,8 +96,9 @@ def score(
 ) -> tuple[list[Scored], list[dict[str, str]]]:
     """Run the classifier over samples in batches; unreadable images are listed, not fatal.
 
-    Files are read and decoded as users' files are (:meth:`Classifier.classify_images`,
-    with the classifier's limits); an image it cannot use is listed with its error.
+    Files are read and decoded as ``leafid classify`` reads users' files (one
+    :meth:`Classifier.try_load` each, with the classifier's limits and no request budget:
+    a batch here is not a request); an image it cannot use is listed with its error.
     """
     by_name = {r.name: r for r in roots}
     scored: list[Scored] = []
@@ -106,7 +107,7 @@ def score(
     for start in range(0, len(samples), batch_size):
         chunk = samples[start : start + batch_size]
         paths = [by_name[s.root].path(s.rel) for s in chunk]
-        answers = clf.classify_images(paths, top_k)
+        answers = clf.classify_loaded([clf.try_load(p) for p in paths], top_k)
         for sample, path, answer in zip(chunk, paths, answers, strict=True):
             if isinstance(answer, ImageError):
                 failed.append({"file": str(path), "error": str(answer)})
