@@ -132,6 +132,20 @@ def test_request_errors(data: bytes, content_type: str, error: type[Exception]) 
         read(Stream(data), content_type=content_type)
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        part("images", b"a" * 100) + part("images", b"b" * 9000)[:-2],  # last photo cut off
+        part("images", b"a" * 100),  # no closing boundary
+        body(part("images", b"a" * 100))[:-5],  # closing boundary cut off
+    ],
+    ids=["cut-photo", "no-close", "cut-close"],
+)
+def test_a_body_that_ends_before_its_closing_boundary_is_malformed(data: bytes) -> None:
+    with pytest.raises(MalformedBodyError, match="closing boundary"):
+        read(Stream(data))
+
+
 def test_client_gone_mid_body() -> None:
     stream = Stream(body(part("images", b"z" * 10_000)), chunk=1000, disconnect_after=3)
     with pytest.raises(ClientDisconnectedError):

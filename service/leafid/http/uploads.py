@@ -18,7 +18,7 @@ from tempfile import SpooledTemporaryFile
 from types import TracebackType
 
 from python_multipart.exceptions import FormParserError
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from leafid.errors import InvalidRequestError, TooLargeError
@@ -196,7 +196,9 @@ async def read_uploads(
         async with aclosing(request.stream()) as chunks:
             async for chunk in chunks:
                 parser.write(chunk)
-        parser.finalize()
+        parser.finalize()  # checks nothing: a body cut short is caught by the state below
+        if parser.state != MultipartState.END:
+            raise MalformedBodyError("the multipart body ends before its closing boundary")
         if not reader.items:
             raise count_error(max_files, what, "0")
     except BaseException as exc:
