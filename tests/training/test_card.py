@@ -216,3 +216,21 @@ def test_card_shows_the_field_shifts_when_evaluated_with_them(tmp_path: Path) ->
     assert "lays the leaves of setA on 40 field photos" in card
     assert "| field | 8 | 50.00% | 25.00% | 66.67% |" in card
     assert "| low light | 0 | n/a | n/a | n/a |" in card
+
+
+def test_card_names_the_background_and_greyscale_augmentation(tmp_path: Path) -> None:
+    model = make_tiny_model(tmp_path / "m.onnx")
+    _fake_run(tmp_path / "run", model)
+    assert "Leaves on backgrounds" not in render_card(tmp_path / "run")
+    cfg = TrainConfig(
+        data=["setA"],
+        out=str(tmp_path / "run"),
+        arch="test_efficientnet",
+        paste=["setA"],
+        paste_prob=0.4,
+        greyscale_prob=0.1,
+    )
+    cfg.save(tmp_path / "run" / "config.json")
+    card = render_card(tmp_path / "run")
+    assert "- Leaves on backgrounds: 40.00% of the training images of setA" in card
+    assert "- Greyscale: any training image shown in grey with probability 0.1." in card

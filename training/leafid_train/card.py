@@ -174,7 +174,9 @@ def render_card(run_dir: Path, model: Path | None = None, cfg: TrainConfig | Non
         "",
         f"Split (seed {td['split_seed']}, per dataset and class, hash of the file path, "
         f"fractions {td['split_fractions']}): train {split['train']}, val {split['val']}, "
-        f"test {split['test']}; OOD val {ood.get('val', 0)}, OOD test {ood.get('test', 0)}. "
+        f"test {split['test']}; "
+        + (f"OOD train {ood['train']}, " if ood.get("train") else "")
+        + f"OOD val {ood.get('val', 0)}, OOD test {ood.get('test', 0)}. "
         "Full licence and source text: `datasets/<name>.md`.",
         "",
         "## Training",
@@ -201,6 +203,23 @@ def render_card(run_dir: Path, model: Path | None = None, cfg: TrainConfig | Non
             f"{cfg.ema_decay} per step)."
             if cfg.ema_decay
             else "."
+        ),
+        *(
+            [
+                f"- Leaves on backgrounds: {pct(cfg.paste_prob)} of the training images of "
+                f"{', '.join(cfg.paste)} were shown cut out of their plain background and laid "
+                "on field photos of the OOD roots' train part or generated fills."
+            ]
+            if cfg.paste
+            else []
+        ),
+        *(
+            [
+                f"- Greyscale: any training image shown in grey with probability "
+                f"{cfg.greyscale_prob}."
+            ]
+            if cfg.greyscale_prob
+            else []
         ),
         *(
             [
