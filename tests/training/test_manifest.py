@@ -47,6 +47,18 @@ def test_manifest_content_and_files(tmp_path: Path) -> None:
     assert load_manifest("other", tmp_path / "manifests") is None
 
 
+def test_citation_and_licence_items_of_one_source_section(tmp_path: Path) -> None:
+    root = make_imagefolder(tmp_path / "setB", per_class=1)
+    (root / "SOURCE.md").write_text(
+        "# setB: frames\n\n## Source\nFrames of a survey.\n\n- Citation: A. Author,\n"
+        "  Survey (2019).\n- Licence: CC BY 4.0 (cite the paper).\n- Repository: x/y.\n"
+    )
+    data = build_manifest(open_root(root))
+    assert data["citation"] == "A. Author, Survey (2019)."
+    assert data["licence"] == "CC BY 4.0 (cite the paper)."
+    assert data["source"].startswith("Frames of a survey.")
+
+
 def test_verify_passes_then_fails_clearly(tmp_path: Path) -> None:
     folder = _root(tmp_path)
     root = open_root(folder)

@@ -92,9 +92,21 @@ def source_sections(root: DataRoot) -> dict[str, str]:
     for key, headings in _SECTIONS.items():
         for heading in headings:
             if heading in sections:
-                out[key] = sections[heading]
+                out[key] = _labelled_item(sections[heading], key) or sections[heading]
                 break
     return out
+
+
+def _labelled_item(section: str, key: str) -> str | None:
+    """The text of a ``- Citation: ...`` / ``- Licence: ...`` item of a section, if any.
+
+    A SOURCE.md may give citation and licence as items of one ``## Source`` section.
+    """
+    label = {"citation": r"citation", "licence": r"licen[cs]e"}.get(key)
+    if label is None:
+        return None
+    m = re.search(rf"^- {label}: (.*?)(?=^- |\Z)", section, flags=re.M | re.S | re.I)
+    return re.sub(r"\s+", " ", m.group(1)).strip() if m else None
 
 
 def build_manifest(root: DataRoot) -> dict[str, Any]:
