@@ -141,6 +141,19 @@ def test_jpeg_scan_limit() -> None:
         decode(jpeg_with_scans(MAX_JPEG_SCANS - 9), LIMITS)
 
 
+def test_a_sequential_jpeg_whose_first_scan_is_whole_is_not_walked() -> None:
+    data = encode(noisy((1, 2, 3), (400, 300)))
+    sos, eoi = data.index(b"\xff\xda"), data.rindex(b"\xff\xd9")
+    repeated = data[:eoi] + data[sos:eoi] * 40 + b"\xff\xd9"  # 40 more copies of its scan
+    assert images._jpeg_scans(repeated, progressive=True) == 41  # the full walk
+    assert images._jpeg_scans(repeated, progressive=False) == 1  # stops at the first scan
+    # libjpeg refuses a second scan of a sequential image: no decoding work is repeated
+    start = time.process_time()
+    with pytest.raises(BadImageError):
+        decode(repeated, LIMITS)
+    assert time.process_time() - start < 1.0
+
+
 def test_jpeg_scans_in_an_exif_thumbnail_are_not_counted() -> None:
     thumb = encode(noisy((1, 2, 3), (16, 16)), progressive=True)
     exif = b"\xff\xe1" + (len(thumb) + 2).to_bytes(2, "big") + thumb
