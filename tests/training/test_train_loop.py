@@ -35,6 +35,7 @@ from leafid_train.loop import (  # noqa: E402
 )
 from leafid_train.manifest import ManifestMismatchError, write_manifest  # noqa: E402
 from leafid_train.outlier_exposure import (  # noqa: E402
+    OodBatches,
     load_ood_batches,
     ood_order,
     outlier_exposure_loss,
@@ -442,6 +443,33 @@ def test_outlier_exposure_needs_ood_train_images(tmp_path: Path) -> None:
     data.split.ood.pop("train", None)
     with pytest.raises(DatasetError, match="needs OOD train images"):
         load_ood_batches(data, 1, rank=0, batch_size=4, processes=0)
+
+
+@pytest.mark.parametrize(("outlier_batch", "shown"), [(0, 6), (2, 2)])
+def test_outlier_batch_sets_the_ood_images_per_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, outlier_batch: int, shown: int
+) -> None:
+    _ood_train_split(monkeypatch)
+    make_ood(tmp_path / "nonleaf")
+    sizes: list[int] = []
+    real = OodBatches.epoch
+
+    def spy(self: Any, epoch: int, steps: int) -> Any:
+        loader = real(self, epoch, steps)
+        sizes.extend(len(images) for images, _ in loader)
+        return loader
+
+    monkeypatch.setattr(OodBatches, "epoch", spy)
+    cfg = tiny_config(
+        tmp_path,
+        epochs=1,
+        batch_size=6,
+        ood=[str(tmp_path / "nonleaf")],
+        outlier_exposure=0.5,
+        outlier_batch=outlier_batch,
+    )
+    run_training(cfg, quiet=True)
+    assert sizes and set(sizes) == {shown}
 
 
 def test_outlier_exposure_run_resumes_bit_identically(

@@ -94,6 +94,7 @@ class TrainConfig:
         keep_fraction: Share of correct val answers the unknown threshold keeps.
         outlier_exposure: Weight of the outlier-exposure loss on the OOD roots' train
             images (:mod:`~leafid_train.outlier_exposure`; 0 = off).
+        outlier_batch: OOD images per training step under outlier exposure (0 = batch_size).
         unknown_rule: How the unknown threshold is chosen on val: ``keep`` (keep
             ``keep_fraction`` of the correct answers) or ``coverage`` (answer the most val
             leaf photos subject to ``answered_right`` and ``reject``).
@@ -238,6 +239,14 @@ class TrainConfig:
             check=non_negative_float,
         ),
     )
+    outlier_batch: int = field(
+        default=0,
+        metadata=option(
+            "OOD images beside each step's leaf batch under --outlier-exposure "
+            "(0: --batch-size; fewer make a step cheaper)",
+            check=int_at_least(0),
+        ),
+    )
     unknown_rule: str = field(
         default="keep",
         metadata=option(
@@ -322,6 +331,8 @@ class TrainConfig:
         problems = []
         if self.outlier_exposure < 0:
             problems.append("outlier_exposure must be >= 0")
+        if self.outlier_batch < 0:
+            problems.append("outlier_batch must be >= 0")
         if self.outlier_exposure > 0 and not self.ood:
             problems.append("outlier_exposure needs --ood roots (their train images)")
         if self.unknown_rule not in UNKNOWN_RULES:

@@ -259,7 +259,12 @@ def _train_epochs(
     ood_batches = None
     if cfg.outlier_exposure > 0:
         ood_batches = load_ood_batches(
-            data, cfg.seed, info.rank, cfg.batch_size, cfg.loader_processes, show=show
+            data,
+            cfg.seed,
+            info.rank,
+            cfg.outlier_batch or cfg.batch_size,
+            cfg.loader_processes,
+            show=show,
         )
     ema = build_ema(model, cfg.ema_decay)
     scored = model if ema is None else ema.module  # what is validated, kept and exported
