@@ -234,3 +234,50 @@ def test_card_names_the_background_and_greyscale_augmentation(tmp_path: Path) ->
     card = render_card(tmp_path / "run")
     assert "- Leaves on backgrounds: 40.00% of the training images of setA" in card
     assert "- Greyscale: any training image shown in grey with probability 0.1." in card
+
+
+def test_card_compares_with_the_model_it_replaces_on_the_same_test_split(tmp_path: Path) -> None:
+    model = make_tiny_model(tmp_path / "m.onnx")
+    run = tmp_path / "run"
+    _fake_run(run, model)
+    _fake_eval(run / "eval", 0.9)
+    assert "What changed" not in render_card(run)
+    field = {"images": 8, "right": 0.5, "unknown_rate": 0.25, "answered_right": 2 / 3}
+    for folder, version, top1, nonleaf in [
+        ("eval", "2.0.0", 0.9, 0.96),
+        ("eval_base", "1.2.1", 0.5, 0.8),
+    ]:
+        if folder == "eval_base":
+            _fake_eval(run / folder, top1)
+            field = {"images": 8, "right": 0.125, "unknown_rate": 0.75, "answered_right": 0.5}
+        path = run / folder / "metrics.json"
+        metrics = json.loads(path.read_text()) | {
+            "model": f"/x/{folder}.onnx",
+            "model_version": version,
+            "ood": {
+                "images": 10,
+                "auroc": 0.9,
+                "rejected": nonleaf,
+                "per_dataset": {"nonleaf": nonleaf},
+            },
+            "shifts": {
+                "seed": 1,
+                "backgrounds": 4,
+                "field_roots": ["setA"],
+                "results": {"field": field},
+            },
+        }
+        path.write_text(json.dumps(metrics))
+    card = render_card(run)
+    assert "## What changed from 1.2.1" in card
+    assert "| setA | 6 | 50.00% -> 90.00% | 0.00% -> 0.00% | 50.00% -> 90.00% |" in card
+    assert (
+        "| field (shifted test leaves) | 8 | 12.50% -> 50.00% | 75.00% -> 25.00% | "
+        "50.00% -> 66.67% |" in card
+    )
+    assert "| nonleaf | 80.00% -> 96.00% |" in card
+    reproduce = card.split("## Reproduce")[1]
+    assert (
+        f"leafid evaluate /x/eval_base.onnx --split-file {run}/split.json --split test "
+        f"--shifts --out {run}/eval_base" in reproduce
+    )

@@ -20,7 +20,14 @@ from leafid.errors import InvalidRequestError
 from leafid.paths import fp32_of_int8_copy, int8_copy_path
 from leafid.results import CAVEAT
 from leafid.spec import ModelSpec
-from leafid_train.card_sections import eval_section, int8_section, num, pct, risk_coverage_section
+from leafid_train.card_sections import (
+    comparison_section,
+    eval_section,
+    int8_section,
+    num,
+    pct,
+    risk_coverage_section,
+)
 from leafid_train.config import TrainConfig
 from leafid_train.int8_rule import Int8Decision, int8_decision
 from leafid_train.manifest import DATASET_NOTES, load_manifest
@@ -101,6 +108,8 @@ def render_card(run_dir: Path, model: Path | None = None, cfg: TrainConfig | Non
     )
     int8_copy = shipped_int8(decision, exported_model(run, model))
     ships = int8_copy is not None
+    shipped_ev = ev8 if ships else ev
+    base = run.eval_base.load_metrics()
     out = [
         f"# Model card: {spec.model_name} {spec.model_version}",
         "",
@@ -156,6 +165,11 @@ def render_card(run_dir: Path, model: Path | None = None, cfg: TrainConfig | Non
         "species outside the class list (they get a wrong name or *unknown*); medical, "
         "food-safety or regulatory decisions.",
         "",
+        *(
+            comparison_section(base, shipped_ev)
+            if base is not None and shipped_ev is not None
+            else []
+        ),
         "## Training data",
         "",
         "| dataset | role | images | classes | licence (short) | citation |",
@@ -208,7 +222,8 @@ def render_card(run_dir: Path, model: Path | None = None, cfg: TrainConfig | Non
             [
                 f"- Leaves on backgrounds: {pct(cfg.paste_prob)} of the training images of "
                 f"{', '.join(cfg.paste)} were shown cut out of their plain background and laid "
-                "on field photos of the OOD roots' train part or generated fills."
+                "on field photos of the OOD roots' train part or generated fills, so that "
+                "a plain or a field background stops being a cue for the species."
             ]
             if cfg.paste
             else []
@@ -274,7 +289,7 @@ def render_card(run_dir: Path, model: Path | None = None, cfg: TrainConfig | Non
         "",
         "```sh",
         train_command(cfg),
-        *_evaluate_commands(cfg, version, int8=int8_report is not None),
+        *_evaluate_commands(cfg, version, int8=int8_report is not None, ev=ev, base=base),
         f"leafid export {cfg.out} --out {model or 'model/leafid.onnx'}"
         + (" --int8" if ships else "")
         + version
@@ -297,20 +312,29 @@ def _threshold_choice(cfg: TrainConfig, cal: dict[str, Any]) -> str:
     return f"chosen on val to answer the most leaf photos with {', '.join(targets)} ({met})."
 
 
-def _evaluate_commands(cfg: TrainConfig, version: str, int8: bool) -> list[str]:
+def _evaluate_commands(
+    cfg: TrainConfig,
+    version: str,
+    int8: bool,
+    ev: dict[str, Any] | None = None,
+    base: dict[str, Any] | None = None,
+) -> list[str]:
     """Export into the run, then evaluate fp32 (and int8, if it was made) on test.
 
-    ``version`` is the export's ``--model-version`` option, or "".
+    ``version`` is the export's ``--model-version`` option, or "". ``ev``: the fp32 test
+    metrics (``--shifts`` when they have shifts); ``base``: the replaced model's metrics.
     """
     run = RunFolder(Path(cfg.out))
     ood = "".join(f" --ood {d}" for d in cfg.ood)
+    shifts = " --shifts" if ev is not None and "shifts" in ev else ""
     lines = [f"leafid export {run.path} --out {run.model}" + (" --int8" if int8 else "") + version]
-    for model, evaluated in [(run.model, run.eval)] + (
-        [(run.model_int8, run.eval_int8)] if int8 else []
-    ):
+    models = [(run.model, run.eval)] + ([(run.model_int8, run.eval_int8)] if int8 else [])
+    if base is not None:
+        models.append((Path(base["model"]), run.eval_base))
+    for model, evaluated in models:
         lines.append(
             f"leafid evaluate {model} --split-file {run.split} "
-            f"--split test{ood} --out {evaluated.path}"
+            f"--split test{ood}{shifts} --out {evaluated.path}"
         )
     return lines
 

@@ -182,3 +182,56 @@ def shifts_section(shifts: dict[str, Any]) -> list[str]:
         else:
             out.append(f"| {name.replace('_', ' ')} | 0 | n/a | n/a | n/a |")
     return [*out, ""]
+
+
+def _right(d: dict[str, Any]) -> float | None:
+    """Share of a dataset's test photos answered and right (None when none was answered)."""
+    if d.get("answered_top1") is None:
+        return None
+    return float(d["answered_top1"]) * (1.0 - float(d["unknown_rate"]))
+
+
+def _change(before: Any, now: Any) -> str:
+    return f"{pct(before)} -> {pct(now)}"
+
+
+def comparison_section(base: dict[str, Any], ev: dict[str, Any]) -> list[str]:
+    """The previous model (``base``) against this one (``ev``), on the same test photos."""
+    out = [
+        f"## What changed from {base['model_version']}",
+        "",
+        f"Model {base['model_version']} (`{Path(base['model']).name}`) and this model "
+        f"(`{Path(ev['model']).name}`), each evaluated through `leafid.Classifier` with its "
+        f"own threshold on this run's {ev['split']} split; each cell is before -> now. "
+        "*Right*: answered and top-1 correct.",
+        "",
+        "| test photos | images | right | answered unknown | right of answered |",
+        "|---|---|---|---|---|",
+    ]
+    for name, d in ev["per_dataset"].items():
+        b = base["per_dataset"].get(name)
+        if b is not None:
+            out.append(
+                f"| {name} | {d['images']} | {_change(_right(b), _right(d))} | "
+                f"{_change(b['unknown_rate'], d['unknown_rate'])} | "
+                f"{_change(b['answered_top1'], d['answered_top1'])} |"
+            )
+    shifts = ev.get("shifts", {}).get("results", {})
+    base_shifts = base.get("shifts", {}).get("results", {})
+    for name, r in shifts.items():
+        b = base_shifts.get(name)
+        if r.get("images") and b and b.get("images"):
+            out.append(
+                f"| {name.replace('_', ' ')} (shifted test leaves) | {r['images']} | "
+                f"{_change(b['right'], r['right'])} | "
+                f"{_change(b['unknown_rate'], r['unknown_rate'])} | "
+                f"{_change(b['answered_right'], r['answered_right'])} |"
+            )
+    roots = ev.get("ood", {}).get("per_dataset", {})
+    base_roots = base.get("ood", {}).get("per_dataset", {})
+    shared = [root for root in roots if root in base_roots]
+    if shared:
+        out += ["", "| photos of none of the species | answered unknown |", "|---|---|"]
+        out += [f"| {root} | {_change(base_roots[root], roots[root])} |" for root in shared]
+    out += ["", f"ECE on the test leaves: {_change(base['ece'], ev['ece'])}.", ""]
+    return out

@@ -6,7 +6,8 @@ and every process's RNG state), ``best.pt`` (best val loss; with ``ema_decay`` t
 averaged weights), ``metrics.jsonl`` (one line per epoch), ``calibration.json`` and
 ``summary.json``. ``leafid export`` adds ``export.json`` and, with ``--int8``,
 ``int8_report.json``; ``leafid evaluate`` of the run's models fills ``eval/`` and
-``eval_int8/`` (:class:`EvalFolder`). Standard library and :mod:`leafid` only.
+``eval_int8/`` (:class:`EvalFolder`), and of the model it replaces ``eval_base/``.
+Standard library and :mod:`leafid` only.
 """
 
 from __future__ import annotations
@@ -134,6 +135,11 @@ class RunFolder:
     def eval_int8(self) -> EvalFolder:
         """``eval_int8/``: the INT8 copy evaluated on test."""
         return EvalFolder(self.path / "eval_int8")
+
+    @property
+    def eval_base(self) -> EvalFolder:
+        """``eval_base/``: the model this run replaces, evaluated on this run's test split."""
+        return EvalFolder(self.path / "eval_base")
 
     def holds_run(self) -> bool:
         """Whether a run was started here (a config or a checkpoint is on disk)."""
