@@ -11,6 +11,7 @@ pytest.importorskip("torch")
 
 from leafid.classifier import Classifier  # noqa: E402
 from leafid.paths import shipped_model_candidates  # noqa: E402
+from leafid_train.config import DEFAULT_OOD_SPLIT  # noqa: E402
 from leafid_train.data import open_root  # noqa: E402
 from leafid_train.evaluate import evaluate_model  # noqa: E402
 from leafid_train.locations import data_dir  # noqa: E402
@@ -34,15 +35,24 @@ def test_test_split_metrics_match_the_model_card(tmp_path: Path) -> None:
         [open_root(n) for n in ood],
         spec.training_data["split_seed"],
         spec.training_data["split_fractions"],
+        spec.training_data.get("ood_split_fractions", DEFAULT_OOD_SPLIT),
     )
     split.save(tmp_path / "split.json")
-    got = evaluate_model(
-        model, [], tmp_path / "eval", ood=ood, split_file=tmp_path / "split.json", split="test"
-    )
     want = spec.metrics["test"]
+    got = evaluate_model(
+        model,
+        [],
+        tmp_path / "eval",
+        ood=ood,
+        split_file=tmp_path / "split.json",
+        split="test",
+        shifts="shifts" in want,
+    )
     assert got["images"] == want["images"]
     assert got["top1"] == pytest.approx(want["top1"], abs=1e-9)
     assert got["ece"] == pytest.approx(want["ece"], abs=1e-6)
     assert got["ood"]["auroc"] == pytest.approx(want["ood"]["auroc"], abs=1e-9)
     for name, figures in want["per_dataset"].items():
         assert got["per_dataset"][name]["top1"] == pytest.approx(figures["top1"], abs=1e-9)
+    for name, figures in want.get("shifts", {}).get("results", {}).items():
+        assert got["shifts"]["results"][name] == pytest.approx(figures, abs=1e-9)

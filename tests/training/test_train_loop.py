@@ -80,6 +80,7 @@ def test_train_calibrate_export_matches_torch(tmp_path: Path) -> None:
     assert clf.spec.labels == ["caerulea", "rubra", "viridis"]
     assert clf.spec.classes[1].scientific_name == "Planta rubra"
     assert clf.spec.training_data["split"]["train"] == 18
+    assert clf.spec.training_data["ood_split_fractions"] == list(cfg.ood_split)
     assert "val" in clf.spec.metrics
 
     model, _ = load_best(RunFolder(run).best, cfg)

@@ -44,7 +44,17 @@ VAL_KEYS = (
 )
 # The coverage rule's figures (calibration reports of the keep rule do not have them)
 RULE_KEYS = ("unknown_rule", "val_answered_right", "ood_rejected_per_root", "targets_met")
-TEST_KEYS = ("split", "images", "top1", "top5", "ece", "unknown_rate", "per_dataset", "ood")
+TEST_KEYS = (
+    "split",
+    "images",
+    "top1",
+    "top5",
+    "ece",
+    "unknown_rate",
+    "per_dataset",
+    "ood",
+    "shifts",
+)
 
 
 def _spread(n: int, k: int) -> np.ndarray:
@@ -178,7 +188,8 @@ def export_run(
         cfg.model_version if model_version is None else model_version,
         run.load_calibration(),
         run.eval.load_metrics(),
-        run.load_summary()["training_data"],
+        # the OOD fractions let anyone re-make the split from the spec alone
+        run.load_summary()["training_data"] | {"ood_split_fractions": list(cfg.ood_split)},
     )
     data = build_data(replace(cfg, verify=False), run.split)  # verified when it trained
     val = data.eval_arrays("val")
