@@ -254,6 +254,7 @@ def test_card_compares_with_the_model_it_replaces_on_the_same_test_split(tmp_pat
         metrics = json.loads(path.read_text()) | {
             "model": f"/x/{folder}.onnx",
             "model_version": version,
+            "trained_on": {"setA": 30 if version == "2.0.0" else 20},
             "ood": {
                 "images": 10,
                 "auroc": 0.9,
@@ -276,6 +277,7 @@ def test_card_compares_with_the_model_it_replaces_on_the_same_test_split(tmp_pat
         "50.00% -> 66.67% |" in card
     )
     assert "| nonleaf | 80.00% -> 96.00% |" in card
+    assert "1.2.1 trained on another copy of setA (20 images; this model: 30)" in card
     reproduce = card.split("## Reproduce")[1]
     assert (
         f"leafid evaluate /x/eval_base.onnx --split-file {run}/split.json --split test "

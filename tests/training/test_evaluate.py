@@ -54,7 +54,10 @@ def test_unknown_class_is_an_error() -> None:
 
 
 def test_evaluate_writes_metrics_and_plots(tmp_path: Path) -> None:
-    model = make_tiny_model(tmp_path / "tiny.onnx", tiny_spec(unknown_threshold=0.6))
+    trained = {"datasets": {"setA": {"images": 40, "role": "train"}}}
+    model = make_tiny_model(
+        tmp_path / "tiny.onnx", tiny_spec(unknown_threshold=0.6, training_data=trained)
+    )
     make_imagefolder(tmp_path / "setA", per_class=4)
     make_imagefolder(tmp_path / "setB", per_class=2, classes={"rubra": (230, 20, 20)})
     make_ood(tmp_path / "grey", n=4)
@@ -68,6 +71,7 @@ def test_evaluate_writes_metrics_and_plots(tmp_path: Path) -> None:
     assert saved["ood"]["images"] == 4 and saved["ood"]["rejected"] == 1.0
     assert saved["ood"]["auroc"] == 1.0 and saved["unknown_rate"] == 0.0
     assert len(saved["reliability"]) == 15 and saved["failed"] == []
+    assert saved["trained_on"] == {"setA": 40}  # the model's training data, from its spec
     for png in ("confusion.png", "reliability.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -234,4 +234,14 @@ def comparison_section(base: dict[str, Any], ev: dict[str, Any]) -> list[str]:
         out += ["", "| photos of none of the species | answered unknown |", "|---|---|"]
         out += [f"| {root} | {_change(base_roots[root], roots[root])} |" for root in shared]
     out += ["", f"ECE on the test leaves: {_change(base['ece'], ev['ece'])}.", ""]
+    base_data, data = base.get("trained_on", {}), ev.get("trained_on", {})
+    for name in ev["per_dataset"]:
+        if name in base_data and base_data[name] != data.get(name):
+            out += [
+                f"{base['model_version']} trained on another copy of {name} "
+                f"({base_data[name]} images; this model: {data.get(name)}), split otherwise: "
+                f"some of these test photos may have been its training photos, so its {name} "
+                "figures here may be optimistic.",
+                "",
+            ]
     return out

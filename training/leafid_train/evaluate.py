@@ -359,6 +359,9 @@ def evaluate_model(
     metrics.update(
         model=str(model),
         model_version=clf.model_version,
+        trained_on={
+            name: d.get("images") for name, d in clf.spec.training_data.get("datasets", {}).items()
+        },
         threshold=clf.threshold,
         temperature=clf.spec.temperature,
         split=split if split_file else "all",
