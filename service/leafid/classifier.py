@@ -181,6 +181,7 @@ class Classifier:
         self.threshold = self.spec.unknown_threshold if threshold is None else threshold
         self.limits = limits or ImageLimits()
         self._input_name = self._check_io()
+        self._output_name = str(self.session.get_outputs()[0].name)
 
     def _check_io(self) -> str:
         inputs = self.session.get_inputs()
@@ -266,7 +267,8 @@ class Classifier:
         Returns:
             Array (N, n_classes) of ``softmax(logits / temperature)``.
         """
-        (logits,) = self.session.run(None, {self._input_name: batch})[:1]
+        # only the logits: newer models also output their embedding and feature map
+        (logits,) = self.session.run([self._output_name], {self._input_name: batch})
         if logits.shape != (batch.shape[0], len(self.spec.classes)):
             raise InvalidModelError(
                 f"model returned shape {logits.shape}, want ({batch.shape[0]}, "

@@ -59,10 +59,11 @@ def test_export_is_a_valid_onnx_file_with_named_io(
     _, spec, path = exported
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto, full_check=True)
-    (inp,), (out,) = proto.graph.input, proto.graph.output
-    assert inp.name == "image" and out.name == "logits"
+    (inp,), outs = proto.graph.input, proto.graph.output
+    assert inp.name == "image"
+    assert [o.name for o in outs] == ["logits", "embedding", "feature_map"]
     assert inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
-    assert out.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert {o.type.tensor_type.elem_type for o in outs} == {onnx.TensorProto.FLOAT}
     dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
     assert dims[1:] == [64, 64, 3] and isinstance(dims[0], str)
     assert proto.producer_name == "leafid_train"
@@ -70,6 +71,22 @@ def test_export_is_a_valid_onnx_file_with_named_io(
     assert "GlobalAveragePool" in ops and "ReduceMean" not in ops  # graph_rewrite
     assert [p.key for p in proto.metadata_props] == [METADATA_KEY]
     assert list(path.parent.iterdir()) == [path]  # no temporary files left behind
+
+
+def test_the_feature_map_and_head_weights_give_the_logits_exactly(
+    exported: tuple[LeafNet, ModelSpec, Path],
+) -> None:
+    model, spec, path = exported
+    batch = photo_batch(spec)
+    session = Classifier(path).session
+    logits, embedding, feature_map = session.run(None, {"image": batch})
+    assert embedding.shape == (len(batch), feature_map.shape[1]) and feature_map.ndim == 4
+    np.testing.assert_allclose(embedding, feature_map.mean(axis=(2, 3)), rtol=1e-4, atol=1e-5)
+    head = model.backbone.get_classifier()
+    weight, bias = head.weight.detach().numpy(), head.bias.detach().numpy()
+    # class activation map: each position's linear map; its mean is the logit
+    cam = np.einsum("kc,nchw->nkhw", weight, feature_map) + bias[None, :, None, None]
+    np.testing.assert_allclose(cam.mean(axis=(2, 3)), logits, rtol=1e-4, atol=1e-4)
 
 
 def test_spec_round_trips_through_the_classifier(exported: tuple[LeafNet, ModelSpec, Path]) -> None:

@@ -44,9 +44,19 @@ class ColourNet(torch.nn.Module):
             self.fc.weight.copy_(torch.eye(3) * 4.0)
             self.fc.bias.zero_()
 
+    # the parts of a timm model that LeafNet.forward_outputs reads
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(torch.relu(self.conv1(x)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        pooled = x.mean(dim=(2, 3))
+        return pooled if pre_logits else self.fc(pooled)
+
+    def get_classifier(self) -> torch.nn.Module:
+        return self.fc
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv2(torch.relu(self.conv1(x)))
-        return self.fc(x.mean(dim=(2, 3)))
+        return self.forward_head(self.forward_features(x))
 
 
 def colour_batch(spec: ModelSpec, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -258,11 +258,31 @@ class LeafNet(nn.Module):
         Returns:
             float32 logits of shape (N, n_classes).
         """
+        logits: torch.Tensor = self.backbone(self._normalised(x))
+        return logits
+
+    def forward_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits, the pooled embedding the head reads, and the last feature map.
+
+        The head is global average pooling then a linear layer, so a class's logit is the
+        mean over the feature map's positions of that class's linear map of them: the
+        feature map and the head's weights give an exact class activation map.
+
+        Returns:
+            logits (N, n_classes), embedding (N, C), feature map (N, C, h, w); the logits
+            equal :meth:`forward`'s in eval mode.
+        """
+        feature_map: torch.Tensor = self.backbone.forward_features(self._normalised(x))
+        embedding: torch.Tensor = self.backbone.forward_head(feature_map, pre_logits=True)
+        logits: torch.Tensor = self.backbone.get_classifier()(embedding)
+        return logits, embedding, feature_map
+
+    def _normalised(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 NHWC RGB to the backbone's normalised float NCHW input."""
         if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[-1] != 3:
             raise ValueError(f"LeafNet needs uint8 [N, H, W, 3], got {x.dtype} {list(x.shape)}")
         x = x.permute(0, 3, 1, 2).float() / 255.0
-        logits: torch.Tensor = self.backbone((x - self.mean) / self.std)
-        return logits
+        return (x - self.mean) / self.std
 
 
 def build_leafnet(

@@ -1,8 +1,11 @@
 """Export a :class:`~leafid_train.backbone.LeafNet` to ONNX with the leafid spec inside.
 
 The graph takes ``image``: uint8 [batch, S, S, 3] RGB and returns ``logits``: float32
-[batch, n_classes]. The calibration temperature is not in the graph; the
-:class:`leafid.Classifier` applies ``spec.temperature``.
+[batch, n_classes], then ``embedding``: the pooled features the head reads [batch, C], and
+``feature_map``: the last feature map [batch, C, h, w] (for reference-photo search and
+class activation maps; a caller that does not fetch them pays nothing for them). The
+calibration temperature is not in the graph; the :class:`leafid.Classifier` applies
+``spec.temperature``.
 
 Needs the [train] extra (torch, onnx, onnxscript).
 """
@@ -30,6 +33,8 @@ log = logging.getLogger(__name__)
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
+EMBEDDING_NAME = "embedding"
+FEATURE_MAP_NAME = "feature_map"
 PRODUCER = "leafid_train"
 MIN_OPSET = 18  # the lowest opset torch's (dynamo) exporter implements
 
@@ -75,10 +80,10 @@ def export_onnx(model: LeafNet, spec: ModelSpec, out: Path, *, opset: int = MIN_
     out.parent.mkdir(parents=True, exist_ok=True)
     batch = torch.export.Dim("batch")
     program = torch.onnx.export(
-        model,
+        _AllOutputs(model).eval(),
         (example,),
         input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
+        output_names=[OUTPUT_NAME, EMBEDDING_NAME, FEATURE_MAP_NAME],
         dynamic_shapes=({0: batch},),
         opset_version=opset,
         dynamo=True,
@@ -93,6 +98,18 @@ def export_onnx(model: LeafNet, spec: ModelSpec, out: Path, *, opset: int = MIN_
     proto.doc_string = f"leafid {spec.model_name} {spec.model_version}: uint8 RGB image -> logits"
     save_onnx(proto, out)
     return out
+
+
+class _AllOutputs(torch.nn.Module):
+    """The exported graph: :meth:`LeafNet.forward_outputs` as the module's forward."""
+
+    def __init__(self, model: LeafNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits, embedding and feature map of a uint8 NHWC batch."""
+        return self.model.forward_outputs(x)
 
 
 def set_metadata(proto: onnx.ModelProto, spec: ModelSpec) -> None:

@@ -77,7 +77,7 @@ def global_average_pools(proto: onnx.ModelProto) -> int:
     inferred = onnx.shape_inference.infer_shapes(proto).graph
     float_ranks = {  # rank of each float tensor whose shape is known
         v.name: len(v.type.tensor_type.shape.dim)
-        for v in [*inferred.value_info, *inferred.input]
+        for v in [*inferred.value_info, *inferred.input, *inferred.output]
         if v.type.tensor_type.HasField("shape")
         and v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     }
