@@ -166,7 +166,7 @@ def _classify_batch(
     rows: list[Row] = []
     for (path, _), answer in zip(batch, answers, strict=True):
         if isinstance(answer, ImageError):
-            rows.append(error_row(path, answer))
+            rows.append(error_row(path, answer, classifier.model_version))
             summary.failed += 1
         else:
             rows.append(success_row(path, answer))

@@ -63,7 +63,7 @@ from leafid.output import (
     read_done_paths,
 )
 from leafid.paths import MODEL_ENV
-from leafid.results import CAVEAT, error_dict
+from leafid.results import CAVEAT, error_item
 from leafid.scale import dask_batch
 
 log = logging.getLogger(__name__)
@@ -304,7 +304,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
     errors: list[Row] = []
     for path, item in zip(args.images, loaded, strict=True):
         if isinstance(item, ImageError):
-            errors.append(error_row(path, item))
+            errors.append(error_row(path, item, classifier.model_version))
             echo(f"leafid: {path}: {item}", err=True)
     names = [display_path(path) for path in args.images]
     result: Row = {
@@ -313,7 +313,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
     try:
         identified = classifier.identify_loaded(loaded, names, args.top_k)
     except ImageError as exc:
-        result["error"] = error_dict(exc)
+        result.update(error_item(exc, classifier.model_version))
         echo("leafid: none of the images could be used", err=True)
     else:
         result.update(identified.fused.to_dict())

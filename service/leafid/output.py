@@ -1,8 +1,8 @@
 r"""Result rows and the formats the CLI writes them in (table, jsonl, json, csv).
 
 A row is the schema shared with the HTTP service: a success row is
-``{"path": ..., **Prediction.to_dict()}``, an error row is
-``{"path": ..., "error": {"type": ..., "message": ...}}``. The path is always valid
+``{"path": ..., **Prediction.to_dict()}``, an error row is ``{"path": ..., "error":
+{"type": ..., "message": ...}, "caveat": ..., "model_version": ...}``. The path is always valid
 Unicode on one line: the bytes of a file name that is not UTF-8, and control
 characters, are written as ``\xNN`` (:func:`display_path`).
 
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from leafid.errors import InvalidRequestError, LeafidError
-from leafid.results import CAVEAT, Prediction, error_dict
+from leafid.results import CAVEAT, Prediction, error_item
 
 Row = dict[str, Any]
 
@@ -63,9 +63,9 @@ def success_row(path: str, prediction: Prediction) -> Row:
     return {"path": display_path(path), **prediction.to_dict()}
 
 
-def error_row(path: str, exc: LeafidError) -> Row:
+def error_row(path: str, exc: LeafidError, model_version: str) -> Row:
     """The row for a file that could not be classified."""
-    return {"path": display_path(path), "error": error_dict(exc)}
+    return {"path": display_path(path), **error_item(exc, model_version)}
 
 
 def format_from_suffix(path: str | os.PathLike[str]) -> str:
@@ -87,7 +87,7 @@ def _one_line(text: str) -> str:
     return " ".join(text.splitlines())
 
 
-def flatten(row: Row, top_k: int, model_version: str) -> list[str]:
+def flatten(row: Row, top_k: int) -> list[str]:
     """One CSV record for a row (error rows leave the prediction columns empty)."""
     cells: list[str] = [row["path"]]
     if "error" in row:
@@ -106,8 +106,7 @@ def flatten(row: Row, top_k: int, model_version: str) -> list[str]:
             ]
         cells += [""] * (4 * (top_k - len(results)))
         cells += ["", ""]
-        model_version = row["model_version"]
-    cells += [CAVEAT, model_version]
+    cells += [CAVEAT, row["model_version"]]
     return [_one_line(c) for c in cells]
 
 
@@ -118,7 +117,7 @@ class Writer:
         stream: Where rows go.
         fmt: One of :data:`FORMATS`.
         top_k: Number of candidates per row (CSV columns).
-        model_version: Version of the model answering (CSV column of error rows).
+        model_version: Version of the model answering (the table's footer).
         write_header: Write the CSV header (False when appending to a resumed file).
         path_width: Width of the path column of the table.
     """
@@ -156,7 +155,7 @@ class Writer:
             elif self.fmt == "jsonl":
                 lines.append(json.dumps(row, ensure_ascii=False))
             elif self.fmt == "csv":
-                lines.append(self._csv_line(flatten(row, self.top_k, self.model_version)))
+                lines.append(self._csv_line(flatten(row, self.top_k)))
             else:
                 lines.append(self._table_line(row))
         if lines:

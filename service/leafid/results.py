@@ -82,3 +82,11 @@ class Identification:
 def error_dict(exc: LeafidError) -> dict[str, str]:
     """The ``error`` object of an error row or error response."""
     return {"type": exc.code, "message": str(exc)}
+
+
+def error_item(exc: LeafidError, model_version: str) -> dict[str, Any]:
+    """The fields of a row (or item) for an image that could not be answered.
+
+    Like :meth:`Prediction.to_dict`, it carries the caveat and the model's version.
+    """
+    return {"error": error_dict(exc), "caveat": CAVEAT, "model_version": model_version}

@@ -178,6 +178,8 @@ def test_bad_files_become_error_rows_and_exit_1(
     }
     good = {k: v for k, v in _best(rows).items() if k not in errors}
     assert good == EXPECTED
+    # error rows carry the caveat and model version like every other row
+    assert all(r["caveat"] == CAVEAT and r["model_version"] == "0.0.1-test" for r in rows)
     assert "3 failed" not in captured.err and "4 failed" in captured.err
 
 
@@ -420,7 +422,14 @@ def test_identify_answers_from_the_good_photos_and_flags_the_bad_one(
     result = json.loads(capsys.readouterr().out)
     assert main(["identify", *good, "--model", str(tiny_model), "--format", "json"]) == 0
     alone = json.loads(capsys.readouterr().out)
-    assert result["errors"] == [{"path": files[1], "error": {"type": "bad_image", "message": ANY}}]
+    assert result["errors"] == [
+        {
+            "path": files[1],
+            "error": {"type": "bad_image", "message": ANY},
+            "caveat": CAVEAT,
+            "model_version": "0.0.1-test",
+        }
+    ]
     assert {k: v for k, v in result.items() if k != "errors"} == {
         k: v for k, v in alone.items() if k != "errors"
     }
@@ -440,6 +449,7 @@ def test_identify_all_bad_exits_1(tiny_model: Path, photo_dir: Path, capsys: Cap
         "message": f"{files[0]}: not a recognised image file",
     }
     assert result["paths"] == [] and "best_match" not in result
+    assert result["caveat"] == CAVEAT and result["model_version"] == "0.0.1-test"
     assert [e["error"]["type"] for e in result["errors"]] == ["unsupported_type", "bad_image"]
 
 

@@ -119,6 +119,8 @@ def test_identify_answers_from_the_good_photos_and_flags_the_bad_one(client: Tes
     assert body["images"][1] == {
         "filename": "bad.jpg",
         "error": {"type": "unsupported_type", "message": "not a recognised image file"},
+        "caveat": CAVEAT,
+        "model_version": body["model"]["version"],
     }
     assert [body["images"][0], body["images"][2]] == alone["images"]
     assert "leafid_images_classified_total 4.0" in client.get("/metrics").text  # 2 + 2 used

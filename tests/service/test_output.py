@@ -30,7 +30,7 @@ def _pred(slug: str = "rubra", score: float = 0.9, unknown: bool = False) -> Pre
 ROWS = [
     success_row("a.jpg", _pred()),
     success_row("b,with comma.jpg", _pred("viridis", 0.3, unknown=True)),
-    error_row("c.jpg", BadImageError("cannot decode image:\nline two")),
+    error_row("c.jpg", BadImageError("cannot decode image:\nline two"), "1.2.3"),
 ]
 
 
@@ -53,6 +53,8 @@ def test_rows_follow_the_shared_schema() -> None:
     assert ROWS[2] == {
         "path": "c.jpg",
         "error": {"type": "bad_image", "message": "cannot decode image:\nline two"},
+        "caveat": CAVEAT,
+        "model_version": "1.2.3",
     }
 
 
@@ -87,7 +89,7 @@ def test_csv_is_flat_one_line_per_record_and_carries_caveat() -> None:
 
 
 def test_csv_pads_missing_candidates() -> None:
-    cells = flatten(ROWS[0], 4, "1.2.3")
+    cells = flatten(ROWS[0], 4)
     assert len(cells) == len(csv_header(4))
 
 

@@ -49,6 +49,8 @@ class ImageErrorOut(BaseModel):
 
     filename: str
     error: ErrorItem
+    caveat: str
+    model_version: str
 
 
 class ModelRef(BaseModel):
