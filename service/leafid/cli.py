@@ -333,10 +333,10 @@ def _identify_table(result: Row) -> None:
         echo(f"Unknown: {result['reason']}")
     else:
         top = result["results"][0]
-        echo(f"Best match: {top['scientific_name']} ({top['common_name']})")
+        echo(f"Best match: {top['display_name']}")
     echo(f"From {n} photo{'s' if n != 1 else ''}. Candidates:")
     for cand in result["results"]:
-        echo(f"  {cand['score']:.3f}  {cand['scientific_name']} ({cand['common_name']})")
+        echo(f"  {cand['score']:.3f}  {cand['display_name']}")
     echo(f"\nmodel {result['model_version']}. {CAVEAT}")
 
 

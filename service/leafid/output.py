@@ -192,7 +192,7 @@ class Writer:
             err = row["error"]
             return f"{path:<{self.path_width}}  {'-':>5}  error ({err['type']}): {err['message']}"
         top = row["results"][0]
-        name = f"{top['scientific_name']} ({top['common_name']})"
+        name = top["display_name"]
         score = f"{top['score']:.2f}"
         label = f"unknown (closest: {name})" if row["unknown"] else name
         return f"{path:<{self.path_width}}  {score:>5}  {label}"

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from leafid.errors import ImageError, LeafidError
+from leafid.spec import display_name
 
 CAVEAT = (
     "Visual identification only — not a quality or safety test. A match says nothing "
@@ -22,12 +23,18 @@ class Candidate:
     common_name: str
     score: float
 
+    @property
+    def display_name(self) -> str:
+        """The species' name for people (see :func:`leafid.spec.display_name`)."""
+        return display_name(self.scientific_name, self.common_name)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form."""
         return {
             "slug": self.slug,
             "scientific_name": self.scientific_name,
             "common_name": self.common_name,
+            "display_name": self.display_name,
             "score": round(self.score, 6),
         }
 

@@ -173,6 +173,7 @@ def test_species_and_model(client: TestClient, clf: Classifier) -> None:
         "slug": clf.spec.classes[0].slug,
         "scientific_name": clf.spec.classes[0].scientific_name,
         "common_name": clf.spec.classes[0].common_name,
+        "display_name": "Planta rubra (red plant)",
     }
     model = client.get("/v1/model").json()
     assert model["name"] == clf.spec.model_name

@@ -478,6 +478,7 @@ def _add_routes(app: FastAPI) -> None:
                 "slug": c.slug,
                 "scientific_name": c.scientific_name,
                 "common_name": c.common_name,
+                "display_name": c.display_name,
             }
             for i, c in enumerate(classifier.spec.classes)
         ]

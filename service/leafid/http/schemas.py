@@ -17,6 +17,7 @@ class CandidateOut(BaseModel):
     slug: str
     scientific_name: str
     common_name: str
+    display_name: str
     score: float
 
 
@@ -97,6 +98,7 @@ class SpeciesOut(BaseModel):
     slug: str
     scientific_name: str
     common_name: str
+    display_name: str
 
 
 class ModelOut(BaseModel):

@@ -69,15 +69,13 @@
 
   function candidateItem(c) {
     const li = document.createElement("li");
-    const sci = document.createElement("span");
-    sci.className = "sci";
-    sci.textContent = c.scientific_name;
-    const rest = document.createElement("span");
-    rest.textContent = " (" + c.common_name + ") ";
+    const name = document.createElement("span");
+    name.className = "sci";
+    name.textContent = c.display_name + " ";
     const pct = document.createElement("span");
     pct.className = "pct";
     pct.textContent = percent(c.score);
-    li.append(sci, rest, pct);
+    li.append(name, pct);
     return li;
   }
 
@@ -86,7 +84,7 @@
     result.classList.toggle("unknown", data.unknown);
     $("result-title").textContent = data.unknown ? "Unknown — no confident match" : top.scientific_name;
     $("result-names").textContent = data.unknown
-      ? "Closest candidate: " + top.scientific_name + " (" + top.common_name + ")"
+      ? "Closest candidate: " + top.display_name
       : top.common_name;
     $("result-bar").style.width = Math.round(top.score * 100) + "%";
     $("result-score").textContent = "Score " + percent(top.score);
