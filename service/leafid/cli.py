@@ -127,6 +127,18 @@ def make_classifier(args: argparse.Namespace) -> Classifier:
     )
 
 
+def cap_top_k(top_k: int, classifier: Classifier) -> int:
+    """``--top-k``, at most the model's number of classes (a note on stderr when more).
+
+    More candidates than classes would only add empty CSV columns.
+    """
+    n = len(classifier.spec.classes)
+    if top_k <= n:
+        return top_k
+    echo(f"leafid: --top-k {top_k} is more than the model's {n} classes; using {n}", err=True)
+    return n
+
+
 def _default_format(output: str | None) -> str:
     if output:
         return format_from_suffix(output)
@@ -175,6 +187,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     if not paths:
         raise InvalidRequestError("no images found in " + ", ".join(args.paths))
     classifier = make_classifier(args)
+    args.top_k = cap_top_k(args.top_k, classifier)
 
     append = False
     failed_before = 0  # files of this run whose error rows an earlier run wrote
@@ -244,6 +257,7 @@ def cmd_dask(args: argparse.Namespace) -> int:
         if not os.access(out_dir, os.W_OK):
             raise InvalidRequestError(f"cannot write {args.output}: no writable folder {out_dir}")
     classifier = Classifier(args.model)  # a missing or invalid model fails before Dask starts
+    args.top_k = cap_top_k(args.top_k, classifier)
     with contextlib.ExitStack() as stack:
         paths = list(args.paths)
         if args.synthetic:
@@ -300,6 +314,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
     """
     fmt = args.format or _default_format(None)
     classifier = make_classifier(args)
+    args.top_k = cap_top_k(args.top_k, classifier)
     loaded = classifier.load_request(args.images)
     errors: list[Row] = []
     for path, item in zip(args.images, loaded, strict=True):

@@ -122,6 +122,24 @@ def test_classify_csv(tiny_model: Path, photo_dir: Path, capsys: Capsys) -> None
     assert "top3_score" in records[0]
 
 
+def test_top_k_over_the_number_of_classes_is_capped(
+    tiny_model: Path, photo_dir: Path, capsys: Capsys
+) -> None:
+    args = ["classify", str(photo_dir), "--model", str(tiny_model), "--format", "csv"]
+    assert main([*args, "--top-k", "100"]) == 0
+    captured = capsys.readouterr()
+    header = next(csv.reader(io.StringIO(captured.out)))
+    assert "top3_score" in header and "top4_slug" not in header  # no empty column groups
+    assert "--top-k 100 is more than the model's 3 classes; using 3" in captured.err
+    photo = str(photo_dir / "rubra.jpg")
+    assert (
+        main(["identify", photo, "--model", str(tiny_model), "--top-k", "9", "--format", "json"])
+        == 0
+    )
+    captured = capsys.readouterr()
+    assert len(json.loads(captured.out)["results"]) == 3 and "using 3" in captured.err
+
+
 def test_classify_table_has_caveat(tiny_model: Path, photo_dir: Path, capsys: Capsys) -> None:
     assert main(["classify", str(photo_dir), "--model", str(tiny_model), "--format", "table"]) == 0
     out = capsys.readouterr().out
