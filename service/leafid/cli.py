@@ -51,7 +51,7 @@ from leafid.errors import (
 from leafid.extras import not_installed
 from leafid.http import commands as http_commands
 from leafid.images import ImageLimits
-from leafid.options import add_model_option, add_renamed_option
+from leafid.options import add_model_option, add_recursive_option, add_renamed_option
 from leafid.output import (
     FORMATS,
     RESUMABLE_FORMATS,
@@ -308,20 +308,26 @@ def cmd_dask(args: argparse.Namespace) -> int:
 def cmd_identify(args: argparse.Namespace) -> int:
     """Fuse several photos of one plant into one answer (:meth:`Classifier.identify_loaded`).
 
-    The answer comes from the photos that could be used; each one that could not is
-    named on stderr and listed in ``errors``. When none could be used, the result
-    carries the first photo's error instead of an answer.
+    A folder stands for the image files in it (:func:`find_images`). The answer comes
+    from the photos that could be used; each one that could not is named on stderr and
+    listed in ``errors``. When none could be used, the result carries the first
+    photo's error instead of an answer.
     """
     fmt = args.format or _default_format(None)
+    # a folder stands for the photos in it, as with classify: one plant's photos are
+    # often kept in a folder of their own
+    images = find_images(args.images, args.recursive)
+    if not images:
+        raise InvalidRequestError("no images found in " + ", ".join(args.images))
     classifier = make_classifier(args)
     args.top_k = cap_top_k(args.top_k, classifier)
-    loaded = classifier.load_request(args.images)
+    loaded = classifier.load_request(images)
     errors: list[Row] = []
-    for path, item in zip(args.images, loaded, strict=True):
+    for path, item in zip(images, loaded, strict=True):
         if isinstance(item, ImageError):
             errors.append(error_row(path, item, classifier.model_version))
             echo(f"leafid: {path}: {item}", err=True)
-    names = [display_path(path) for path in args.images]
+    names = [display_path(path) for path in images]
     result: Row = {
         "paths": [n for n, item in zip(names, loaded, strict=True) if isinstance(item, np.ndarray)]
     }
@@ -417,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("classify", "classify each photo (files or folders) independently")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
-    p.add_argument("-r", "--recursive", action="store_true", help="look in sub-folders too")
+    add_recursive_option(p)
     p.add_argument(
         "--top-k", type=int_at_least(1), default=5, metavar="K", help="candidates per row"
     )
@@ -458,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Dask worker",
     )
     p.add_argument("paths", nargs="*", metavar="PATH", help="image files or folders")
-    p.add_argument("-r", "--recursive", action="store_true", help="look in sub-folders too")
+    add_recursive_option(p)
     p.add_argument(
         "--top-k", type=int_at_least(1), default=5, metavar="K", help="candidates per row"
     )
@@ -490,7 +496,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_dask)
 
     p = add("identify", "one answer from several photos of the same plant")
-    p.add_argument("images", nargs="+", metavar="IMG", help="photos of one plant")
+    p.add_argument(
+        "images", nargs="+", metavar="IMG", help="photos of one plant, or a folder of them"
+    )
+    add_recursive_option(p)
     p.add_argument("--top-k", type=int_at_least(1), default=5, metavar="K", help="candidates")
     p.add_argument("--format", choices=("table", "json", "jsonl"), help="output format")
     add_model_arguments(p)

@@ -192,7 +192,7 @@ def test_bad_files_become_error_rows_and_exit_1(
         "truncated.jpg": "bad_image",
         "text.jpg": "unsupported_type",
         "empty.jpg": "bad_image",
-        "nope.jpg": "bad_image",
+        "nope.jpg": "not_found",
     }
     good = {k: v for k, v in _best(rows).items() if k not in errors}
     assert good == EXPECTED
@@ -265,6 +265,19 @@ def test_no_images_found_exits_2(tiny_model: Path, tmp_path: Path, capsys: Capsy
     (tmp_path / "notes.txt").write_text("x")
     assert main(["classify", str(tmp_path), "--model", str(tiny_model)]) == 2
     assert "no images found" in capsys.readouterr().err
+
+
+def test_a_folder_with_images_only_in_sub_folders_suggests_r(
+    tiny_model: Path, photo_dir: Path, tmp_path: Path, capsys: Capsys
+) -> None:
+    top = tmp_path / "top"
+    (top / "oak").mkdir(parents=True)
+    (photo_dir / "rubra.jpg").rename(top / "oak" / "rubra.jpg")
+    assert main(["classify", str(top), "--model", str(tiny_model)]) == 2
+    err = capsys.readouterr().err
+    assert "its sub-folders have some: add -r (--recursive)" in err and "no images found" in err
+    assert main(["classify", "-r", str(top), "--model", str(tiny_model), "--format", "jsonl"]) == 0
+    assert _best(_jsonl(capsys.readouterr().out)) == {"rubra.jpg": "rubra"}
 
 
 def test_no_command_exits_2(capsys: Capsys) -> None:
@@ -412,6 +425,33 @@ def test_identify_fuses_photos(tiny_model: Path, photo_dir: Path, capsys: Capsys
     fused = clf.identify_arrays(arrays).to_dict()
     single = clf.classify_arrays(arrays[:1])[0].to_dict()
     assert result["results"] == fused["results"] != single["results"]
+
+
+def test_identify_takes_a_folders_photos(tiny_model: Path, tmp_path: Path, capsys: Capsys) -> None:
+    plant = tmp_path / "plant"
+    plant.mkdir()
+    for seed in (1, 2):
+        noisy((150, 60, 60), seed=seed).save(plant / f"leaf{seed}.jpg", quality=90)
+    (plant / "notes.txt").write_text("not a photo")
+    assert main(["identify", str(plant), "--model", str(tiny_model), "--format", "json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["best_match"] == "rubra"
+    assert result["paths"] == [str(plant / "leaf1.jpg"), str(plant / "leaf2.jpg")]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["identify", str(empty), "--model", str(tiny_model)]) == 2
+    assert "no images found" in capsys.readouterr().err
+
+
+def test_identify_names_a_missing_photo_not_found(
+    tiny_model: Path, photo_dir: Path, capsys: Capsys
+) -> None:
+    files = [str(photo_dir / "rubra.jpg"), str(photo_dir / "nope.jpg")]
+    assert main(["identify", *files, "--model", str(tiny_model), "--format", "json"]) == 1
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert [e["error"]["type"] for e in result["errors"]] == ["not_found"]
+    assert f"{files[1]}: file not found" in captured.err
 
 
 def test_identify_reports_bad_images_and_uses_the_rest(
