@@ -365,36 +365,82 @@ def _identify_table(result: Row) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    """Describe the model: version, input, classes, calibration, metrics, data."""
+    """Describe the model: a summary for people, or every field with ``--json``."""
     classifier = Classifier(args.model)
     spec = classifier.spec
-    info: dict[str, Any] = {"path": str(classifier.path), **dataclasses.asdict(spec)}
-    info["caveat"] = CAVEAT
     if args.format == "json":
+        info: dict[str, Any] = {"path": str(classifier.path), **dataclasses.asdict(spec)}
+        info["caveat"] = CAVEAT
         echo(json.dumps(info, ensure_ascii=False, indent=2))
         return EXIT_OK
-    echo(f"model:             {spec.model_name} {spec.model_version}")
-    echo(f"file:              {classifier.path}")
-    echo(
-        f"input:             {spec.input_size}x{spec.input_size} px, shorter side resized to "
-        f"{spec.resize_size} ({spec.interpolation}), {spec.input_format}"
-    )
-    echo(f"unknown threshold: {spec.unknown_threshold}")
-    echo(f"temperature:       {spec.temperature}")
-    echo(f"metrics:           {_describe(spec.metrics)}")
-    echo(f"training data:     {_describe(spec.training_data)}")
-    echo(f"classes ({len(spec.classes)}):")
+    datasets = spec.training_data.get("datasets", {})
+    trained = [name for name, d in datasets.items() if d.get("role") == "train"]
+    ood = [name for name, d in datasets.items() if d.get("role") == "ood"]
+    rows = [
+        ("Model", f"{spec.model_name} {spec.model_version}"),
+        ("File", str(classifier.path)),
+        ("Classes", f"{len(spec.classes)} (listed below)"),
+        (
+            "Input",
+            f"{spec.input_size}x{spec.input_size} px (shorter side resized to "
+            f"{spec.resize_size}, {spec.interpolation}; {spec.input_format})",
+        ),
+        ("Scores", f"calibrated chances (temperature {spec.temperature:.3g})"),
+        (
+            "Unknown",
+            f"when the best match is under {spec.unknown_threshold:.0%} likely "
+            f"(threshold {spec.unknown_threshold:.3g})",
+        ),
+    ]
+    if trained:
+        rows.append(("Trained on", ", ".join(trained)))
+    if ood:
+        rows.append(("Non-leaf sets", ", ".join(ood)))
+    for label, value in rows:
+        echo(f"{label:<15}{value}")
+    echo()
+    for line in _metrics_lines(spec.metrics.get("test")):
+        echo(line)
+    echo()
+    echo(f"Classes ({len(spec.classes)}):")
     width = max(len(c.slug) for c in spec.classes)
     sci_width = max(len(c.scientific_name) for c in spec.classes)
     for c in spec.classes:
         echo(f"  {c.slug:<{width}}  {c.scientific_name:<{sci_width}}  {c.common_name}")
     echo()
+    echo("Every field: leafid info --json")
     echo(CAVEAT)
     return EXIT_OK
 
 
-def _describe(data: dict[str, Any]) -> str:
-    return json.dumps(data, ensure_ascii=False, sort_keys=True) if data else "(none recorded)"
+def _metrics_lines(test: Any) -> list[str]:
+    """The test-set figures of a model's metrics as a small table (their usual form)."""
+    if not isinstance(test, dict) or "top1" not in test:
+        return ["Metrics: none recorded in the usual form (see leafid info --json)"]
+
+    def pct(value: Any) -> str:
+        return f"{value:.1%}" if isinstance(value, int | float) else "-"
+
+    lines = [
+        f"Test set ({test.get('images', '?')} photos):",
+        f"  {'dataset':<16}{'photos':>7}{'top-1':>8}{'top-5':>8}{'unknown':>9}",
+    ]
+    per_dataset = dict(test.get("per_dataset", {}))
+    for name, d in [*per_dataset.items(), ("all", test)]:
+        lines.append(
+            f"  {name:<16}{d.get('images', '-'):>7}{pct(d.get('top1')):>8}"
+            f"{pct(d.get('top5')):>8}{pct(d.get('unknown_rate')):>9}"
+        )
+    ood = test.get("ood")
+    if isinstance(ood, dict):
+        auroc = ood.get("auroc")
+        lines.append(
+            f"  Non-leaf photos rejected: {pct(ood.get('rejected'))} of {ood.get('images', '?')}"
+            + (f" (AUROC {auroc:.3f})" if isinstance(auroc, int | float) else "")
+        )
+    if isinstance(test.get("ece"), int | float):
+        lines.append(f"  Calibration error (ECE): {pct(test['ece'])}")
+    return lines
 
 
 # --- parser, plugins, main --------------------------------------------------------------
@@ -507,7 +553,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("info", "show the model's version, classes, calibration and metrics")
     add_model_option(p)
-    p.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+    p.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="text: a summary for people (default); json: every field, for programs",
+    )
+    p.add_argument(
+        "--json", dest="format", action="store_const", const="json", help="same as --format json"
+    )
     p.set_defaults(func=cmd_info)
 
     p = add("bench", "measure images/s on synthetic 12 MP and 1 MP JPEGs")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import leafid.cli as cli
-from conftest import encode, noisy
+from conftest import encode, make_tiny_model, noisy, tiny_spec
 from leafid.classifier import Classifier
 from leafid.cli import main
 from leafid.errors import MissingExtraError
@@ -547,8 +547,31 @@ def test_info_text(tiny_model: Path, capsys: Capsys) -> None:
         assert text in out
 
 
-def test_info_json(tiny_model: Path, capsys: Capsys) -> None:
-    assert main(["info", "--model", str(tiny_model), "--format", "json"]) == 0
+def test_info_summarises_metrics_in_a_table(tmp_path: Path, capsys: Capsys) -> None:
+    test = {
+        "images": 20,
+        "top1": 0.95,
+        "top5": 1.0,
+        "unknown_rate": 0.1,
+        "ece": 0.021,
+        "per_dataset": {"setA": {"images": 20, "top1": 0.95, "top5": 1.0, "unknown_rate": 0.1}},
+        "ood": {"images": 8, "rejected": 0.875, "auroc": 0.9321},
+    }
+    model = make_tiny_model(tmp_path / "m.onnx", tiny_spec(metrics={"test": test}))
+    assert main(["info", "--model", str(model)]) == 0
+    out = capsys.readouterr().out
+    assert "when the best match is under 50% likely (threshold 0.5)" in out
+    assert "calibrated chances" in out
+    lines = out.splitlines()
+    assert any(line.split() == ["setA", "20", "95.0%", "100.0%", "10.0%"] for line in lines)
+    assert "Non-leaf photos rejected: 87.5% of 8 (AUROC 0.932)" in out
+    assert "Calibration error (ECE): 2.1%" in out
+    assert "{" not in out  # no raw JSON
+
+
+@pytest.mark.parametrize("flag", [["--json"], ["--format", "json"]])
+def test_info_json(tiny_model: Path, capsys: Capsys, flag: list[str]) -> None:
+    assert main(["info", "--model", str(tiny_model), *flag]) == 0
     info = json.loads(capsys.readouterr().out)
     assert [c["slug"] for c in info["classes"]] == ["rubra", "viridis", "caerulea"]
     assert info["unknown_threshold"] == 0.5 and info["input_size"] == 32
