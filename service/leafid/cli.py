@@ -337,7 +337,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
         result.update(error_item(exc, classifier.model_version))
         echo("leafid: none of the images could be used", err=True)
     else:
-        result.update(identified.fused.to_dict())
+        result.update(identified.to_dict())
     result["errors"] = errors
     if fmt == "json":
         echo(json.dumps(result, ensure_ascii=False, indent=2))

@@ -398,13 +398,15 @@ def _add_routes(app: FastAPI) -> None:
         metrics.images.inc(sum(isinstance(a, Prediction) for a in identified.images))
         if identified.fused.unknown:
             metrics.unknown.inc()
-        fused_dict = identified.fused.to_dict()
+        answer = identified.to_dict()
         return {
             "model": _model_ref(classifier),
-            "best_match": fused_dict["best_match"],
-            "unknown": fused_dict["unknown"],
-            "reason": fused_dict["reason"],
-            "results": fused_dict["results"],
+            "best_match": answer["best_match"],
+            "unknown": answer["unknown"],
+            "reason": answer["reason"],
+            "reason_code": answer["reason_code"],
+            "disagreement": answer["disagreement"],
+            "results": answer["results"],
             "images": [
                 _image_item(u, a, classifier.model_version)
                 for u, a in zip(photos, identified.images, strict=True)

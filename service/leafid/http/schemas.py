@@ -21,12 +21,20 @@ class CandidateOut(BaseModel):
     score: float
 
 
+class PhotoPickOut(CandidateOut):
+    """One photo's own confident answer, listed when the photos disagree."""
+
+    index: int
+    photo: str
+
+
 class PredictionOut(BaseModel):
     """The answer for one photo (the CLI's result rows have the same fields)."""
 
     best_match: str | None
     unknown: bool
     reason: str | None
+    reason_code: str | None
     results: list[CandidateOut]
     caveat: str
     model_version: str
@@ -76,6 +84,8 @@ class IdentifyOut(BaseModel):
     best_match: str | None
     unknown: bool
     reason: str | None
+    reason_code: str | None
+    disagreement: list[PhotoPickOut] | None
     results: list[CandidateOut]
     images: list[ImagePredictionOut | ImageErrorOut]
     timing: Timing
