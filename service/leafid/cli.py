@@ -25,7 +25,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from leafid import __version__, bench
+from leafid import __version__, bench, wording
 from leafid.argtypes import fraction, int_at_least
 from leafid.batch import (
     DEFAULT_BATCH_SIZE,
@@ -350,14 +350,17 @@ def cmd_identify(args: argparse.Namespace) -> int:
 
 def _identify_table(result: Row) -> None:
     n = len(result["paths"])
-    if result["unknown"]:
-        echo(f"Unknown: {result['reason']}")
+    top = result["results"][0]
+    if not result["unknown"]:
+        echo(f"Best match: {top['display_name']}, {wording.likely(top['score'])}")
     else:
-        top = result["results"][0]
-        echo(f"Best match: {top['display_name']}")
-    echo(f"From {n} photo{'s' if n != 1 else ''}. Candidates:")
+        echo(f"Unknown: {wording.why_unknown(result)}.")
+        for pick in result["disagreement"] or []:
+            echo(f"  {pick['photo']}: {pick['display_name']}, {wording.likely(pick['score'])}")
+        echo(wording.next_steps(result))
+    echo(f"From {n} photo{'s' if n != 1 else ''}. Candidates, with the calibrated chance of each:")
     for cand in result["results"]:
-        echo(f"  {cand['score']:.3f}  {cand['display_name']}")
+        echo(f"  {wording.chance(cand['score']):>4}  {cand['display_name']}")
     echo(f"\nmodel {result['model_version']}. {CAVEAT}")
 
 

@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TextIO
 
+from leafid import wording
 from leafid.errors import InvalidRequestError, LeafidError
 from leafid.results import CAVEAT, Prediction, error_item
 
@@ -142,6 +143,7 @@ class Writer:
         self._json_rows: list[Row] = []
         self._header_pending = write_header and fmt in ("csv", "table")
         self._closed = False
+        self._unknowns = 0  # unknown answers in the table, for its footer
 
     def write(self, rows: Iterable[Row]) -> None:
         """Write rows and flush them (JSON rows are held until :meth:`close`)."""
@@ -170,13 +172,19 @@ class Writer:
         if self.fmt == "json":
             self.stream.write(json.dumps(self._json_rows, ensure_ascii=False, indent=2) + "\n")
         elif self.fmt == "table":
-            self.stream.write(f"\nmodel {self.model_version}. {CAVEAT}\n")
+            notes = ["LIKELY: the calibrated chance that the best match is right."]
+            if self._unknowns:
+                notes.append(
+                    f"unknown: no species is likely enough to name. {wording.UNSURE_STEPS}"
+                )
+            notes.append(f"model {self.model_version}. {CAVEAT}")
+            self.stream.write("\n" + "\n".join(notes) + "\n")
         self.stream.flush()
 
     def _header(self) -> str:
         if self.fmt == "csv":
             return self._csv_line(csv_header(self.top_k))
-        return f"{'PATH':<{self.path_width}}  {'SCORE':>5}  BEST MATCH"
+        return f"{'PATH':<{self.path_width}}  {'LIKELY':>6}  BEST MATCH"
 
     @staticmethod
     def _csv_line(cells: list[str]) -> str:
@@ -193,9 +201,10 @@ class Writer:
             return f"{path:<{self.path_width}}  {'-':>5}  error ({err['type']}): {err['message']}"
         top = row["results"][0]
         name = top["display_name"]
-        score = f"{top['score']:.2f}"
-        label = f"unknown (closest: {name})" if row["unknown"] else name
-        return f"{path:<{self.path_width}}  {score:>5}  {label}"
+        if row["unknown"]:
+            self._unknowns += 1
+            name = f"unknown, not likely enough (closest: {name})"
+        return f"{path:<{self.path_width}}  {wording.chance(top['score']):>6}  {name}"
 
 
 def _cut_torn_tail(path: Path) -> bytes:

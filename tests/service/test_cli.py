@@ -527,6 +527,35 @@ def test_identify_table(tiny_model: Path, photo_dir: Path, capsys: Capsys) -> No
     )
     out = capsys.readouterr().out
     assert "Best match: Planta caerulea (blue plant)" in out and CAVEAT in out
+    assert "likely (calibrated)" in out
+
+
+def test_identify_table_names_photos_that_disagree_and_what_to_do(
+    tiny_model: Path, photo_dir: Path, capsys: Capsys
+) -> None:
+    files = [str(photo_dir / "rubra.jpg"), str(photo_dir / "viridis.jpg")]
+    args = ["identify", *files, "--model", str(tiny_model)]
+    assert main([*args, "--format", "table"]) == 0
+    out = capsys.readouterr().out
+    assert "Unknown: these photos look like different plants." in out
+    assert f"  {files[0]}: Planta rubra (red plant), " in out
+    assert f"  {files[1]}: Planta viridis (green plant), " in out
+    assert "one plant at a time" in out
+    assert main([*args, "--format", "json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["reason_code"] == "photos_disagree"
+    assert [p["photo"] for p in result["disagreement"]] == files
+
+
+def test_identify_table_explains_unknown_without_machine_terms(
+    tiny_model: Path, photo_dir: Path, capsys: Capsys
+) -> None:
+    grey = str(photo_dir / "grey.png")
+    assert main(["identify", grey, "--model", str(tiny_model), "--format", "table"]) == 0
+    out = capsys.readouterr().out
+    assert "Unknown: no species is likely enough to name" in out
+    assert "retake it closer" in out and "leafid info lists them" in out
+    assert "threshold" not in out
 
 
 # --- info -------------------------------------------------------------------------------

@@ -98,6 +98,20 @@ def test_table_is_readable_with_caveat_footer() -> None:
     assert "Planta rubra (rubra plant)" in text
     assert "unknown" in text.splitlines()[2]
     assert "error (bad_image)" in text
+
+
+def test_table_gives_the_score_as_a_chance_and_next_steps_for_unknown() -> None:
+    lines = _write("table").splitlines()
+    assert lines[0].split() == ["PATH", "LIKELY", "BEST", "MATCH"]
+    assert lines[1].split()[:2] == ["a.jpg", "90%"]
+    assert "30%" in lines[2] and "0.30" not in lines[2]
+    text = "\n".join(lines)
+    assert "calibrated chance" in text
+    assert "retake it closer, on a plain background" in text and "leafid info" in text
+    assert "threshold" not in text
+    # no unknown answer, no advice about unknown answers
+    alone = _write("table", ROWS[:1])
+    assert "retake" not in alone and "calibrated chance" in alone
     assert CAVEAT in text
     assert text.splitlines()[0].startswith("PATH")
 
