@@ -51,6 +51,7 @@ BOMB_SIDE = 20_000
 BAD = frozenset({"bad_image"})
 UNSUPPORTED = frozenset({"unsupported_type"})
 TOO_LARGE = frozenset({"too_large"})
+NOT_FOUND = frozenset({"not_found"})
 HTTP_STATUS = {"bad_image": 400, "unsupported_type": 415, "too_large": 413}
 
 
@@ -386,7 +387,7 @@ def make_bad_corpus(root: Path) -> list[Case]:
         fs_case("symlink_loop_b", b, BAD, "symlink loop")
         dangling = root / "dangling.jpg"
         dangling.symlink_to("no-such-file.jpg")
-        fs_case("dangling_symlink", dangling, BAD, "symlink to nothing")
+        fs_case("dangling_symlink", dangling, NOT_FOUND, "symlink to nothing")
     if hasattr(os, "mkfifo"):
         fifo = root / "fifo.jpg"
         os.mkfifo(fifo)

@@ -91,7 +91,8 @@ def find_images(paths: Sequence[str], recursive: bool = False) -> list[str]:
     not exist (they become error rows). Folders contribute the image files inside them
     (by extension, case-insensitive; hidden files skipped), sorted, and with
     ``recursive`` those of sub-folders too. A folder that cannot be listed is named on
-    stderr and contributes nothing. Duplicates are dropped, first one kept.
+    stderr and contributes nothing, and so is one without images (with a hint to use
+    ``-r`` when its sub-folders have some). Duplicates are dropped, first one kept.
 
     Args:
         paths: Files and folders as given.
@@ -105,7 +106,13 @@ def find_images(paths: Sequence[str], recursive: bool = False) -> list[str]:
     for path in paths:
         if os.path.isdir(path):
             found = _folder_images(path, recursive)
-            if not found:
+            if not found and not recursive and _folder_images(path, recursive=True):
+                echo(
+                    f"leafid: no image files in folder {path}, but its sub-folders have "
+                    "some: add -r (--recursive) to look in them",
+                    err=True,
+                )
+            elif not found:
                 echo(f"leafid: no image files in folder {path}", err=True)
         else:
             found = [path]
@@ -166,7 +173,7 @@ def _classify_batch(
     rows: list[Row] = []
     for (path, _), answer in zip(batch, answers, strict=True):
         if isinstance(answer, ImageError):
-            rows.append(error_row(path, answer))
+            rows.append(error_row(path, answer, classifier.model_version))
             summary.failed += 1
         else:
             rows.append(success_row(path, answer))

@@ -13,6 +13,7 @@ its own :class:`~leafid.errors.TooLargeError`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -28,7 +29,14 @@ from leafid.errors import ImageError, InvalidModelError, InvalidRequestError, Mo
 from leafid.images import DecodeBudget, ImageLimits, decode, decoded, read_bytes
 from leafid.paths import default_model_path
 from leafid.preprocess import preprocess
-from leafid.results import Candidate, Identification, Prediction
+from leafid.results import (
+    LOW_SCORE,
+    PHOTOS_DISAGREE,
+    Candidate,
+    Identification,
+    PhotoPick,
+    Prediction,
+)
 from leafid.spec import METADATA_KEY, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -135,6 +143,28 @@ def _without_frames(exc: ImageError) -> ImageError:
         err.__traceback__ = None
         err = err.__cause__ or err.__context__
     return exc
+
+
+def photos_disagree(
+    answers: Sequence[Prediction | ImageError], names: Sequence[str]
+) -> tuple[PhotoPick, ...]:
+    """The photos whose own confident answers name different species, if any do.
+
+    A photo counts when its own answer is not unknown (its best score is at or over
+    the unknown threshold); the photos disagree when those answers name two or more
+    species. Unsure photos do not count: a blurred photo beside a sharp one is no
+    sign of two plants.
+
+    Returns:
+        Each confident photo with its best candidate, in order, when they name two or
+        more species; empty otherwise.
+    """
+    picks = tuple(
+        PhotoPick(i, names[i], answer.results[0])
+        for i, answer in enumerate(answers)
+        if isinstance(answer, Prediction) and not answer.unknown
+    )
+    return picks if len({p.candidate.slug for p in picks}) > 1 else ()
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -312,7 +342,8 @@ class Classifier:
                 if unknown
                 else None
             )
-            out.append(Prediction(results, unknown, reason, self.model_version))
+            code = LOW_SCORE if unknown else None
+            out.append(Prediction(results, unknown, reason, self.model_version, code))
         return out
 
     def classify_arrays(self, batch: np.ndarray, top_k: int = 5) -> list[Prediction]:
@@ -374,6 +405,9 @@ class Classifier:
 
         The photos that could be used are fused into one answer (and each gets its own
         answer too); each photo that could not be used keeps its error in its place.
+        When the photos' own confident answers name different species
+        (:func:`photos_disagree`), the fused answer is unknown, reason code
+        :data:`~leafid.results.PHOTOS_DISAGREE`.
 
         Args:
             loaded: The photos after :meth:`try_load`.
@@ -395,8 +429,19 @@ class Classifier:
             assert isinstance(first, ImageError)
             raise _named(first, names[0]) from first
         probs = self.probabilities(np.stack(good))  # one model call for all photos
-        own = self.predictions(probs, top_k)
-        return Identification(self.fuse(probs, top_k), tuple(in_place(loaded, own)))
+        images = tuple(in_place(loaded, self.predictions(probs, top_k)))
+        fused = self.fuse(probs, top_k)
+        disagreement = photos_disagree(images, names)
+        if disagreement:
+            # averaging photos of different plants answers for none of them
+            listed = "; ".join(f"{p.photo}: {p.candidate.display_name}" for p in disagreement)
+            fused = dataclasses.replace(
+                fused,
+                unknown=True,
+                reason=f"these photos look like different plants ({listed})",
+                reason_code=PHOTOS_DISAGREE,
+            )
+        return Identification(fused, images, disagreement)
 
     def identify(self, images: Sequence[Image.Image], top_k: int = 5) -> Prediction:
         """One fused answer for several decoded photos of the same plant."""

@@ -25,7 +25,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from leafid import __version__, bench
+from leafid import __version__, bench, wording
 from leafid.argtypes import fraction, int_at_least
 from leafid.batch import (
     DEFAULT_BATCH_SIZE,
@@ -51,7 +51,7 @@ from leafid.errors import (
 from leafid.extras import not_installed
 from leafid.http import commands as http_commands
 from leafid.images import ImageLimits
-from leafid.options import add_model_option, add_renamed_option
+from leafid.options import add_model_option, add_recursive_option, add_renamed_option
 from leafid.output import (
     FORMATS,
     RESUMABLE_FORMATS,
@@ -63,7 +63,7 @@ from leafid.output import (
     read_done_paths,
 )
 from leafid.paths import MODEL_ENV
-from leafid.results import CAVEAT, error_dict
+from leafid.results import CAVEAT, error_item
 from leafid.scale import dask_batch
 
 log = logging.getLogger(__name__)
@@ -127,6 +127,18 @@ def make_classifier(args: argparse.Namespace) -> Classifier:
     )
 
 
+def cap_top_k(top_k: int, classifier: Classifier) -> int:
+    """``--top-k``, at most the model's number of classes (a note on stderr when more).
+
+    More candidates than classes would only add empty CSV columns.
+    """
+    n = len(classifier.spec.classes)
+    if top_k <= n:
+        return top_k
+    echo(f"leafid: --top-k {top_k} is more than the model's {n} classes; using {n}", err=True)
+    return n
+
+
 def _default_format(output: str | None) -> str:
     if output:
         return format_from_suffix(output)
@@ -175,6 +187,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     if not paths:
         raise InvalidRequestError("no images found in " + ", ".join(args.paths))
     classifier = make_classifier(args)
+    args.top_k = cap_top_k(args.top_k, classifier)
 
     append = False
     failed_before = 0  # files of this run whose error rows an earlier run wrote
@@ -244,6 +257,7 @@ def cmd_dask(args: argparse.Namespace) -> int:
         if not os.access(out_dir, os.W_OK):
             raise InvalidRequestError(f"cannot write {args.output}: no writable folder {out_dir}")
     classifier = Classifier(args.model)  # a missing or invalid model fails before Dask starts
+    args.top_k = cap_top_k(args.top_k, classifier)
     with contextlib.ExitStack() as stack:
         paths = list(args.paths)
         if args.synthetic:
@@ -294,29 +308,36 @@ def cmd_dask(args: argparse.Namespace) -> int:
 def cmd_identify(args: argparse.Namespace) -> int:
     """Fuse several photos of one plant into one answer (:meth:`Classifier.identify_loaded`).
 
-    The answer comes from the photos that could be used; each one that could not is
-    named on stderr and listed in ``errors``. When none could be used, the result
-    carries the first photo's error instead of an answer.
+    A folder stands for the image files in it (:func:`find_images`). The answer comes
+    from the photos that could be used; each one that could not is named on stderr and
+    listed in ``errors``. When none could be used, the result carries the first
+    photo's error instead of an answer.
     """
     fmt = args.format or _default_format(None)
+    # a folder stands for the photos in it, as with classify: one plant's photos are
+    # often kept in a folder of their own
+    images = find_images(args.images, args.recursive)
+    if not images:
+        raise InvalidRequestError("no images found in " + ", ".join(args.images))
     classifier = make_classifier(args)
-    loaded = classifier.load_request(args.images)
+    args.top_k = cap_top_k(args.top_k, classifier)
+    loaded = classifier.load_request(images)
     errors: list[Row] = []
-    for path, item in zip(args.images, loaded, strict=True):
+    for path, item in zip(images, loaded, strict=True):
         if isinstance(item, ImageError):
-            errors.append(error_row(path, item))
+            errors.append(error_row(path, item, classifier.model_version))
             echo(f"leafid: {path}: {item}", err=True)
-    names = [display_path(path) for path in args.images]
+    names = [display_path(path) for path in images]
     result: Row = {
         "paths": [n for n, item in zip(names, loaded, strict=True) if isinstance(item, np.ndarray)]
     }
     try:
         identified = classifier.identify_loaded(loaded, names, args.top_k)
     except ImageError as exc:
-        result["error"] = error_dict(exc)
+        result.update(error_item(exc, classifier.model_version))
         echo("leafid: none of the images could be used", err=True)
     else:
-        result.update(identified.fused.to_dict())
+        result.update(identified.to_dict())
     result["errors"] = errors
     if fmt == "json":
         echo(json.dumps(result, ensure_ascii=False, indent=2))
@@ -329,14 +350,17 @@ def cmd_identify(args: argparse.Namespace) -> int:
 
 def _identify_table(result: Row) -> None:
     n = len(result["paths"])
-    if result["unknown"]:
-        echo(f"Unknown: {result['reason']}")
+    top = result["results"][0]
+    if not result["unknown"]:
+        echo(f"Best match: {top['display_name']}, {wording.likely(top['score'])}")
     else:
-        top = result["results"][0]
-        echo(f"Best match: {top['scientific_name']} ({top['common_name']})")
-    echo(f"From {n} photo{'s' if n != 1 else ''}. Candidates:")
+        echo(f"Unknown: {wording.why_unknown(result)}.")
+        for pick in result["disagreement"] or []:
+            echo(f"  {pick['photo']}: {pick['display_name']}, {wording.likely(pick['score'])}")
+        echo(wording.next_steps(result))
+    echo(f"From {n} photo{'s' if n != 1 else ''}. Candidates, with the calibrated chance of each:")
     for cand in result["results"]:
-        echo(f"  {cand['score']:.3f}  {cand['scientific_name']} ({cand['common_name']})")
+        echo(f"  {wording.chance(cand['score']):>4}  {cand['display_name']}")
     echo(f"\nmodel {result['model_version']}. {CAVEAT}")
 
 
@@ -344,36 +368,82 @@ def _identify_table(result: Row) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    """Describe the model: version, input, classes, calibration, metrics, data."""
+    """Describe the model: a summary for people, or every field with ``--json``."""
     classifier = Classifier(args.model)
     spec = classifier.spec
-    info: dict[str, Any] = {"path": str(classifier.path), **dataclasses.asdict(spec)}
-    info["caveat"] = CAVEAT
     if args.format == "json":
+        info: dict[str, Any] = {"path": str(classifier.path), **dataclasses.asdict(spec)}
+        info["caveat"] = CAVEAT
         echo(json.dumps(info, ensure_ascii=False, indent=2))
         return EXIT_OK
-    echo(f"model:             {spec.model_name} {spec.model_version}")
-    echo(f"file:              {classifier.path}")
-    echo(
-        f"input:             {spec.input_size}x{spec.input_size} px, shorter side resized to "
-        f"{spec.resize_size} ({spec.interpolation}), {spec.input_format}"
-    )
-    echo(f"unknown threshold: {spec.unknown_threshold}")
-    echo(f"temperature:       {spec.temperature}")
-    echo(f"metrics:           {_describe(spec.metrics)}")
-    echo(f"training data:     {_describe(spec.training_data)}")
-    echo(f"classes ({len(spec.classes)}):")
+    datasets = spec.training_data.get("datasets", {})
+    trained = [name for name, d in datasets.items() if d.get("role") == "train"]
+    ood = [name for name, d in datasets.items() if d.get("role") == "ood"]
+    rows = [
+        ("Model", f"{spec.model_name} {spec.model_version}"),
+        ("File", str(classifier.path)),
+        ("Classes", f"{len(spec.classes)} (listed below)"),
+        (
+            "Input",
+            f"{spec.input_size}x{spec.input_size} px (shorter side resized to "
+            f"{spec.resize_size}, {spec.interpolation}; {spec.input_format})",
+        ),
+        ("Scores", f"calibrated chances (temperature {spec.temperature:.3g})"),
+        (
+            "Unknown",
+            f"when the best match is under {spec.unknown_threshold:.0%} likely "
+            f"(threshold {spec.unknown_threshold:.3g})",
+        ),
+    ]
+    if trained:
+        rows.append(("Trained on", ", ".join(trained)))
+    if ood:
+        rows.append(("Non-leaf sets", ", ".join(ood)))
+    for label, value in rows:
+        echo(f"{label:<15}{value}")
+    echo()
+    for line in _metrics_lines(spec.metrics.get("test")):
+        echo(line)
+    echo()
+    echo(f"Classes ({len(spec.classes)}):")
     width = max(len(c.slug) for c in spec.classes)
     sci_width = max(len(c.scientific_name) for c in spec.classes)
     for c in spec.classes:
         echo(f"  {c.slug:<{width}}  {c.scientific_name:<{sci_width}}  {c.common_name}")
     echo()
+    echo("Every field: leafid info --json")
     echo(CAVEAT)
     return EXIT_OK
 
 
-def _describe(data: dict[str, Any]) -> str:
-    return json.dumps(data, ensure_ascii=False, sort_keys=True) if data else "(none recorded)"
+def _metrics_lines(test: Any) -> list[str]:
+    """The test-set figures of a model's metrics as a small table (their usual form)."""
+    if not isinstance(test, dict) or "top1" not in test:
+        return ["Metrics: none recorded in the usual form (see leafid info --json)"]
+
+    def pct(value: Any) -> str:
+        return f"{value:.1%}" if isinstance(value, int | float) else "-"
+
+    lines = [
+        f"Test set ({test.get('images', '?')} photos):",
+        f"  {'dataset':<16}{'photos':>7}{'top-1':>8}{'top-5':>8}{'unknown':>9}",
+    ]
+    per_dataset = dict(test.get("per_dataset", {}))
+    for name, d in [*per_dataset.items(), ("all", test)]:
+        lines.append(
+            f"  {name:<16}{d.get('images', '-'):>7}{pct(d.get('top1')):>8}"
+            f"{pct(d.get('top5')):>8}{pct(d.get('unknown_rate')):>9}"
+        )
+    ood = test.get("ood")
+    if isinstance(ood, dict):
+        auroc = ood.get("auroc")
+        lines.append(
+            f"  Non-leaf photos rejected: {pct(ood.get('rejected'))} of {ood.get('images', '?')}"
+            + (f" (AUROC {auroc:.3f})" if isinstance(auroc, int | float) else "")
+        )
+    if isinstance(test.get("ece"), int | float):
+        lines.append(f"  Calibration error (ECE): {pct(test['ece'])}")
+    return lines
 
 
 # --- parser, plugins, main --------------------------------------------------------------
@@ -402,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("classify", "classify each photo (files or folders) independently")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
-    p.add_argument("-r", "--recursive", action="store_true", help="look in sub-folders too")
+    add_recursive_option(p)
     p.add_argument(
         "--top-k", type=int_at_least(1), default=5, metavar="K", help="candidates per row"
     )
@@ -443,7 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Dask worker",
     )
     p.add_argument("paths", nargs="*", metavar="PATH", help="image files or folders")
-    p.add_argument("-r", "--recursive", action="store_true", help="look in sub-folders too")
+    add_recursive_option(p)
     p.add_argument(
         "--top-k", type=int_at_least(1), default=5, metavar="K", help="candidates per row"
     )
@@ -475,7 +545,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_dask)
 
     p = add("identify", "one answer from several photos of the same plant")
-    p.add_argument("images", nargs="+", metavar="IMG", help="photos of one plant")
+    p.add_argument(
+        "images", nargs="+", metavar="IMG", help="photos of one plant, or a folder of them"
+    )
+    add_recursive_option(p)
     p.add_argument("--top-k", type=int_at_least(1), default=5, metavar="K", help="candidates")
     p.add_argument("--format", choices=("table", "json", "jsonl"), help="output format")
     add_model_arguments(p)
@@ -483,7 +556,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("info", "show the model's version, classes, calibration and metrics")
     add_model_option(p)
-    p.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+    p.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="text: a summary for people (default); json: every field, for programs",
+    )
+    p.add_argument(
+        "--json", dest="format", action="store_const", const="json", help="same as --format json"
+    )
     p.set_defaults(func=cmd_info)
 
     p = add("bench", "measure images/s on synthetic 12 MP and 1 MP JPEGs")

@@ -35,6 +35,13 @@ class BadImageError(ImageError):
     http_status = 400
 
 
+class ImageNotFoundError(ImageError):
+    """The image file does not exist (or is a symlink to nothing)."""
+
+    code = "not_found"
+    http_status = 404  # uploads are never missing: only file paths (CLI rows) get this
+
+
 class UnsupportedTypeError(ImageError):
     """The file is not an image type leafid can read."""
 

@@ -31,6 +31,7 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError, _imaging, fea
 from leafid.errors import (
     BadImageError,
     ImageError,
+    ImageNotFoundError,
     InvalidRequestError,
     TooLargeError,
     UnsupportedTypeError,
@@ -220,8 +221,9 @@ def read_bytes(path: str | os.PathLike[str], limits: ImageLimits) -> bytes:
 
     Raises:
         TooLargeError: The file is too big.
-        BadImageError: The file cannot be read (missing, not a regular file, no
-            permission, a symlink loop).
+        ImageNotFoundError: The file does not exist (or is a symlink to nothing).
+        BadImageError: The file cannot be read (not a regular file, no permission, a
+            symlink loop).
     """
     try:
         with open(path, "rb", opener=_open_nonblocking) as f:
@@ -233,6 +235,8 @@ def read_bytes(path: str | os.PathLike[str], limits: ImageLimits) -> bytes:
                     f"file is {st.st_size} bytes, over the limit of {limits.max_bytes}"
                 )
             data = f.read(limits.max_bytes + 1)  # a file that grew since fstat is caught
+    except FileNotFoundError as exc:
+        raise ImageNotFoundError("file not found") from exc
     except OSError as exc:
         raise BadImageError(f"cannot read file: {exc.strerror or exc}") from exc
     if len(data) > limits.max_bytes:

@@ -17,6 +17,11 @@ def add_model_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", metavar="M", help=MODEL_HELP)
 
 
+def add_recursive_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``-r``/``--recursive``: folders given as paths are searched with their sub-folders."""
+    parser.add_argument("-r", "--recursive", action="store_true", help="look in sub-folders too")
+
+
 class _DeprecatedAlias(argparse.Action):
     """Stores like the option it stands for, after a note on stderr naming the new spelling."""
 

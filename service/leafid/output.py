@@ -1,8 +1,8 @@
 r"""Result rows and the formats the CLI writes them in (table, jsonl, json, csv).
 
 A row is the schema shared with the HTTP service: a success row is
-``{"path": ..., **Prediction.to_dict()}``, an error row is
-``{"path": ..., "error": {"type": ..., "message": ...}}``. The path is always valid
+``{"path": ..., **Prediction.to_dict()}``, an error row is ``{"path": ..., "error":
+{"type": ..., "message": ...}, "caveat": ..., "model_version": ...}``. The path is always valid
 Unicode on one line: the bytes of a file name that is not UTF-8, and control
 characters, are written as ``\xNN`` (:func:`display_path`).
 
@@ -21,8 +21,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TextIO
 
+from leafid import wording
 from leafid.errors import InvalidRequestError, LeafidError
-from leafid.results import CAVEAT, Prediction, error_dict
+from leafid.results import CAVEAT, Prediction, error_item
 
 Row = dict[str, Any]
 
@@ -63,9 +64,9 @@ def success_row(path: str, prediction: Prediction) -> Row:
     return {"path": display_path(path), **prediction.to_dict()}
 
 
-def error_row(path: str, exc: LeafidError) -> Row:
+def error_row(path: str, exc: LeafidError, model_version: str) -> Row:
     """The row for a file that could not be classified."""
-    return {"path": display_path(path), "error": error_dict(exc)}
+    return {"path": display_path(path), **error_item(exc, model_version)}
 
 
 def format_from_suffix(path: str | os.PathLike[str]) -> str:
@@ -87,7 +88,7 @@ def _one_line(text: str) -> str:
     return " ".join(text.splitlines())
 
 
-def flatten(row: Row, top_k: int, model_version: str) -> list[str]:
+def flatten(row: Row, top_k: int) -> list[str]:
     """One CSV record for a row (error rows leave the prediction columns empty)."""
     cells: list[str] = [row["path"]]
     if "error" in row:
@@ -106,8 +107,7 @@ def flatten(row: Row, top_k: int, model_version: str) -> list[str]:
             ]
         cells += [""] * (4 * (top_k - len(results)))
         cells += ["", ""]
-        model_version = row["model_version"]
-    cells += [CAVEAT, model_version]
+    cells += [CAVEAT, row["model_version"]]
     return [_one_line(c) for c in cells]
 
 
@@ -118,7 +118,7 @@ class Writer:
         stream: Where rows go.
         fmt: One of :data:`FORMATS`.
         top_k: Number of candidates per row (CSV columns).
-        model_version: Version of the model answering (CSV column of error rows).
+        model_version: Version of the model answering (the table's footer).
         write_header: Write the CSV header (False when appending to a resumed file).
         path_width: Width of the path column of the table.
     """
@@ -143,6 +143,7 @@ class Writer:
         self._json_rows: list[Row] = []
         self._header_pending = write_header and fmt in ("csv", "table")
         self._closed = False
+        self._unknowns = 0  # unknown answers in the table, for its footer
 
     def write(self, rows: Iterable[Row]) -> None:
         """Write rows and flush them (JSON rows are held until :meth:`close`)."""
@@ -156,7 +157,7 @@ class Writer:
             elif self.fmt == "jsonl":
                 lines.append(json.dumps(row, ensure_ascii=False))
             elif self.fmt == "csv":
-                lines.append(self._csv_line(flatten(row, self.top_k, self.model_version)))
+                lines.append(self._csv_line(flatten(row, self.top_k)))
             else:
                 lines.append(self._table_line(row))
         if lines:
@@ -171,13 +172,19 @@ class Writer:
         if self.fmt == "json":
             self.stream.write(json.dumps(self._json_rows, ensure_ascii=False, indent=2) + "\n")
         elif self.fmt == "table":
-            self.stream.write(f"\nmodel {self.model_version}. {CAVEAT}\n")
+            notes = ["LIKELY: the calibrated chance that the best match is right."]
+            if self._unknowns:
+                notes.append(
+                    f"unknown: no species is likely enough to name. {wording.UNSURE_STEPS}"
+                )
+            notes.append(f"model {self.model_version}. {CAVEAT}")
+            self.stream.write("\n" + "\n".join(notes) + "\n")
         self.stream.flush()
 
     def _header(self) -> str:
         if self.fmt == "csv":
             return self._csv_line(csv_header(self.top_k))
-        return f"{'PATH':<{self.path_width}}  {'SCORE':>5}  BEST MATCH"
+        return f"{'PATH':<{self.path_width}}  {'LIKELY':>6}  BEST MATCH"
 
     @staticmethod
     def _csv_line(cells: list[str]) -> str:
@@ -193,10 +200,11 @@ class Writer:
             err = row["error"]
             return f"{path:<{self.path_width}}  {'-':>5}  error ({err['type']}): {err['message']}"
         top = row["results"][0]
-        name = f"{top['scientific_name']} ({top['common_name']})"
-        score = f"{top['score']:.2f}"
-        label = f"unknown (closest: {name})" if row["unknown"] else name
-        return f"{path:<{self.path_width}}  {score:>5}  {label}"
+        name = top["display_name"]
+        if row["unknown"]:
+            self._unknowns += 1
+            name = f"unknown, not likely enough (closest: {name})"
+        return f"{path:<{self.path_width}}  {wording.chance(top['score']):>6}  {name}"
 
 
 def _cut_torn_tail(path: Path) -> bytes:

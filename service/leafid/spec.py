@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -22,6 +23,20 @@ INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
 INPUT_FORMATS = ("uint8_nhwc", "float32_nchw")
 
 
+def display_name(scientific_name: str, common_name: str) -> str:
+    """A class's name for people: ``Scientific name (common name)``.
+
+    The common name is left out when the scientific name's note already gives it
+    (``Quercus (genus; oak)``, not ``Quercus (genus; oak) (oak)``); one of several
+    common names (``linden / lime``) in the note counts.
+    """
+    note = scientific_name.partition("(")[2].lower()
+    names = [n.strip().lower() for n in re.split(r"[/,]", common_name)]
+    if not common_name.strip() or any(n and n in note for n in names):
+        return scientific_name
+    return f"{scientific_name} ({common_name})"
+
+
 @dataclass(frozen=True)
 class ClassInfo:
     """One output class of the model."""
@@ -29,6 +44,11 @@ class ClassInfo:
     slug: str
     scientific_name: str
     common_name: str
+
+    @property
+    def display_name(self) -> str:
+        """The class's name for people (see :func:`display_name`)."""
+        return display_name(self.scientific_name, self.common_name)
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,7 @@ def test_classify_paths_keeps_order_and_batches(tiny_model: Path, photo_dir: Pat
     by_name = {Path(r["path"]).name: r for r in rows}
     assert by_name["rubra.jpg"]["best_match"] == "rubra"
     assert by_name["grey.png"]["unknown"] is True
-    assert by_name["missing.jpg"]["error"]["type"] == "bad_image"
+    assert by_name["missing.jpg"]["error"]["type"] == "not_found"
     assert (summary.total, summary.ok, summary.unknown, summary.failed) == (5, 4, 1, 1)
 
 

@@ -8,6 +8,7 @@ from leafid.classifier import Classifier, in_place, make_session, softmax
 from leafid.errors import (
     BadImageError,
     ImageError,
+    ImageNotFoundError,
     InvalidModelError,
     InvalidRequestError,
     ModelNotFoundError,
@@ -16,7 +17,7 @@ from leafid.errors import (
 )
 from leafid.images import ImageLimits
 from leafid.paths import default_model_path, shipped_model_candidates
-from leafid.results import CAVEAT, Prediction
+from leafid.results import CAVEAT, LOW_SCORE, PHOTOS_DISAGREE, Prediction
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +100,7 @@ def _jpeg(slug, seed=0):
         (b"", BadImageError),
         (b"just some text", UnsupportedTypeError),
         (encode(noisy((200, 30, 30), (64, 48)))[:300], BadImageError),
-        (None, BadImageError),
+        (None, ImageNotFoundError),
     ],
     ids=["zero-byte", "text", "truncated", "missing-file"],
 )
@@ -140,7 +141,7 @@ def test_classify_images_keeps_order_and_failures_in_place(clf, tmp_path, odd_im
     got = clf.classify_images(images, top_k=2)
     assert [type(item) for item in got] == [
         Prediction,
-        BadImageError,
+        ImageNotFoundError,
         UnsupportedTypeError,
         BadImageError,
         Prediction,
@@ -203,6 +204,27 @@ def test_identify_fuses_the_usable_photos_and_flags_the_others(clf):
     own = clf.classify_arrays(good, top_k=2)
     assert found.images == (own[0], loaded[1], own[1], loaded[3])
     assert type(found.images[1]) is UnsupportedTypeError
+
+
+def test_identify_flags_photos_that_look_like_different_plants(clf):
+    datas = [_jpeg("rubra", 1), _jpeg("viridis", 2), _jpeg("rubra", 3), b"text"]
+    loaded = [clf.try_load(d) for d in datas]
+    found = clf.identify_loaded(loaded, ["r1.jpg", "v.jpg", "r2.jpg", "t.jpg"], top_k=2)
+    assert found.fused.unknown and found.fused.best_match is None
+    assert found.fused.reason_code == PHOTOS_DISAGREE
+    assert "these photos look like different plants" in (found.fused.reason or "")
+    picks = [(p.index, p.photo, p.candidate.slug) for p in found.disagreement]
+    assert picks == [(0, "r1.jpg", "rubra"), (1, "v.jpg", "viridis"), (2, "r2.jpg", "rubra")]
+    assert found.to_dict()["disagreement"][1]["photo"] == "v.jpg"
+
+
+def test_an_unsure_photo_is_no_disagreement(clf):
+    # grey is unknown on its own (under the threshold): it does not count against red
+    datas = [_jpeg("rubra", 1), encode(solid((128, 128, 128)))]
+    found = clf.identify_loaded([clf.try_load(d) for d in datas], ["r.jpg", "grey.jpg"])
+    assert found.images[1].unknown and found.images[1].reason_code == LOW_SCORE
+    assert found.disagreement == () and found.to_dict()["disagreement"] is None
+    assert found.fused.reason_code != PHOTOS_DISAGREE
 
 
 def test_identify_with_no_usable_photo_fails_with_the_first_error(clf):

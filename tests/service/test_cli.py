@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import leafid.cli as cli
-from conftest import encode, noisy
+from conftest import encode, make_tiny_model, noisy, tiny_spec
 from leafid.classifier import Classifier
 from leafid.cli import main
 from leafid.errors import MissingExtraError
@@ -122,6 +122,24 @@ def test_classify_csv(tiny_model: Path, photo_dir: Path, capsys: Capsys) -> None
     assert "top3_score" in records[0]
 
 
+def test_top_k_over_the_number_of_classes_is_capped(
+    tiny_model: Path, photo_dir: Path, capsys: Capsys
+) -> None:
+    args = ["classify", str(photo_dir), "--model", str(tiny_model), "--format", "csv"]
+    assert main([*args, "--top-k", "100"]) == 0
+    captured = capsys.readouterr()
+    header = next(csv.reader(io.StringIO(captured.out)))
+    assert "top3_score" in header and "top4_slug" not in header  # no empty column groups
+    assert "--top-k 100 is more than the model's 3 classes; using 3" in captured.err
+    photo = str(photo_dir / "rubra.jpg")
+    assert (
+        main(["identify", photo, "--model", str(tiny_model), "--top-k", "9", "--format", "json"])
+        == 0
+    )
+    captured = capsys.readouterr()
+    assert len(json.loads(captured.out)["results"]) == 3 and "using 3" in captured.err
+
+
 def test_classify_table_has_caveat(tiny_model: Path, photo_dir: Path, capsys: Capsys) -> None:
     assert main(["classify", str(photo_dir), "--model", str(tiny_model), "--format", "table"]) == 0
     out = capsys.readouterr().out
@@ -174,10 +192,12 @@ def test_bad_files_become_error_rows_and_exit_1(
         "truncated.jpg": "bad_image",
         "text.jpg": "unsupported_type",
         "empty.jpg": "bad_image",
-        "nope.jpg": "bad_image",
+        "nope.jpg": "not_found",
     }
     good = {k: v for k, v in _best(rows).items() if k not in errors}
     assert good == EXPECTED
+    # error rows carry the caveat and model version like every other row
+    assert all(r["caveat"] == CAVEAT and r["model_version"] == "0.0.1-test" for r in rows)
     assert "3 failed" not in captured.err and "4 failed" in captured.err
 
 
@@ -245,6 +265,19 @@ def test_no_images_found_exits_2(tiny_model: Path, tmp_path: Path, capsys: Capsy
     (tmp_path / "notes.txt").write_text("x")
     assert main(["classify", str(tmp_path), "--model", str(tiny_model)]) == 2
     assert "no images found" in capsys.readouterr().err
+
+
+def test_a_folder_with_images_only_in_sub_folders_suggests_r(
+    tiny_model: Path, photo_dir: Path, tmp_path: Path, capsys: Capsys
+) -> None:
+    top = tmp_path / "top"
+    (top / "oak").mkdir(parents=True)
+    (photo_dir / "rubra.jpg").rename(top / "oak" / "rubra.jpg")
+    assert main(["classify", str(top), "--model", str(tiny_model)]) == 2
+    err = capsys.readouterr().err
+    assert "its sub-folders have some: add -r (--recursive)" in err and "no images found" in err
+    assert main(["classify", "-r", str(top), "--model", str(tiny_model), "--format", "jsonl"]) == 0
+    assert _best(_jsonl(capsys.readouterr().out)) == {"rubra.jpg": "rubra"}
 
 
 def test_no_command_exits_2(capsys: Capsys) -> None:
@@ -394,6 +427,33 @@ def test_identify_fuses_photos(tiny_model: Path, photo_dir: Path, capsys: Capsys
     assert result["results"] == fused["results"] != single["results"]
 
 
+def test_identify_takes_a_folders_photos(tiny_model: Path, tmp_path: Path, capsys: Capsys) -> None:
+    plant = tmp_path / "plant"
+    plant.mkdir()
+    for seed in (1, 2):
+        noisy((150, 60, 60), seed=seed).save(plant / f"leaf{seed}.jpg", quality=90)
+    (plant / "notes.txt").write_text("not a photo")
+    assert main(["identify", str(plant), "--model", str(tiny_model), "--format", "json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["best_match"] == "rubra"
+    assert result["paths"] == [str(plant / "leaf1.jpg"), str(plant / "leaf2.jpg")]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["identify", str(empty), "--model", str(tiny_model)]) == 2
+    assert "no images found" in capsys.readouterr().err
+
+
+def test_identify_names_a_missing_photo_not_found(
+    tiny_model: Path, photo_dir: Path, capsys: Capsys
+) -> None:
+    files = [str(photo_dir / "rubra.jpg"), str(photo_dir / "nope.jpg")]
+    assert main(["identify", *files, "--model", str(tiny_model), "--format", "json"]) == 1
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert [e["error"]["type"] for e in result["errors"]] == ["not_found"]
+    assert f"{files[1]}: file not found" in captured.err
+
+
 def test_identify_reports_bad_images_and_uses_the_rest(
     tiny_model: Path, photo_dir: Path, capsys: Capsys
 ) -> None:
@@ -420,7 +480,14 @@ def test_identify_answers_from_the_good_photos_and_flags_the_bad_one(
     result = json.loads(capsys.readouterr().out)
     assert main(["identify", *good, "--model", str(tiny_model), "--format", "json"]) == 0
     alone = json.loads(capsys.readouterr().out)
-    assert result["errors"] == [{"path": files[1], "error": {"type": "bad_image", "message": ANY}}]
+    assert result["errors"] == [
+        {
+            "path": files[1],
+            "error": {"type": "bad_image", "message": ANY},
+            "caveat": CAVEAT,
+            "model_version": "0.0.1-test",
+        }
+    ]
     assert {k: v for k, v in result.items() if k != "errors"} == {
         k: v for k, v in alone.items() if k != "errors"
     }
@@ -440,6 +507,7 @@ def test_identify_all_bad_exits_1(tiny_model: Path, photo_dir: Path, capsys: Cap
         "message": f"{files[0]}: not a recognised image file",
     }
     assert result["paths"] == [] and "best_match" not in result
+    assert result["caveat"] == CAVEAT and result["model_version"] == "0.0.1-test"
     assert [e["error"]["type"] for e in result["errors"]] == ["unsupported_type", "bad_image"]
 
 
@@ -459,6 +527,35 @@ def test_identify_table(tiny_model: Path, photo_dir: Path, capsys: Capsys) -> No
     )
     out = capsys.readouterr().out
     assert "Best match: Planta caerulea (blue plant)" in out and CAVEAT in out
+    assert "likely (calibrated)" in out
+
+
+def test_identify_table_names_photos_that_disagree_and_what_to_do(
+    tiny_model: Path, photo_dir: Path, capsys: Capsys
+) -> None:
+    files = [str(photo_dir / "rubra.jpg"), str(photo_dir / "viridis.jpg")]
+    args = ["identify", *files, "--model", str(tiny_model)]
+    assert main([*args, "--format", "table"]) == 0
+    out = capsys.readouterr().out
+    assert "Unknown: these photos look like different plants." in out
+    assert f"  {files[0]}: Planta rubra (red plant), " in out
+    assert f"  {files[1]}: Planta viridis (green plant), " in out
+    assert "one plant at a time" in out
+    assert main([*args, "--format", "json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["reason_code"] == "photos_disagree"
+    assert [p["photo"] for p in result["disagreement"]] == files
+
+
+def test_identify_table_explains_unknown_without_machine_terms(
+    tiny_model: Path, photo_dir: Path, capsys: Capsys
+) -> None:
+    grey = str(photo_dir / "grey.png")
+    assert main(["identify", grey, "--model", str(tiny_model), "--format", "table"]) == 0
+    out = capsys.readouterr().out
+    assert "Unknown: no species is likely enough to name" in out
+    assert "retake it closer" in out and "leafid info lists them" in out
+    assert "threshold" not in out
 
 
 # --- info -------------------------------------------------------------------------------
@@ -479,8 +576,31 @@ def test_info_text(tiny_model: Path, capsys: Capsys) -> None:
         assert text in out
 
 
-def test_info_json(tiny_model: Path, capsys: Capsys) -> None:
-    assert main(["info", "--model", str(tiny_model), "--format", "json"]) == 0
+def test_info_summarises_metrics_in_a_table(tmp_path: Path, capsys: Capsys) -> None:
+    test = {
+        "images": 20,
+        "top1": 0.95,
+        "top5": 1.0,
+        "unknown_rate": 0.1,
+        "ece": 0.021,
+        "per_dataset": {"setA": {"images": 20, "top1": 0.95, "top5": 1.0, "unknown_rate": 0.1}},
+        "ood": {"images": 8, "rejected": 0.875, "auroc": 0.9321},
+    }
+    model = make_tiny_model(tmp_path / "m.onnx", tiny_spec(metrics={"test": test}))
+    assert main(["info", "--model", str(model)]) == 0
+    out = capsys.readouterr().out
+    assert "when the best match is under 50% likely (threshold 0.5)" in out
+    assert "calibrated chances" in out
+    lines = out.splitlines()
+    assert any(line.split() == ["setA", "20", "95.0%", "100.0%", "10.0%"] for line in lines)
+    assert "Non-leaf photos rejected: 87.5% of 8 (AUROC 0.932)" in out
+    assert "Calibration error (ECE): 2.1%" in out
+    assert "{" not in out  # no raw JSON
+
+
+@pytest.mark.parametrize("flag", [["--json"], ["--format", "json"]])
+def test_info_json(tiny_model: Path, capsys: Capsys, flag: list[str]) -> None:
+    assert main(["info", "--model", str(tiny_model), *flag]) == 0
     info = json.loads(capsys.readouterr().out)
     assert [c["slug"] for c in info["classes"]] == ["rubra", "viridis", "caerulea"]
     assert info["unknown_threshold"] == 0.5 and info["input_size"] == 32

@@ -119,9 +119,29 @@ def test_identify_answers_from_the_good_photos_and_flags_the_bad_one(client: Tes
     assert body["images"][1] == {
         "filename": "bad.jpg",
         "error": {"type": "unsupported_type", "message": "not a recognised image file"},
+        "caveat": CAVEAT,
+        "model_version": body["model"]["version"],
     }
     assert [body["images"][0], body["images"][2]] == alone["images"]
     assert "leafid_images_classified_total 4.0" in client.get("/metrics").text  # 2 + 2 used
+
+
+def test_identify_says_when_the_photos_look_like_different_plants(client: TestClient) -> None:
+    r = client.post(
+        "/v1/identify", files=files(("r.jpg", jpeg("rubra")), ("v.jpg", jpeg("viridis")))
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["unknown"] is True and body["best_match"] is None
+    assert body["reason_code"] == "photos_disagree"
+    assert [(p["index"], p["photo"], p["slug"]) for p in body["disagreement"]] == [
+        (0, "r.jpg", "rubra"),
+        (1, "v.jpg", "viridis"),
+    ]
+    # each photo's own answer is still there
+    assert [i["best_match"] for i in body["images"]] == ["rubra", "viridis"]
+    same = client.post("/v1/identify", files=files(("a.jpg", jpeg("rubra")))).json()
+    assert same["disagreement"] is None and same["reason_code"] is None
 
 
 def test_identify_with_no_usable_photo_is_the_first_photos_error(client: TestClient) -> None:
@@ -171,6 +191,7 @@ def test_species_and_model(client: TestClient, clf: Classifier) -> None:
         "slug": clf.spec.classes[0].slug,
         "scientific_name": clf.spec.classes[0].scientific_name,
         "common_name": clf.spec.classes[0].common_name,
+        "display_name": "Planta rubra (red plant)",
     }
     model = client.get("/v1/model").json()
     assert model["name"] == clf.spec.model_name

@@ -96,6 +96,8 @@ def test_identify_in_the_browser(server: str, page: Any, tmp_path: Path) -> None
     page.wait_for_selector("#result:not([hidden])", timeout=10_000)
     assert page.locator("#result-title").inner_text() == "Planta caerulea"
     assert "blue plant" in page.locator("#result-names").inner_text()
+    assert "likely (calibrated)" in page.locator("#result-score").inner_text()
+    assert page.locator("#per-photo-box").is_hidden()  # one photo: its answer is the answer
     width = page.eval_on_selector("#result-bar", "e => parseFloat(e.style.width)")
     assert 50 <= width <= 100
     assert page.locator("#candidates li").count() == 2
@@ -112,7 +114,14 @@ def test_unknown_and_errors_in_the_browser(server: str, page: Any, tmp_path: Pat
     page.click("#submit")
     page.wait_for_selector("#result:not([hidden])", timeout=10_000)
     assert "Unknown" in page.locator("#result-title").inner_text()
-    assert "threshold" in page.locator("#result-reason").inner_text()
+    reason = page.locator("#result-reason").inner_text()
+    assert "No species is likely enough to name" in reason and "likely (calibrated)" in reason
+    assert "retake it closer, on a plain background" in reason
+    assert "threshold" not in reason
+    # the species list is one click away (loaded from /v1/species)
+    page.click("#species-box summary")
+    page.wait_for_selector("#species li")
+    assert "Planta rubra (red plant)" in page.locator("#species").inner_text()
 
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"I am text, not a photo")
@@ -163,3 +172,28 @@ def test_a_photo_that_cannot_be_used_is_named_beside_the_answer(
     assert "1 photo(s) used" in meta
     assert "skipped broken.jpg: not a recognised image file" in meta
     assert page.locator("#error").is_hidden()
+
+
+def test_each_photos_answer_is_shown_and_disagreement_named(
+    server: str, page: Any, tmp_path: Path
+) -> None:
+    page.goto(server + "/")
+    photos = []
+    for slug in ("rubra", "caerulea"):
+        photos.append(tmp_path / f"{slug}.jpg")
+        photos[-1].write_bytes(encode(noisy(TINY_COLOURS[slug], size=(160, 120))))
+    page.set_input_files("#file-input", [str(p) for p in photos])
+    page.wait_for_selector("#previews img")
+    page.click("#submit")
+    page.wait_for_selector("#result:not([hidden])", timeout=10_000)
+    assert "different plants" in page.locator("#result-title").inner_text()
+    reason = page.locator("#result-reason").inner_text()
+    assert "rubra.jpg: Planta rubra (red plant)" in reason
+    assert "caerulea.jpg: Planta caerulea (blue plant)" in reason
+    assert "one plant at a time" in reason
+    assert page.locator("#per-photo-box").is_visible()
+    per_photo = page.locator("#per-photo li").all_inner_texts()
+    assert len(per_photo) == 2
+    assert per_photo[0].startswith("rubra.jpg: Planta rubra (red plant), ")
+    assert "likely (calibrated)" in per_photo[1]
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from conftest import encode, noisy, solid
-from leafid.errors import BadImageError, TooLargeError, UnsupportedTypeError
+from leafid.errors import BadImageError, ImageNotFoundError, TooLargeError, UnsupportedTypeError
 from leafid.images import ImageLimits, decode, read_bytes
 
 LIMITS = ImageLimits()
@@ -138,7 +138,7 @@ def test_byte_limit():
 
 
 def test_read_bytes_errors(tmp_path):
-    with pytest.raises(BadImageError, match="cannot read"):
+    with pytest.raises(ImageNotFoundError, match="file not found"):
         read_bytes(tmp_path / "missing.jpg", LIMITS)
     with pytest.raises(BadImageError):
         read_bytes(tmp_path, LIMITS)  # a directory

@@ -30,7 +30,7 @@ def _pred(slug: str = "rubra", score: float = 0.9, unknown: bool = False) -> Pre
 ROWS = [
     success_row("a.jpg", _pred()),
     success_row("b,with comma.jpg", _pred("viridis", 0.3, unknown=True)),
-    error_row("c.jpg", BadImageError("cannot decode image:\nline two")),
+    error_row("c.jpg", BadImageError("cannot decode image:\nline two"), "1.2.3"),
 ]
 
 
@@ -53,6 +53,8 @@ def test_rows_follow_the_shared_schema() -> None:
     assert ROWS[2] == {
         "path": "c.jpg",
         "error": {"type": "bad_image", "message": "cannot decode image:\nline two"},
+        "caveat": CAVEAT,
+        "model_version": "1.2.3",
     }
 
 
@@ -87,7 +89,7 @@ def test_csv_is_flat_one_line_per_record_and_carries_caveat() -> None:
 
 
 def test_csv_pads_missing_candidates() -> None:
-    cells = flatten(ROWS[0], 4, "1.2.3")
+    cells = flatten(ROWS[0], 4)
     assert len(cells) == len(csv_header(4))
 
 
@@ -96,6 +98,20 @@ def test_table_is_readable_with_caveat_footer() -> None:
     assert "Planta rubra (rubra plant)" in text
     assert "unknown" in text.splitlines()[2]
     assert "error (bad_image)" in text
+
+
+def test_table_gives_the_score_as_a_chance_and_next_steps_for_unknown() -> None:
+    lines = _write("table").splitlines()
+    assert lines[0].split() == ["PATH", "LIKELY", "BEST", "MATCH"]
+    assert lines[1].split()[:2] == ["a.jpg", "90%"]
+    assert "30%" in lines[2] and "0.30" not in lines[2]
+    text = "\n".join(lines)
+    assert "calibrated chance" in text
+    assert "retake it closer, on a plain background" in text and "leafid info" in text
+    assert "threshold" not in text
+    # no unknown answer, no advice about unknown answers
+    alone = _write("table", ROWS[:1])
+    assert "retake" not in alone and "calibrated chance" in alone
     assert CAVEAT in text
     assert text.splitlines()[0].startswith("PATH")
 

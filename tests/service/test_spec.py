@@ -4,7 +4,8 @@ import pytest
 
 from conftest import TINY_CLASSES, tiny_spec
 from leafid.errors import InvalidModelError
-from leafid.spec import ClassInfo, ModelSpec
+from leafid.results import Candidate
+from leafid.spec import ClassInfo, ModelSpec, display_name
 
 
 def test_json_round_trip_keeps_every_field():
@@ -65,3 +66,20 @@ def test_spec_is_frozen():
     with pytest.raises(AttributeError):
         spec.temperature = 2.0  # type: ignore[misc]
     assert isinstance(spec.classes[0], ClassInfo)
+
+
+@pytest.mark.parametrize(
+    ("scientific", "common", "shown"),
+    [
+        ("Planta rubra", "red plant", "Planta rubra (red plant)"),
+        ("Quercus (genus; oak)", "oak", "Quercus (genus; oak)"),
+        ("Tilia (genus; linden)", "linden / lime", "Tilia (genus; linden)"),
+        # a common name that is part of the binomial itself is still worth showing
+        ("Ginkgo biloba", "ginkgo, maidenhair tree", "Ginkgo biloba (ginkgo, maidenhair tree)"),
+        ("Planta sine nomine", "", "Planta sine nomine"),
+    ],
+)
+def test_display_name_does_not_repeat_a_name(scientific: str, common: str, shown: str) -> None:
+    assert display_name(scientific, common) == shown
+    assert ClassInfo("x", scientific, common).display_name == shown
+    assert Candidate("x", scientific, common, 0.5).to_dict()["display_name"] == shown

@@ -60,7 +60,7 @@ from leafid.http.server import STATE_KEY, ConnectionLimits, accept_errors_summar
 from leafid.http.settings import Settings
 from leafid.http.uploads import FIELD, Upload, Uploads, read_uploads
 from leafid.images import ImageLimits
-from leafid.results import CAVEAT, Identification, Prediction, error_dict
+from leafid.results import CAVEAT, Identification, Prediction, error_item
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -256,10 +256,12 @@ def _classify_work(
     return answers, decoded - start, time.perf_counter() - decoded
 
 
-def _image_item(upload: Upload, answer: Prediction | ImageError) -> dict[str, Any]:
+def _image_item(
+    upload: Upload, answer: Prediction | ImageError, model_version: str
+) -> dict[str, Any]:
     """One photo's item of an answer: its own prediction, or why it could not be used."""
     if isinstance(answer, ImageError):
-        return {"filename": upload.filename, "error": error_dict(answer)}
+        return {"filename": upload.filename, **error_item(answer, model_version)}
     return {"filename": upload.filename, **answer.to_dict()}
 
 
@@ -396,14 +398,19 @@ def _add_routes(app: FastAPI) -> None:
         metrics.images.inc(sum(isinstance(a, Prediction) for a in identified.images))
         if identified.fused.unknown:
             metrics.unknown.inc()
-        fused_dict = identified.fused.to_dict()
+        answer = identified.to_dict()
         return {
             "model": _model_ref(classifier),
-            "best_match": fused_dict["best_match"],
-            "unknown": fused_dict["unknown"],
-            "reason": fused_dict["reason"],
-            "results": fused_dict["results"],
-            "images": [_image_item(u, a) for u, a in zip(photos, identified.images, strict=True)],
+            "best_match": answer["best_match"],
+            "unknown": answer["unknown"],
+            "reason": answer["reason"],
+            "reason_code": answer["reason_code"],
+            "disagreement": answer["disagreement"],
+            "results": answer["results"],
+            "images": [
+                _image_item(u, a, classifier.model_version)
+                for u, a in zip(photos, identified.images, strict=True)
+            ],
             "timing": {
                 "decode_ms": _ms(decode_s),
                 "inference_ms": _ms(infer_s),
@@ -452,7 +459,10 @@ def _add_routes(app: FastAPI) -> None:
                     metrics.unknown.inc()
         return {
             "model": _model_ref(classifier),
-            "results": [_image_item(u, a) for u, a in zip(photos, items, strict=True)],
+            "results": [
+                _image_item(u, a, classifier.model_version)
+                for u, a in zip(photos, items, strict=True)
+            ],
             "timing": {
                 "decode_ms": _ms(decode_s),
                 "inference_ms": _ms(infer_s),
@@ -470,6 +480,7 @@ def _add_routes(app: FastAPI) -> None:
                 "slug": c.slug,
                 "scientific_name": c.scientific_name,
                 "common_name": c.common_name,
+                "display_name": c.display_name,
             }
             for i, c in enumerate(classifier.spec.classes)
         ]

@@ -17,7 +17,15 @@ class CandidateOut(BaseModel):
     slug: str
     scientific_name: str
     common_name: str
+    display_name: str
     score: float
+
+
+class PhotoPickOut(CandidateOut):
+    """One photo's own confident answer, listed when the photos disagree."""
+
+    index: int
+    photo: str
 
 
 class PredictionOut(BaseModel):
@@ -26,6 +34,7 @@ class PredictionOut(BaseModel):
     best_match: str | None
     unknown: bool
     reason: str | None
+    reason_code: str | None
     results: list[CandidateOut]
     caveat: str
     model_version: str
@@ -49,6 +58,8 @@ class ImageErrorOut(BaseModel):
 
     filename: str
     error: ErrorItem
+    caveat: str
+    model_version: str
 
 
 class ModelRef(BaseModel):
@@ -73,6 +84,8 @@ class IdentifyOut(BaseModel):
     best_match: str | None
     unknown: bool
     reason: str | None
+    reason_code: str | None
+    disagreement: list[PhotoPickOut] | None
     results: list[CandidateOut]
     images: list[ImagePredictionOut | ImageErrorOut]
     timing: Timing
@@ -95,6 +108,7 @@ class SpeciesOut(BaseModel):
     slug: str
     scientific_name: str
     common_name: str
+    display_name: str
 
 
 class ModelOut(BaseModel):

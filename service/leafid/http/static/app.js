@@ -18,8 +18,69 @@
   let files = [];
   let urls = [];
 
+  // Scores are calibrated probabilities; they are worded as leafid.wording words them.
   function percent(score) {
-    return (score * 100).toFixed(1) + " %";
+    if (score < 0.005) return "<1%";
+    if (score >= 0.995) return ">99%";
+    return Math.round(score * 100) + "%";
+  }
+
+  function likely(score) {
+    const p = percent(score);
+    if (p[0] === "<") return "under " + p.slice(1) + " likely (calibrated)";
+    if (p[0] === ">") return "over " + p.slice(1) + " likely (calibrated)";
+    return "about " + p + " likely (calibrated)";
+  }
+
+  function textItem(text) {
+    const li = document.createElement("li");
+    li.textContent = text;
+    return li;
+  }
+
+  const RETAKE = "The photo may not show a leaf clearly: retake it closer, on a plain " +
+    "background, with a single leaf filling the frame.";
+  const NOT_LISTED = "Or the species may not be one this service knows (the list is below).";
+  const ONE_PLANT = "Send photos of one plant at a time.";
+
+  async function loadSpecies() {
+    const list = $("species");
+    if (list.childElementCount > 0) return;
+    const headers = {};
+    const key = $("api-key").value.trim();
+    if (key) headers["X-API-Key"] = key;
+    try {
+      const response = await fetch("/v1/species", { headers });
+      if (!response.ok) {
+        list.replaceChildren(textItem(await errorText(response)));
+        return;
+      }
+      const species = await response.json();
+      list.replaceChildren(...species.map((s) => textItem(s.display_name)));
+    } catch (e) {
+      list.replaceChildren(textItem("Could not reach the service: " + e.message));
+    }
+  }
+
+  function showUnknown(data) {
+    const top = data.results[0];
+    const disagree = data.reason_code === "photos_disagree";
+    $("reason-text").textContent = disagree
+      ? "These photos look like different plants:"
+      : "No species is likely enough to name. The closest, " + top.display_name + ", is " +
+        likely(top.score) + ".";
+    $("disagreement").replaceChildren(...(data.disagreement || []).map((p) =>
+      textItem(p.photo + ": " + p.display_name + ", " + likely(p.score))));
+    $("next-steps").replaceChildren(
+      ...(disagree ? [ONE_PLANT] : [RETAKE, NOT_LISTED]).map(textItem));
+    $("species-box").hidden = disagree;
+  }
+
+  function perPhotoText(im) {
+    if (im.error) return im.filename + ": could not be used (" + im.error.message + ")";
+    const top = im.results[0];
+    return im.filename + ": " + (im.unknown ? "unknown (closest: " + top.display_name + ", " +
+      likely(top.score) + ")" : top.display_name + ", " + likely(top.score));
   }
 
   function showError(text) {
@@ -69,32 +130,35 @@
 
   function candidateItem(c) {
     const li = document.createElement("li");
-    const sci = document.createElement("span");
-    sci.className = "sci";
-    sci.textContent = c.scientific_name;
-    const rest = document.createElement("span");
-    rest.textContent = " (" + c.common_name + ") ";
+    const name = document.createElement("span");
+    name.className = "sci";
+    name.textContent = c.display_name + " ";
     const pct = document.createElement("span");
     pct.className = "pct";
-    pct.textContent = percent(c.score);
-    li.append(sci, rest, pct);
+    pct.textContent = likely(c.score);
+    li.append(name, pct);
     return li;
   }
 
   function showResult(data) {
     const top = data.results[0];
     result.classList.toggle("unknown", data.unknown);
-    $("result-title").textContent = data.unknown ? "Unknown — no confident match" : top.scientific_name;
+    const disagree = data.reason_code === "photos_disagree";
+    $("result-title").textContent = !data.unknown ? top.scientific_name
+      : disagree ? "Unknown — these photos look like different plants"
+        : "Unknown — no confident match";
     $("result-names").textContent = data.unknown
-      ? "Closest candidate: " + top.scientific_name + " (" + top.common_name + ")"
+      ? "Closest candidate: " + top.display_name
       : top.common_name;
     $("result-bar").style.width = Math.round(top.score * 100) + "%";
-    $("result-score").textContent = "Score " + percent(top.score);
-    const reason = $("result-reason");
-    reason.hidden = !data.unknown;
-    reason.textContent = data.unknown ? "Why unknown: " + (data.reason || "score too low") : "";
+    $("result-score").textContent = data.unknown ? "" : "This is " + likely(top.score) + ".";
+    $("result-reason").hidden = !data.unknown;
+    if (data.unknown) showUnknown(data);
     const list = $("candidates");
     list.replaceChildren(...data.results.slice(1).map(candidateItem));
+    // each photo's own answer, when there is more than one photo
+    $("per-photo-box").hidden = data.images.length < 2;
+    $("per-photo").replaceChildren(...data.images.map((im) => textItem(perPhotoText(im))));
     // a photo that could not be used has an error item in data.images: say which
     const skipped = data.images.filter((im) => im.error);
     const used = data.images.length - skipped.length;
@@ -157,6 +221,9 @@
     result.hidden = true;
   });
   form.addEventListener("submit", identify);
+  $("species-box").addEventListener("toggle", () => {
+    if ($("species-box").open) loadSpecies();
+  });
   for (const name of ["dragenter", "dragover"]) {
     dropZone.addEventListener(name, (e) => {
       e.preventDefault();
