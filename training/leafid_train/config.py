@@ -11,6 +11,7 @@ from typing import Any
 
 from leafid.argtypes import fraction, int_at_least, non_negative_float, positive_float
 from leafid.errors import InvalidRequestError
+from leafid_train.precheck import MIN_TRAIN_IMAGES
 
 DEFAULT_OOD_SPLIT = (0.0, 0.5, 0.5)
 """Train / val / test fractions of OOD roots unless a run asks otherwise: no train part."""
@@ -91,6 +92,8 @@ class TrainConfig:
             to an uninterrupted one (the CUDA random state is not checkpointed).
         cache_dir: Optional folder for decoded-image ``.npy`` files.
         verify: Check each root against its manifest in ``datasets/``.
+        strict: Stop with an error where the checks before training
+            (:mod:`~leafid_train.precheck`) only warn.
         keep_fraction: Share of correct val answers the unknown threshold keeps.
         outlier_exposure: Weight of the outlier-exposure loss on the OOD roots' train
             images (:mod:`~leafid_train.outlier_exposure`; 0 = off).
@@ -225,6 +228,14 @@ class TrainConfig:
     verify: bool = field(
         default=True,
         metadata=option("do not check roots against datasets/ manifests", flag="--no-verify"),
+    )
+    strict: bool = field(
+        default=False,
+        metadata=option(
+            "stop with an error, not a warning, when the checks before training find the "
+            f"same image under two labels, a class with fewer than {MIN_TRAIN_IMAGES} "
+            "training images, or no --ood root"
+        ),
     )
     keep_fraction: float = field(
         default=0.95,
