@@ -104,7 +104,8 @@ class TrainConfig:
         answered_right: Coverage rule: least share of answered val leaf photos that are right.
         reject: Coverage rule: ``ROOT=FRACTION`` items, the least share of OOD root ROOT's
             val photos answered unknown.
-        model_version: Version string written into the exported spec.
+        model_version: Version string written into the model's spec; None: derived from
+            the run (:meth:`TrainConfig.resolved_model_version`).
     """
 
     data: list[str] = field(
@@ -282,7 +283,14 @@ class TrainConfig:
             metavar="ROOT=FRACTION",
         ),
     )
-    model_version: str = field(default="0.1.0", metadata=option())
+    model_version: str | None = field(
+        default=None,
+        metadata=option(
+            "version written into the model (default: 0.0.0+RUN, RUN the run folder's name, "
+            "which sorts before every released version)",
+            metavar="VERSION",
+        ),
+    )
 
     def __post_init__(self) -> None:
         self.split = tuple(float(v) for v in self.split)  # type: ignore[assignment]
@@ -319,6 +327,18 @@ class TrainConfig:
             problems.append(str(exc))
         if problems:
             raise InvalidRequestError("invalid training config: " + "; ".join(problems))
+
+    def resolved_model_version(self) -> str:
+        """The version the run's model carries: ``model_version``, else ``0.0.0+RUN``.
+
+        RUN is the run folder's name in the characters a local version allows (letters,
+        digits, dots), so that a retrained model never looks newer than a released one
+        and still says which run made it.
+        """
+        if self.model_version:
+            return self.model_version
+        run = re.sub(r"[^0-9A-Za-z]+", ".", Path(self.out).name).strip(".")
+        return f"0.0.0+{run or 'dev'}"
 
     def oversample_factors(self) -> dict[str, int]:
         """``oversample`` as {root name: times per epoch}.

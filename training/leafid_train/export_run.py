@@ -175,7 +175,7 @@ def export_run(
     model, base = load_best(run.best, cfg)
     spec = run_spec(
         base,
-        cfg.model_version if model_version is None else model_version,
+        cfg.resolved_model_version() if model_version is None else model_version,
         run.load_calibration(),
         run.eval.load_metrics(),
         run.load_summary()["training_data"],
