@@ -63,7 +63,11 @@ def test_card_names_the_model_as_its_spec_does(tmp_path: Path) -> None:
 def test_card_leaves_out_the_version_option_when_it_is_the_runs(tmp_path: Path) -> None:
     model = make_tiny_model(
         tmp_path / "m.onnx",
-        tiny_spec(model_version=TrainConfig(data=["setA"], out="x").model_version),
+        tiny_spec(
+            model_version=TrainConfig(
+                data=["setA"], out=str(tmp_path / "run")
+            ).resolved_model_version()
+        ),
     )
     _fake_run(tmp_path / "run", model)
     assert "--model-version" not in render_card(tmp_path / "run").split("## Reproduce")[1]

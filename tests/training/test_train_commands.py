@@ -160,6 +160,7 @@ def test_cli_train_own_species_export_evaluate_card(
     assert rc == 0
     card = (tmp_path / "card" / "MODEL_CARD.md").read_text()
     assert CAVEAT in card
+    assert card.startswith("# Model card: leafid-test-efficientnet 0.0.0+run\n")  # the run's
     assert "| my_photos |" in card and "mitragyna_speciosa" in card
     assert "leafid train --data setA --data ./my_photos --ood ./nonleaf --out run" in card
     assert "--arch test_efficientnet" in card and "Test results: fp32 model (test split" in card

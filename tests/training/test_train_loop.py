@@ -16,7 +16,7 @@ import torch  # noqa: E402
 from leafid.classifier import Classifier  # noqa: E402
 from leafid.errors import InvalidRequestError, ModelError  # noqa: E402
 from leafid.spec import ClassInfo, ModelSpec  # noqa: E402
-from leafid_train import train  # noqa: E402
+from leafid_train import progress, train  # noqa: E402
 from leafid_train.backbone import PRETRAINED_MEAN, PRETRAINED_STD  # noqa: E402
 from leafid_train.calibrate import calibration_report  # noqa: E402
 from leafid_train.checkpoint import load_best  # noqa: E402
@@ -258,6 +258,18 @@ def test_head_only_epoch_changes_only_the_head(tmp_path: Path) -> None:
     after = model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed == {"backbone.classifier.weight", "backbone.classifier.bias"}
+
+
+def test_training_without_a_terminal_logs_its_progress_inside_epochs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(progress, "LINE_INTERVAL_S", 0.0)
+    run_training(tiny_config(tmp_path, epochs=1, head_epochs=0))
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("epoch 1: step ")]
+    assert lines and lines[0].startswith("epoch 1: step 1/2, ")
+    assert "img/s" in lines[0] and "ETA" in lines[0]
+    assert err.index(lines[-1]) < err.index("epoch 1/1 [full]")  # inside the epoch
 
 
 def test_oversampled_root_is_shown_n_times_per_epoch(tmp_path: Path) -> None:

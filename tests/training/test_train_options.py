@@ -29,6 +29,7 @@ def test_train_command_parses_back_to_the_same_config() -> None:
         ood_split=(0.5, 0.25, 0.25),
         cache_dir="/tmp/cache",
         verify=False,
+        strict=True,
         keep_fraction=0.9,
         model_version="2.0.0",
         oversample=["swedish-leaf=2"],
@@ -72,8 +73,9 @@ def test_every_flag_keeps_its_spelling_and_default() -> None:
             "--label-smoothing --drop-rate --ema-decay --oversample --paste --paste-prob "
             "--greyscale-prob --patience --split --ood-split "
             "--seed "
-            "--loader-processes --threads --device --cache-dir --no-verify --keep-fraction "
-            "--outlier-exposure --unknown-rule --answered-right --reject "
+            "--loader-processes --threads --device --cache-dir --no-verify --strict "
+            "--keep-fraction --outlier-exposure --outlier-batch --unknown-rule --answered-right "
+            "--reject "
             "--model-version "
             "--export --int8"
         ).split()

@@ -103,7 +103,7 @@ def render_card(run_dir: Path, model: Path | None = None, cfg: TrainConfig | Non
     spec = exported_spec(run, exported_model(run, model))
     version = (
         ""
-        if spec.model_version == cfg.model_version
+        if spec.model_version == cfg.resolved_model_version()
         else f" --model-version {shlex.quote(spec.model_version)}"
     )
     int8_copy = shipped_int8(decision, exported_model(run, model))

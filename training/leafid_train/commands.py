@@ -126,7 +126,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--model-version",
         metavar="VERSION",
-        help="version written into the model (default: the run's --model-version)",
+        help="version written into the model (default: the run's, see train --model-version)",
     )
     p.set_defaults(func=cmd_export)
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from leafid.argtypes import fraction, int_at_least, non_negative_float, positive_float
 from leafid.errors import InvalidRequestError
+from leafid_train.precheck import MIN_TRAIN_IMAGES
 
 DEFAULT_OOD_SPLIT = (0.0, 0.5, 0.5)
 """Train / val / test fractions of OOD roots unless a run asks otherwise: no train part."""
@@ -91,6 +92,8 @@ class TrainConfig:
             to an uninterrupted one (the CUDA random state is not checkpointed).
         cache_dir: Optional folder for decoded-image ``.npy`` files.
         verify: Check each root against its manifest in ``datasets/``.
+        strict: Stop with an error where the checks before training
+            (:mod:`~leafid_train.precheck`) only warn.
         keep_fraction: Share of correct val answers the unknown threshold keeps.
         outlier_exposure: Weight of the outlier-exposure loss on the OOD roots' train
             images (:mod:`~leafid_train.outlier_exposure`; 0 = off).
@@ -101,7 +104,8 @@ class TrainConfig:
         answered_right: Coverage rule: least share of answered val leaf photos that are right.
         reject: Coverage rule: ``ROOT=FRACTION`` items, the least share of OOD root ROOT's
             val photos answered unknown.
-        model_version: Version string written into the exported spec.
+        model_version: Version string written into the model's spec; None: derived from
+            the run (:meth:`TrainConfig.resolved_model_version`).
     """
 
     data: list[str] = field(
@@ -226,6 +230,14 @@ class TrainConfig:
         default=True,
         metadata=option("do not check roots against datasets/ manifests", flag="--no-verify"),
     )
+    strict: bool = field(
+        default=False,
+        metadata=option(
+            "stop with an error, not a warning, when the checks before training find the "
+            f"same image under two labels, a class with fewer than {MIN_TRAIN_IMAGES} "
+            "training images, or no --ood root"
+        ),
+    )
     keep_fraction: float = field(
         default=0.95,
         metadata=option("share of correct val answers the unknown threshold keeps", check=fraction),
@@ -271,7 +283,14 @@ class TrainConfig:
             metavar="ROOT=FRACTION",
         ),
     )
-    model_version: str = field(default="0.1.0", metadata=option())
+    model_version: str | None = field(
+        default=None,
+        metadata=option(
+            "version written into the model (default: 0.0.0+RUN, RUN the run folder's name, "
+            "which sorts before every released version)",
+            metavar="VERSION",
+        ),
+    )
 
     def __post_init__(self) -> None:
         self.split = tuple(float(v) for v in self.split)  # type: ignore[assignment]
@@ -308,6 +327,18 @@ class TrainConfig:
             problems.append(str(exc))
         if problems:
             raise InvalidRequestError("invalid training config: " + "; ".join(problems))
+
+    def resolved_model_version(self) -> str:
+        """The version the run's model carries: ``model_version``, else ``0.0.0+RUN``.
+
+        RUN is the run folder's name in the characters a local version allows (letters,
+        digits, dots), so that a retrained model never looks newer than a released one
+        and still says which run made it.
+        """
+        if self.model_version:
+            return self.model_version
+        run = re.sub(r"[^0-9A-Za-z]+", ".", Path(self.out).name).strip(".")
+        return f"0.0.0+{run or 'dev'}"
 
     def oversample_factors(self) -> dict[str, int]:
         """``oversample`` as {root name: times per epoch}.

@@ -180,6 +180,7 @@ class ImageCache:
         self.cache_dir = cache_dir
         self.limits = limits or ImageLimits()
         self._memory: dict[tuple[str, str], np.ndarray] = {}
+        self._digests: dict[str, str] = {}
         if cache_dir is not None:
             cache_dir.mkdir(parents=True, exist_ok=True)
 
@@ -191,8 +192,7 @@ class ImageCache:
             data = read_bytes(path, self.limits)
             disk = None
             if self.cache_dir is not None:
-                digest = hashlib.sha256(data).hexdigest()[:40]
-                disk = self.cache_dir / f"{digest}-{self._tag(kind)}.npy"
+                disk = self.cache_dir / f"{self.digest(path, data)}-{self._tag(kind)}.npy"
                 if disk.is_file():
                     arr = np.load(disk)
                     self._memory[key] = arr
@@ -208,6 +208,26 @@ class ImageCache:
             os.replace(tmp, disk)
         self._memory[key] = arr
         return arr
+
+    def digest(self, path: Path, data: bytes | None = None) -> str:
+        """The content hash of a file's bytes (SHA-256, 40 hex digits), hashed once per file.
+
+        Args:
+            path: The file.
+            data: Its bytes when they are read already.
+
+        Raises:
+            DatasetError: The file cannot be read or is over the byte limit.
+        """
+        key = str(path)
+        if key not in self._digests:
+            if data is None:
+                try:
+                    data = read_bytes(path, self.limits)
+                except ImageError as exc:
+                    raise DatasetError(f"{path}: {exc}") from exc
+            self._digests[key] = hashlib.sha256(data).hexdigest()[:40]
+        return self._digests[key]
 
     def _tag(self, kind: str) -> str:
         """The part of a ``.npy`` name that names every spec field the array depends on.

@@ -185,7 +185,7 @@ def export_run(
     model, base = load_best(run.best, cfg)
     spec = run_spec(
         base,
-        cfg.model_version if model_version is None else model_version,
+        cfg.resolved_model_version() if model_version is None else model_version,
         run.load_calibration(),
         run.eval.load_metrics(),
         # the OOD fractions let anyone re-make the split from the spec alone

@@ -20,7 +20,7 @@ from leafid_train import ddp
 from leafid_train.backbone import PRETRAINED_ARCHS, LeafNet, build_leafnet
 from leafid_train.config import TrainConfig
 from leafid_train.outlier_exposure import outlier_exposure_loss
-from leafid_train.run_data import progress
+from leafid_train.progress import EpochProgress
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,8 @@ def train_one_epoch(
         head_only: Keep the backbone in eval mode (frozen BatchNorm statistics).
         epoch: Epoch number, passed to ``hook``.
         hook: Called as ``hook(epoch, step)`` before every step (tests use it to interrupt).
-        show_progress: Show a tqdm bar on a terminal.
+        show_progress: Show how far the epoch is (:class:`~leafid_train.progress.EpochProgress`):
+            a bar on a terminal, else a line on stderr every half minute.
         ema: Optional :func:`build_ema` average, updated after every step.
         ood_batches: Outlier exposure: batches of (OOD images, anything), at least one
             per step; each step adds ``ood_weight`` times the
@@ -153,7 +154,8 @@ def train_one_epoch(
     ood = None if ood_batches is None else iter(ood_batches)
     total_loss, total_ood_loss, correct, seen = 0.0, 0.0, 0, 0
     start = time.perf_counter()
-    for step, (images, labels) in enumerate(progress(loader, f"epoch {epoch}", show_progress)):
+    shown = EpochProgress(f"epoch {epoch}", len(loader), _epoch_images(loader), show=show_progress)
+    for step, (images, labels) in enumerate(shown.over(loader)):
         if hook is not None:
             hook(epoch, step)
         images, labels = images.to(device), labels.to(device)
@@ -189,6 +191,13 @@ def train_one_epoch(
     if ood is not None:
         stats["train_ood_loss"] = total_ood_loss / max(1, seen)
     return stats
+
+
+def _epoch_images(loader: DataLoader) -> int:  # type: ignore[type-arg]
+    """Images one pass over ``loader`` shows (this process's share under torchrun)."""
+    if loader.drop_last and loader.batch_size:
+        return len(loader) * loader.batch_size
+    return len(loader.sampler)  # type: ignore[arg-type]
 
 
 def predict_logits(

@@ -81,7 +81,7 @@ def build_spec(cfg: TrainConfig, classes: Sequence[ClassInfo]) -> ModelSpec:
     """
     spec = ModelSpec(
         model_name=f"leafid-{cfg.arch.replace('_', '-')}",
-        model_version=cfg.model_version,
+        model_version=cfg.resolved_model_version(),
         classes=tuple(classes),
         input_size=cfg.input_size,
         resize_size=cfg.resize_size,

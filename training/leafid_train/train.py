@@ -45,6 +45,7 @@ from leafid_train.loop import (
     validate,
 )
 from leafid_train.outlier_exposure import load_ood_batches
+from leafid_train.precheck import check_data
 from leafid_train.run_data import RunData, build_data, load_train_set, training_data_summary
 from leafid_train.run_folder import RunFolder
 from leafid_train.unknown_rule import UnknownRule
@@ -86,6 +87,8 @@ def run_training(
     Raises:
         InvalidRequestError: The run folder already holds a run, or ``cfg.device`` is
             not usable.
+        DataCheckError: ``cfg.strict`` and a check before training found a problem
+            (:mod:`~leafid_train.precheck`; without ``strict`` it is a warning).
         TrainingFailedError: No epoch had a finite val loss (no ``best.pt``).
     """
     run = RunFolder(Path(cfg.out))
@@ -160,6 +163,8 @@ def _run(
         seed_everything(cfg.seed + info.rank)
         data = build_data(cfg, run.split if resume else None)
         _check_reject_roots(cfg, data)
+        if not resume:  # a resumed run was checked when it started
+            check_data(data, strict=cfg.strict, warn=info.is_main)
         if info.is_main:
             run.save_config(cfg)
             run.save_split(data.split)
