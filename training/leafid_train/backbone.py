@@ -262,20 +262,22 @@ class LeafNet(nn.Module):
         return logits
 
     def forward_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Logits, the pooled embedding the head reads, and the last feature map.
+        """Logits, the pooled embedding the head reads, and each class's activation map.
 
-        The head is global average pooling then a linear layer, so a class's logit is the
-        mean over the feature map's positions of that class's linear map of them: the
-        feature map and the head's weights give an exact class activation map.
+        The head is global average pooling then a linear layer, so the head's linear map
+        applied at each position of the last feature map gives class activation maps whose
+        spatial mean is exactly the logit: where in the photo each class's evidence lies.
 
         Returns:
-            logits (N, n_classes), embedding (N, C), feature map (N, C, h, w); the logits
-            equal :meth:`forward`'s in eval mode.
+            logits (N, n_classes), embedding (N, C), class maps (N, n_classes, h, w); the
+            logits equal :meth:`forward`'s in eval mode.
         """
-        feature_map: torch.Tensor = self.backbone.forward_features(self._normalised(x))
+        feature_map = self.backbone.forward_features(self._normalised(x))
         embedding: torch.Tensor = self.backbone.forward_head(feature_map, pre_logits=True)
-        logits: torch.Tensor = self.backbone.get_classifier()(embedding)
-        return logits, embedding, feature_map
+        head = self.backbone.get_classifier()
+        logits: torch.Tensor = head(embedding)
+        class_maps = nn.functional.conv2d(feature_map, head.weight[:, :, None, None], head.bias)
+        return logits, embedding, class_maps
 
     def _normalised(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 NHWC RGB to the backbone's normalised float NCHW input."""

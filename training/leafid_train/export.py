@@ -1,9 +1,9 @@
 """Export a :class:`~leafid_train.backbone.LeafNet` to ONNX with the leafid spec inside.
 
 The graph takes ``image``: uint8 [batch, S, S, 3] RGB and returns ``logits``: float32
-[batch, n_classes], then ``embedding``: the pooled features the head reads [batch, C], and
-``feature_map``: the last feature map [batch, C, h, w] (for reference-photo search and
-class activation maps; a caller that does not fetch them pays nothing for them). The
+[batch, n_classes], then ``embedding``: the pooled features the head reads [batch, C] (for
+reference-photo search and new heads), and ``class_maps``: each class's activation map
+[batch, n_classes, h, w], whose spatial mean is the logit (where the model looked). The
 calibration temperature is not in the graph; the :class:`leafid.Classifier` applies
 ``spec.temperature``.
 
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
 EMBEDDING_NAME = "embedding"
-FEATURE_MAP_NAME = "feature_map"
+CLASS_MAPS_NAME = "class_maps"
 PRODUCER = "leafid_train"
 MIN_OPSET = 18  # the lowest opset torch's (dynamo) exporter implements
 
@@ -83,7 +83,7 @@ def export_onnx(model: LeafNet, spec: ModelSpec, out: Path, *, opset: int = MIN_
         _AllOutputs(model).eval(),
         (example,),
         input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME, EMBEDDING_NAME, FEATURE_MAP_NAME],
+        output_names=[OUTPUT_NAME, EMBEDDING_NAME, CLASS_MAPS_NAME],
         dynamic_shapes=({0: batch},),
         opset_version=opset,
         dynamo=True,
@@ -108,7 +108,7 @@ class _AllOutputs(torch.nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Logits, embedding and feature map of a uint8 NHWC batch."""
+        """Logits, embedding and class activation maps of a uint8 NHWC batch."""
         return self.model.forward_outputs(x)
 
 
