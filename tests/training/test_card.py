@@ -259,6 +259,7 @@ def test_card_compares_with_the_model_it_replaces_on_the_same_test_split(tmp_pat
             "model": f"/x/{folder}.onnx",
             "model_version": version,
             "trained_on": {"setA": 30 if version == "2.0.0" else 20},
+            "input_size": 256 if version == "2.0.0" else 224,
             "ood": {
                 "images": 10,
                 "auroc": 0.9,
@@ -282,6 +283,7 @@ def test_card_compares_with_the_model_it_replaces_on_the_same_test_split(tmp_pat
     )
     assert "| nonleaf | 80.00% -> 96.00% |" in card
     assert "1.2.1 trained on another copy of setA (20 images; this model: 30)" in card
+    assert "Input 224x224 -> 256x256 px: the network does about 1.31x the work" in card
     reproduce = card.split("## Reproduce")[1]
     assert (
         f"leafid evaluate /x/eval_base.onnx --split-file {run}/split.json --split test "

@@ -72,6 +72,7 @@ def test_evaluate_writes_metrics_and_plots(tmp_path: Path) -> None:
     assert saved["ood"]["auroc"] == 1.0 and saved["unknown_rate"] == 0.0
     assert len(saved["reliability"]) == 15 and saved["failed"] == []
     assert saved["trained_on"] == {"setA": 40}  # the model's training data, from its spec
+    assert saved["input_size"] == 32
     for png in ("confusion.png", "reliability.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -234,6 +234,15 @@ def comparison_section(base: dict[str, Any], ev: dict[str, Any]) -> list[str]:
         out += ["", "| photos of none of the species | answered unknown |", "|---|---|"]
         out += [f"| {root} | {_change(base_roots[root], roots[root])} |" for root in shared]
     out += ["", f"ECE on the test leaves: {_change(base['ece'], ev['ece'])}.", ""]
+    before, now = base.get("input_size"), ev.get("input_size")
+    if before and now and before != now:
+        out += [
+            f"Input {before}x{before} -> {now}x{now} px: the network does about "
+            f"{(now / before) ** 2:.2f}x the work per photo, so model-only speed drops by "
+            "about that much; decoding a photo (most of the time for camera photos) does "
+            "not change.",
+            "",
+        ]
     base_data, data = base.get("trained_on", {}), ev.get("trained_on", {})
     for name in ev["per_dataset"]:
         if name in base_data and base_data[name] != data.get(name):

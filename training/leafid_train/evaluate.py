@@ -359,6 +359,7 @@ def evaluate_model(
     metrics.update(
         model=str(model),
         model_version=clf.model_version,
+        input_size=clf.spec.input_size,
         trained_on={
             name: d.get("images") for name, d in clf.spec.training_data.get("datasets", {}).items()
         },
