@@ -405,11 +405,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     for line in _metrics_lines(spec.metrics.get("test")):
         echo(line)
     echo()
-    echo(f"Classes ({len(spec.classes)}):")
+    echo(
+        f"Classes ({len(spec.classes)})" + (", with [genus, family]:" if spec.has_taxonomy else ":")
+    )
     width = max(len(c.slug) for c in spec.classes)
     sci_width = max(len(c.scientific_name) for c in spec.classes)
     for c in spec.classes:
-        echo(f"  {c.slug:<{width}}  {c.scientific_name:<{sci_width}}  {c.common_name}")
+        taxa = f"  [{c.genus or '-'}, {c.family or '-'}]" if spec.has_taxonomy else ""
+        echo(f"  {c.slug:<{width}}  {c.scientific_name:<{sci_width}}  {c.common_name}{taxa}")
     echo()
     echo("Every field: leafid info --json")
     echo(CAVEAT)

@@ -3,6 +3,7 @@ import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 import leafid.cli as cli
-from conftest import encode, make_tiny_model, noisy, tiny_spec
+from conftest import encode, make_tiny_model, noisy, tiny_spec, tiny_taxonomy_spec
 from leafid.classifier import Classifier
 from leafid.cli import main
 from leafid.errors import MissingExtraError
@@ -574,6 +575,16 @@ def test_info_text(tiny_model: Path, capsys: Capsys) -> None:
         str(tiny_model),
     ):
         assert text in out
+
+
+def test_info_lists_genus_and_family_when_the_model_has_them(
+    tmp_path: Path, capsys: Capsys
+) -> None:
+    model = make_tiny_model(tmp_path / "m.onnx", tiny_taxonomy_spec())
+    assert main(["info", "--model", str(model)]) == 0
+    out = capsys.readouterr().out
+    assert "with [genus, family]" in out
+    assert re.search(r"caerulea +Planta caerulea +blue plant +\[Caerula, Plantaceae\]", out)
 
 
 def test_info_summarises_metrics_in_a_table(tmp_path: Path, capsys: Capsys) -> None:

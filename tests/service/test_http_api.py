@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TINY_COLOURS, encode, noisy, solid
+from conftest import TINY_COLOURS, encode, make_tiny_model, noisy, solid, tiny_taxonomy_spec
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -192,6 +192,8 @@ def test_species_and_model(client: TestClient, clf: Classifier) -> None:
         "scientific_name": clf.spec.classes[0].scientific_name,
         "common_name": clf.spec.classes[0].common_name,
         "display_name": "Planta rubra (red plant)",
+        "genus": None,
+        "family": None,
     }
     model = client.get("/v1/model").json()
     assert model["name"] == clf.spec.model_name
@@ -210,6 +212,23 @@ def test_health_ready_docs(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()
     assert {"/v1/identify", "/v1/classify", "/v1/species", "/v1/model"} <= set(schema["paths"])
     assert client.get("/docs").status_code == 200
+
+
+@pytest.fixture(scope="module")
+def taxonomy_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("taxa") / "taxa.onnx", tiny_taxonomy_spec())
+
+
+def test_species_carry_genus_and_family(taxonomy_model: Path) -> None:
+    with TestClient(create_app(Settings(model=taxonomy_model))) as c:
+        species = c.get("/v1/species").json()
+        model = c.get("/v1/model").json()
+    assert [(s["genus"], s["family"]) for s in species] == [
+        ("Planta", "Plantaceae"),
+        ("Planta", "Plantaceae"),
+        ("Caerula", "Plantaceae"),
+    ]
+    assert model["taxon_thresholds"] == {"genus": 0.6, "family": 0.9}
 
 
 def test_metrics_count_requests_images_and_unknowns(client: TestClient) -> None:

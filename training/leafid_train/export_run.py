@@ -20,7 +20,7 @@ from leafid_train.config import TrainConfig
 from leafid_train.export import export_onnx, max_abs_diff, onnx_logits, save_onnx, set_metadata
 from leafid_train.int8_rule import INT8_RULE, int8_decision
 from leafid_train.quantize import compare, quantize_int8
-from leafid_train.run_data import RunData, build_data
+from leafid_train.run_data import RunData, build_data, fill_taxonomy
 from leafid_train.run_folder import RunFolder
 from leafid_train.unknown_rule import UnknownRule
 
@@ -192,6 +192,8 @@ def export_run(
         run.load_summary()["training_data"] | {"ood_split_fractions": list(cfg.ood_split)},
     )
     data = build_data(replace(cfg, verify=False), run.split)  # verified when it trained
+    # a run trained before taxonomy was recorded gets it from its roots now
+    spec = fill_taxonomy(spec, data.spec.classes)
     val = data.eval_arrays("val")
     parity_batch = val[_spread(len(val), PARITY_IMAGES)]
     unchecked = out.with_name(f".{out.name}.unchecked")  # ``out`` is replaced only if it passes

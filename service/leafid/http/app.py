@@ -481,6 +481,8 @@ def _add_routes(app: FastAPI) -> None:
                 "scientific_name": c.scientific_name,
                 "common_name": c.common_name,
                 "display_name": c.display_name,
+                "genus": c.genus,
+                "family": c.family,
             }
             for i, c in enumerate(classifier.spec.classes)
         ]
@@ -499,6 +501,7 @@ def _add_routes(app: FastAPI) -> None:
             "num_classes": len(spec.classes),
             "threshold": classifier.threshold,
             "temperature": spec.temperature,
+            "taxon_thresholds": spec.taxon_thresholds,
             "training_data": spec.training_data,
             "metrics": spec.metrics,
         }

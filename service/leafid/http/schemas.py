@@ -102,13 +102,15 @@ class ClassifyOut(BaseModel):
 
 
 class SpeciesOut(BaseModel):
-    """One class the model knows."""
+    """One class the model knows, with its genus and family (null when the model has none)."""
 
     index: int
     slug: str
     scientific_name: str
     common_name: str
     display_name: str
+    genus: str | None
+    family: str | None
 
 
 class ModelOut(BaseModel):
@@ -123,6 +125,7 @@ class ModelOut(BaseModel):
     num_classes: int
     threshold: float
     temperature: float
+    taxon_thresholds: dict[str, float]
     training_data: dict[str, Any]
     metrics: dict[str, Any]
 
