@@ -36,8 +36,10 @@ from leafid.results import (
     Identification,
     PhotoPick,
     Prediction,
+    TaxonMatch,
 )
-from leafid.spec import METADATA_KEY, ModelSpec
+from leafid.spec import METADATA_KEY, TAXON_RANKS, ModelSpec
+from leafid.taxonomy import HESITATION, Taxa, back_off
 
 log = logging.getLogger(__name__)
 
@@ -150,10 +152,10 @@ def photos_disagree(
 ) -> tuple[PhotoPick, ...]:
     """The photos whose own confident answers name different species, if any do.
 
-    A photo counts when its own answer is not unknown (its best score is at or over
+    A photo counts when its own answer is a species (its best score is at or over
     the unknown threshold); the photos disagree when those answers name two or more
-    species. Unsure photos do not count: a blurred photo beside a sharp one is no
-    sign of two plants.
+    species. Unsure photos (unknown, or answered at genus or family rank) do not count:
+    a blurred photo beside a sharp one is no sign of two plants.
 
     Returns:
         Each confident photo with its best candidate, in order, when they name two or
@@ -162,7 +164,7 @@ def photos_disagree(
     picks = tuple(
         PhotoPick(i, names[i], answer.results[0])
         for i, answer in enumerate(answers)
-        if isinstance(answer, Prediction) and not answer.unknown
+        if isinstance(answer, Prediction) and answer.rank == "species"
     )
     return picks if len({p.candidate.slug for p in picks}) > 1 else ()
 
@@ -212,6 +214,8 @@ class Classifier:
         self.limits = limits or ImageLimits()
         self._input_name = self._check_io()
         self._output_name = str(self.session.get_outputs()[0].name)
+        thresholds = self.spec.taxon_thresholds
+        self._taxa = [Taxa.of(self.spec.classes, r) for r in TAXON_RANKS if r in thresholds]
 
     def _check_io(self) -> str:
         inputs = self.session.get_inputs()
@@ -318,32 +322,38 @@ class Classifier:
         with ThreadPoolExecutor(len(chunks), thread_name_prefix="leafid-infer") as pool:
             return np.concatenate(list(pool.map(self.probabilities, chunks)))
 
+    def _candidate(self, i: int, score: float) -> Candidate:
+        c = self.spec.classes[i]
+        return Candidate(c.slug, c.scientific_name, c.common_name, float(score))
+
     def predictions(self, probs: np.ndarray, top_k: int = 5) -> list[Prediction]:
-        """Turn rows of calibrated probabilities into ranked predictions."""
+        """Turn rows of calibrated probabilities into ranked predictions.
+
+        A row whose best species is under the unknown threshold backs off to its genus,
+        then its family, when the model has thresholds for them (:mod:`leafid.taxonomy`).
+        """
         if top_k < 1:
             raise InvalidRequestError(f"top_k must be >= 1, got {top_k}")
         k = min(top_k, probs.shape[1])
         out = []
         for row in probs:
             order = np.argsort(-row, kind="stable")[:k]
-            results = tuple(
-                Candidate(
-                    slug=self.spec.classes[i].slug,
-                    scientific_name=self.spec.classes[i].scientific_name,
-                    common_name=self.spec.classes[i].common_name,
-                    score=float(row[i]),
-                )
-                for i in order
-            )
+            results = tuple(self._candidate(int(i), row[i]) for i in order)
             best = results[0].score
             unknown = best < self.threshold
+            found = back_off(row, self._taxa, self.spec.taxon_thresholds) if unknown else None
+            taxon = None
+            if found is not None:
+                between = tuple(self._candidate(i, row[i]) for i in found.members[:HESITATION])
+                taxon = TaxonMatch(found.rank, found.name, found.score, between)
+                unknown = False
             reason = (
                 f"best score {best:.3f} is under the unknown threshold {self.threshold:.3f}"
                 if unknown
                 else None
             )
             code = LOW_SCORE if unknown else None
-            out.append(Prediction(results, unknown, reason, self.model_version, code))
+            out.append(Prediction(results, unknown, reason, self.model_version, code, taxon))
         return out
 
     def classify_arrays(self, batch: np.ndarray, top_k: int = 5) -> list[Prediction]:
@@ -438,6 +448,7 @@ class Classifier:
             fused = dataclasses.replace(
                 fused,
                 unknown=True,
+                taxon=None,
                 reason=f"these photos look like different plants ({listed})",
                 reason_code=PHOTOS_DISAGREE,
             )

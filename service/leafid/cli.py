@@ -351,7 +351,9 @@ def cmd_identify(args: argparse.Namespace) -> int:
 def _identify_table(result: Row) -> None:
     n = len(result["paths"])
     top = result["results"][0]
-    if not result["unknown"]:
+    if result["rank"] in ("genus", "family"):
+        echo(f"Best match: {wording.backed_off(result)}, {wording.likely(result['match_score'])}")
+    elif not result["unknown"]:
         echo(f"Best match: {top['display_name']}, {wording.likely(top['score'])}")
     else:
         echo(f"Unknown: {wording.why_unknown(result)}.")

@@ -231,6 +231,17 @@ def test_species_carry_genus_and_family(taxonomy_model: Path) -> None:
     assert model["taxon_thresholds"] == {"genus": 0.6, "family": 0.9}
 
 
+def test_identify_backs_off_to_genus(taxonomy_model: Path) -> None:
+    grey = encode(solid((128, 128, 128)), "PNG")
+    with TestClient(create_app(Settings(model=taxonomy_model))) as c:
+        body = c.post("/v1/identify", files=files(("g.png", grey))).json()
+        rows = c.post("/v1/classify", files=files(("g.png", grey))).json()["results"]
+    assert (body["best_match"], body["rank"], body["unknown"]) == ("Planta", "genus", False)
+    assert {h["slug"] for h in body["hesitates_between"]} == {"rubra", "viridis"}
+    assert body["images"][0]["rank"] == "genus" and body["flora"] is None
+    assert rows[0]["best_match"] == "Planta" and rows[0]["match_score"] > 0.6
+
+
 def test_metrics_count_requests_images_and_unknowns(client: TestClient) -> None:
     client.post("/v1/identify", files=files(("a.jpg", jpeg("rubra"))))
     client.post("/v1/identify", files=files(("g.png", encode(solid((128, 128, 128)), "PNG"))))

@@ -401,12 +401,15 @@ def _add_routes(app: FastAPI) -> None:
         answer = identified.to_dict()
         return {
             "model": _model_ref(classifier),
-            "best_match": answer["best_match"],
-            "unknown": answer["unknown"],
+            **{
+                key: answer[key]
+                for key in ("best_match", "rank", "match_score", "hesitates_between", "unknown")
+            },
             "reason": answer["reason"],
             "reason_code": answer["reason_code"],
             "disagreement": answer["disagreement"],
             "results": answer["results"],
+            "flora": answer["flora"],
             "images": [
                 _image_item(u, a, classifier.model_version)
                 for u, a in zip(photos, identified.images, strict=True)

@@ -29,13 +29,22 @@ class PhotoPickOut(CandidateOut):
 
 
 class PredictionOut(BaseModel):
-    """The answer for one photo (the CLI's result rows have the same fields)."""
+    """The answer for one photo (the CLI's result rows have the same fields).
+
+    ``best_match`` is a species slug at rank ``species``; at rank ``genus`` or ``family``
+    (no species likely enough, its genus or family is) it is the taxon's name, and
+    ``hesitates_between`` lists its likeliest species.
+    """
 
     best_match: str | None
+    rank: str | None
+    match_score: float | None
+    hesitates_between: list[CandidateOut] | None
     unknown: bool
     reason: str | None
     reason_code: str | None
     results: list[CandidateOut]
+    flora: list[str] | None
     caveat: str
     model_version: str
 
@@ -82,11 +91,15 @@ class IdentifyOut(BaseModel):
 
     model: ModelRef
     best_match: str | None
+    rank: str | None
+    match_score: float | None
+    hesitates_between: list[CandidateOut] | None
     unknown: bool
     reason: str | None
     reason_code: str | None
     disagreement: list[PhotoPickOut] | None
     results: list[CandidateOut]
+    flora: list[str] | None
     images: list[ImagePredictionOut | ImageErrorOut]
     timing: Timing
     caveat: str
