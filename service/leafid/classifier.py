@@ -13,6 +13,7 @@ its own :class:`~leafid.errors.TooLargeError`.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import os
@@ -26,6 +27,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from leafid.errors import ImageError, InvalidModelError, InvalidRequestError, ModelNotFoundError
+from leafid.flora import Flora
 from leafid.images import DecodeBudget, ImageLimits, decode, decoded, read_bytes
 from leafid.paths import default_model_path
 from leafid.preprocess import preprocess
@@ -212,6 +214,7 @@ class Classifier:
             raise InvalidRequestError(f"threshold must be in [0, 1], got {threshold}")
         self.threshold = self.spec.unknown_threshold if threshold is None else threshold
         self.limits = limits or ImageLimits()
+        self.flora: Flora | None = None
         self._input_name = self._check_io()
         self._output_name = str(self.session.get_outputs()[0].name)
         thresholds = self.spec.taxon_thresholds
@@ -237,6 +240,15 @@ class Classifier:
                 f"model output shape {out_shape} does not match {n_classes} classes"
             )
         return str(inputs[0].name)
+
+    def with_flora(self, flora: Flora | None) -> Classifier:
+        """This classifier (sharing its session) answering among ``flora``'s classes only.
+
+        None: among all classes.
+        """
+        restricted = copy.copy(self)
+        restricted.flora = flora
+        return restricted
 
     @property
     def model_version(self) -> str:
@@ -331,20 +343,25 @@ class Classifier:
 
         A row whose best species is under the unknown threshold backs off to its genus,
         then its family, when the model has thresholds for them (:mod:`leafid.taxonomy`).
+        With a :attr:`flora`, only its classes are scored (renormalised) and listed.
         """
         if top_k < 1:
             raise InvalidRequestError(f"top_k must be >= 1, got {top_k}")
-        k = min(top_k, probs.shape[1])
+        if self.flora is not None:
+            probs = self.flora.restrict(probs)
+        allowed = np.arange(probs.shape[1]) if self.flora is None else self.flora.index
+        slugs = None if self.flora is None else self.flora.slugs
         out = []
         for row in probs:
-            order = np.argsort(-row, kind="stable")[:k]
+            order = allowed[np.argsort(-row[allowed], kind="stable")][:top_k]
             results = tuple(self._candidate(int(i), row[i]) for i in order)
             best = results[0].score
             unknown = best < self.threshold
             found = back_off(row, self._taxa, self.spec.taxon_thresholds) if unknown else None
             taxon = None
             if found is not None:
-                between = tuple(self._candidate(i, row[i]) for i in found.members[:HESITATION])
+                members = [i for i in found.members if i in allowed][:HESITATION]
+                between = tuple(self._candidate(i, row[i]) for i in members)
                 taxon = TaxonMatch(found.rank, found.name, found.score, between)
                 unknown = False
             reason = (
@@ -353,7 +370,7 @@ class Classifier:
                 else None
             )
             code = LOW_SCORE if unknown else None
-            out.append(Prediction(results, unknown, reason, self.model_version, code, taxon))
+            out.append(Prediction(results, unknown, reason, self.model_version, code, taxon, slugs))
         return out
 
     def classify_arrays(self, batch: np.ndarray, top_k: int = 5) -> list[Prediction]:

@@ -49,6 +49,7 @@ from leafid.errors import (
     ModelNotFoundError,
 )
 from leafid.extras import not_installed
+from leafid.flora import flora_of_names, read_only
 from leafid.http import commands as http_commands
 from leafid.images import ImageLimits
 from leafid.options import add_model_option, add_recursive_option, add_renamed_option
@@ -85,9 +86,19 @@ Every answer is a visual identification only, not a quality or safety test.
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--model``, ``--threshold``, ``--threads``, ``--max-bytes``, ``--max-pixels``."""
+    """Add ``--model``, ``--threshold``, ``--only``, ``--threads``, ``--max-*`` limits.
+
+    ``--only`` is the flora filter (:mod:`leafid.flora`).
+    """
     limits = ImageLimits()
     add_model_option(parser)
+    parser.add_argument(
+        "--only",
+        metavar="SLUGS|FILE",
+        help="answer among these classes only (the flora filter): comma-separated class "
+        "slugs or genus names, or a file with one per line; scores are renormalised over "
+        "them and the unknown rule still applies",
+    )
     parser.add_argument(
         "--threshold",
         type=fraction,
@@ -119,12 +130,15 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def make_classifier(args: argparse.Namespace) -> Classifier:
     """The classifier the options of :func:`add_model_arguments` describe."""
-    return Classifier(
+    classifier = Classifier(
         args.model,
         threads=args.threads,
         threshold=args.threshold,
         limits=ImageLimits(max_bytes=args.max_bytes, max_pixels=args.max_pixels),
     )
+    if args.only is None:
+        return classifier
+    return classifier.with_flora(flora_of_names(classifier.spec, read_only(args.only)))
 
 
 def cap_top_k(top_k: int, classifier: Classifier) -> int:

@@ -63,6 +63,35 @@ def test_photo_with_a_corrupt_exif_block_is_classified_quietly(
     assert "EXIF" not in captured.err
 
 
+def test_classify_only_answers_among_the_flora(
+    tiny_model: Path, photo_dir: Path, capsys: Capsys
+) -> None:
+    args = ["classify", str(photo_dir / "rubra.jpg"), "--model", str(tiny_model)]
+    assert main([*args, "--format", "jsonl", "--only", "viridis,caerulea"]) == 0
+    (row,) = _jsonl(capsys.readouterr().out)
+    assert row["flora"] == ["viridis", "caerulea"]
+    assert {c["slug"] for c in row["results"]} == {"viridis", "caerulea"}
+
+
+def test_identify_only_reads_a_file_and_unknown_names_are_usage_errors(
+    tmp_path: Path, photo_dir: Path, capsys: Capsys
+) -> None:
+    model = make_tiny_model(tmp_path / "m.onnx", tiny_taxonomy_spec())
+    flora = tmp_path / "flora.txt"
+    flora.write_text("Planta\n")
+    photo = str(photo_dir / "caerulea.jpg")
+    assert (
+        main(["identify", photo, "--model", str(model), "--format", "json", "--only", str(flora)])
+        == 0
+    )
+    result = json.loads(capsys.readouterr().out)
+    assert result["flora"] == ["rubra", "viridis"]
+    assert main(["identify", photo, "--model", str(model), "--only", "Quercus"]) == 2
+    assert "Quercus" in capsys.readouterr().err
+    args = ["classify", photo, "--model", str(model), "--only", "rubra,alba"]
+    assert main(args) == 2
+
+
 def test_classify_jsonl(tiny_model: Path, photo_dir: Path, capsys: Capsys) -> None:
     assert main(["classify", str(photo_dir), "--model", str(tiny_model), "--format", "jsonl"]) == 0
     rows = _jsonl(capsys.readouterr().out)

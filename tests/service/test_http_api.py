@@ -15,6 +15,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from leafid.classifier import Classifier  # noqa: E402
+from leafid.errors import UnknownNameError  # noqa: E402
 from leafid.http.app import (  # noqa: E402
     PAGE_TEMPLATE,
     STATIC_DIR,
@@ -240,6 +241,34 @@ def test_identify_backs_off_to_genus(taxonomy_model: Path) -> None:
     assert {h["slug"] for h in body["hesitates_between"]} == {"rubra", "viridis"}
     assert body["images"][0]["rank"] == "genus" and body["flora"] is None
     assert rows[0]["best_match"] == "Planta" and rows[0]["match_score"] > 0.6
+
+
+def test_species_and_genus_parameters_filter_the_answers(taxonomy_model: Path) -> None:
+    photo = files(("b.jpg", jpeg("caerulea")))
+    with TestClient(create_app(Settings(model=taxonomy_model))) as c:
+        only = c.post("/v1/identify?species=rubra&species=viridis", files=photo).json()
+        genus = c.post("/v1/classify?genus=planta", files=photo).json()["results"][0]
+        both = c.post("/v1/identify?species=caerulea&genus=Planta", files=photo).json()
+        wrong = c.post("/v1/identify?species=rubra,alba", files=photo)
+        plain = c.post("/v1/identify", files=photo).json()
+    assert only["flora"] == ["rubra", "viridis"] and only["best_match"] != "caerulea"
+    assert {r["slug"] for r in only["results"]} == {"rubra", "viridis"}
+    assert genus["flora"] == ["rubra", "viridis"]
+    assert both["flora"] == ["rubra", "viridis", "caerulea"] and both["best_match"] == "caerulea"
+    assert wrong.status_code == 422 and wrong.json()["error"]["code"] == "unknown_name"
+    assert "alba" in wrong.json()["error"]["message"]
+    assert plain["flora"] is None and plain["best_match"] == "caerulea"
+
+
+def test_service_wide_flora_and_a_request_that_replaces_it(taxonomy_model: Path) -> None:
+    photo = files(("b.jpg", jpeg("caerulea")))
+    with TestClient(create_app(Settings(model=taxonomy_model, only="rubra, viridis"))) as c:
+        default = c.post("/v1/identify", files=photo).json()
+        asked = c.post("/v1/identify?species=caerulea", files=photo).json()
+    assert default["flora"] == ["rubra", "viridis"]
+    assert asked["flora"] == ["caerulea"] and asked["best_match"] == "caerulea"
+    with pytest.raises(UnknownNameError, match="alba"):
+        load_classifier(Settings(model=taxonomy_model, only="alba"))
 
 
 def test_metrics_count_requests_images_and_unknowns(client: TestClient) -> None:
