@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from synthetic_data import make_imagefolder, make_ood
+from synthetic_data import make_imagefolder, make_ood, write_taxonomy
 
 from conftest import encode, make_tiny_model, noisy, tiny_spec, tiny_taxonomy_spec
 from leafid.classifier import Classifier
@@ -44,12 +44,7 @@ def test_taxonomy_file_of_the_repository_fills_what_classes_tsv_lacks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("LEAFID_MANIFEST_DIR", str(tmp_path / "manifests"))
-    (tmp_path / "manifests").mkdir()
-    (tmp_path / "manifests" / "setA.taxonomy.tsv").write_text(
-        "class_slug\tgenus\tfamily\tsource\n"
-        "rubra\tPlanta\tPlantaceae\tby hand\n"
-        "caerulea\tCaerula\tPlantaceae\tby hand\n"
-    )
+    write_taxonomy(tmp_path / "manifests", "setA", ("rubra", "caerulea"))
     classes = open_root(make_imagefolder(tmp_path / "setA", per_class=1)).classes
     assert classes["rubra"].genus == "Planta" and classes["caerulea"].family == "Plantaceae"
     assert classes["viridis"].genus is None

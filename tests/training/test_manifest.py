@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
-from synthetic_data import make_imagefolder
+from synthetic_data import make_imagefolder, write_taxonomy
 
 from leafid_train.data import open_root
 from leafid_train.locations import MANIFEST_DIR
@@ -112,10 +112,7 @@ def test_manifest_shows_genus_and_family_of_the_taxonomy_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("LEAFID_MANIFEST_DIR", str(tmp_path / "manifests"))
-    (tmp_path / "manifests").mkdir()
-    (tmp_path / "manifests" / "setA.taxonomy.tsv").write_text(
-        "class_slug\tgenus\tfamily\tsource\nrubra\tPlanta\tPlantaceae\tby hand\n"
-    )
+    write_taxonomy(tmp_path / "manifests", "setA", ("rubra",))
     path = write_manifest(open_root(_root(tmp_path)))
     data = json.loads(path.read_text())
     rubra = next(c for c in data["classes"] if c["slug"] == "rubra")

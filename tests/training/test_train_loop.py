@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from synthetic_data import make_imagefolder, make_ood, tiny_config
+from synthetic_data import make_imagefolder, make_ood, tiny_config, write_taxonomy
 
 pytest.importorskip("torch")
 pytestmark = pytest.mark.train
@@ -101,12 +101,7 @@ def test_export_gives_a_run_trained_without_taxonomy_its_genus_family_and_thresh
     run = tmp_path / "run"
     assert "taxon_thresholds" not in json.loads((run / "calibration.json").read_text())
     monkeypatch.setenv(MANIFEST_DIR_ENV, str(tmp_path / "manifests"))
-    (tmp_path / "manifests").mkdir()
-    (tmp_path / "manifests" / "leaf.taxonomy.tsv").write_text(
-        "class_slug\tgenus\tfamily\tsource\n"
-        "rubra\tPlanta\tPlantaceae\tx\nviridis\tPlanta\tPlantaceae\tx\n"
-        "caerulea\tCaerula\tPlantaceae\tx\n"
-    )
+    write_taxonomy(tmp_path / "manifests", "leaf")
     export_run(run, tmp_path / "model.onnx", int8=True, compare_seconds=0.02, compare_rounds=1)
     calibration = json.loads((run / "calibration.json").read_text())
     assert calibration["taxon_backoff"]["val_images"] == calibration["val_images"]
