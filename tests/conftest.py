@@ -18,6 +18,12 @@ TINY_CLASSES = (
     ClassInfo("caerulea", "Planta caerulea", "blue plant"),
 )
 TINY_COLOURS = {"rubra": (220, 30, 30), "viridis": (30, 200, 40), "caerulea": (30, 40, 210)}
+# rubra and viridis share a genus; all three share a family
+TINY_TAXA = {
+    "rubra": ("Planta", "Plantaceae"),
+    "viridis": ("Planta", "Plantaceae"),
+    "caerulea": ("Caerula", "Plantaceae"),
+}
 
 
 def tiny_spec(**changes: object) -> ModelSpec:
@@ -29,6 +35,13 @@ def tiny_spec(**changes: object) -> ModelSpec:
         resize_size=36,
         unknown_threshold=0.5,
     )
+    return spec.replace(**changes) if changes else spec
+
+
+def tiny_taxonomy_spec(**changes: object) -> ModelSpec:
+    """:func:`tiny_spec` with genus and family per class (:data:`TINY_TAXA`) and back-off."""
+    classes = tuple(c.filled(*TINY_TAXA[c.slug]) for c in TINY_CLASSES)
+    spec = tiny_spec(classes=classes, taxon_thresholds={"genus": 0.6, "family": 0.9})
     return spec.replace(**changes) if changes else spec
 
 

@@ -13,6 +13,7 @@ its own :class:`~leafid.errors.TooLargeError`.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import os
@@ -26,6 +27,7 @@ import onnxruntime as ort
 from PIL import Image
 
 from leafid.errors import ImageError, InvalidModelError, InvalidRequestError, ModelNotFoundError
+from leafid.flora import Flora
 from leafid.images import DecodeBudget, ImageLimits, decode, decoded, read_bytes
 from leafid.paths import default_model_path
 from leafid.preprocess import preprocess
@@ -36,8 +38,10 @@ from leafid.results import (
     Identification,
     PhotoPick,
     Prediction,
+    TaxonMatch,
 )
-from leafid.spec import METADATA_KEY, ModelSpec
+from leafid.spec import METADATA_KEY, TAXON_RANKS, ModelSpec
+from leafid.taxonomy import HESITATION, Taxa, back_off
 
 log = logging.getLogger(__name__)
 
@@ -150,10 +154,10 @@ def photos_disagree(
 ) -> tuple[PhotoPick, ...]:
     """The photos whose own confident answers name different species, if any do.
 
-    A photo counts when its own answer is not unknown (its best score is at or over
+    A photo counts when its own answer is a species (its best score is at or over
     the unknown threshold); the photos disagree when those answers name two or more
-    species. Unsure photos do not count: a blurred photo beside a sharp one is no
-    sign of two plants.
+    species. Unsure photos (unknown, or answered at genus or family rank) do not count:
+    a blurred photo beside a sharp one is no sign of two plants.
 
     Returns:
         Each confident photo with its best candidate, in order, when they name two or
@@ -162,7 +166,7 @@ def photos_disagree(
     picks = tuple(
         PhotoPick(i, names[i], answer.results[0])
         for i, answer in enumerate(answers)
-        if isinstance(answer, Prediction) and not answer.unknown
+        if isinstance(answer, Prediction) and answer.rank == "species"
     )
     return picks if len({p.candidate.slug for p in picks}) > 1 else ()
 
@@ -210,8 +214,11 @@ class Classifier:
             raise InvalidRequestError(f"threshold must be in [0, 1], got {threshold}")
         self.threshold = self.spec.unknown_threshold if threshold is None else threshold
         self.limits = limits or ImageLimits()
+        self.flora: Flora | None = None
         self._input_name = self._check_io()
         self._output_name = str(self.session.get_outputs()[0].name)
+        thresholds = self.spec.taxon_thresholds
+        self._taxa = [Taxa.of(self.spec.classes, r) for r in TAXON_RANKS if r in thresholds]
 
     def _check_io(self) -> str:
         inputs = self.session.get_inputs()
@@ -233,6 +240,15 @@ class Classifier:
                 f"model output shape {out_shape} does not match {n_classes} classes"
             )
         return str(inputs[0].name)
+
+    def with_flora(self, flora: Flora | None) -> Classifier:
+        """This classifier (sharing its session) answering among ``flora``'s classes only.
+
+        None: among all classes.
+        """
+        restricted = copy.copy(self)
+        restricted.flora = flora
+        return restricted
 
     @property
     def model_version(self) -> str:
@@ -318,32 +334,43 @@ class Classifier:
         with ThreadPoolExecutor(len(chunks), thread_name_prefix="leafid-infer") as pool:
             return np.concatenate(list(pool.map(self.probabilities, chunks)))
 
+    def _candidate(self, i: int, score: float) -> Candidate:
+        c = self.spec.classes[i]
+        return Candidate(c.slug, c.scientific_name, c.common_name, float(score))
+
     def predictions(self, probs: np.ndarray, top_k: int = 5) -> list[Prediction]:
-        """Turn rows of calibrated probabilities into ranked predictions."""
+        """Turn rows of calibrated probabilities into ranked predictions.
+
+        A row whose best species is under the unknown threshold backs off to its genus,
+        then its family, when the model has thresholds for them (:mod:`leafid.taxonomy`).
+        With a :attr:`flora`, only its classes are scored (renormalised) and listed.
+        """
         if top_k < 1:
             raise InvalidRequestError(f"top_k must be >= 1, got {top_k}")
-        k = min(top_k, probs.shape[1])
+        if self.flora is not None:
+            probs = self.flora.restrict(probs)
+        allowed = np.arange(probs.shape[1]) if self.flora is None else self.flora.index
+        slugs = None if self.flora is None else self.flora.slugs
         out = []
         for row in probs:
-            order = np.argsort(-row, kind="stable")[:k]
-            results = tuple(
-                Candidate(
-                    slug=self.spec.classes[i].slug,
-                    scientific_name=self.spec.classes[i].scientific_name,
-                    common_name=self.spec.classes[i].common_name,
-                    score=float(row[i]),
-                )
-                for i in order
-            )
+            order = allowed[np.argsort(-row[allowed], kind="stable")][:top_k]
+            results = tuple(self._candidate(int(i), row[i]) for i in order)
             best = results[0].score
             unknown = best < self.threshold
+            found = back_off(row, self._taxa, self.spec.taxon_thresholds) if unknown else None
+            taxon = None
+            if found is not None:
+                members = [i for i in found.members if i in allowed][:HESITATION]
+                between = tuple(self._candidate(i, row[i]) for i in members)
+                taxon = TaxonMatch(found.rank, found.name, found.score, between)
+                unknown = False
             reason = (
                 f"best score {best:.3f} is under the unknown threshold {self.threshold:.3f}"
                 if unknown
                 else None
             )
             code = LOW_SCORE if unknown else None
-            out.append(Prediction(results, unknown, reason, self.model_version, code))
+            out.append(Prediction(results, unknown, reason, self.model_version, code, taxon, slugs))
         return out
 
     def classify_arrays(self, batch: np.ndarray, top_k: int = 5) -> list[Prediction]:
@@ -438,6 +465,7 @@ class Classifier:
             fused = dataclasses.replace(
                 fused,
                 unknown=True,
+                taxon=None,
                 reason=f"these photos look like different plants ({listed})",
                 reason_code=PHOTOS_DISAGREE,
             )

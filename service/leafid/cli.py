@@ -49,6 +49,7 @@ from leafid.errors import (
     ModelNotFoundError,
 )
 from leafid.extras import not_installed
+from leafid.flora import flora_of_names, read_only
 from leafid.http import commands as http_commands
 from leafid.images import ImageLimits
 from leafid.options import add_model_option, add_recursive_option, add_renamed_option
@@ -85,9 +86,19 @@ Every answer is a visual identification only, not a quality or safety test.
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--model``, ``--threshold``, ``--threads``, ``--max-bytes``, ``--max-pixels``."""
+    """Add ``--model``, ``--threshold``, ``--only``, ``--threads``, ``--max-*`` limits.
+
+    ``--only`` is the flora filter (:mod:`leafid.flora`).
+    """
     limits = ImageLimits()
     add_model_option(parser)
+    parser.add_argument(
+        "--only",
+        metavar="SLUGS|FILE",
+        help="answer among these classes only (the flora filter): comma-separated class "
+        "slugs or genus names, or a file with one per line; scores are renormalised over "
+        "them and the unknown rule still applies",
+    )
     parser.add_argument(
         "--threshold",
         type=fraction,
@@ -119,12 +130,15 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def make_classifier(args: argparse.Namespace) -> Classifier:
     """The classifier the options of :func:`add_model_arguments` describe."""
-    return Classifier(
+    classifier = Classifier(
         args.model,
         threads=args.threads,
         threshold=args.threshold,
         limits=ImageLimits(max_bytes=args.max_bytes, max_pixels=args.max_pixels),
     )
+    if args.only is None:
+        return classifier
+    return classifier.with_flora(flora_of_names(classifier.spec, read_only(args.only)))
 
 
 def cap_top_k(top_k: int, classifier: Classifier) -> int:
@@ -351,7 +365,9 @@ def cmd_identify(args: argparse.Namespace) -> int:
 def _identify_table(result: Row) -> None:
     n = len(result["paths"])
     top = result["results"][0]
-    if not result["unknown"]:
+    if result["rank"] in ("genus", "family"):
+        echo(f"Best match: {wording.backed_off(result)}, {wording.likely(result['match_score'])}")
+    elif not result["unknown"]:
         echo(f"Best match: {top['display_name']}, {wording.likely(top['score'])}")
     else:
         echo(f"Unknown: {wording.why_unknown(result)}.")
@@ -405,11 +421,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     for line in _metrics_lines(spec.metrics.get("test")):
         echo(line)
     echo()
-    echo(f"Classes ({len(spec.classes)}):")
+    echo(
+        f"Classes ({len(spec.classes)})" + (", with [genus, family]:" if spec.has_taxonomy else ":")
+    )
     width = max(len(c.slug) for c in spec.classes)
     sci_width = max(len(c.scientific_name) for c in spec.classes)
     for c in spec.classes:
-        echo(f"  {c.slug:<{width}}  {c.scientific_name:<{sci_width}}  {c.common_name}")
+        taxa = f"  [{c.genus or '-'}, {c.family or '-'}]" if spec.has_taxonomy else ""
+        echo(f"  {c.slug:<{width}}  {c.scientific_name:<{sci_width}}  {c.common_name}{taxa}")
     echo()
     echo("Every field: leafid info --json")
     echo(CAVEAT)

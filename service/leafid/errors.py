@@ -63,6 +63,12 @@ class InvalidRequestError(LeafidError):
     http_status = 422
 
 
+class UnknownNameError(InvalidRequestError):
+    """A flora filter names a species slug or genus the model does not know."""
+
+    code = "unknown_name"
+
+
 class ModelError(LeafidError):
     """The model cannot be used."""
 

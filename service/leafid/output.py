@@ -77,7 +77,7 @@ def format_from_suffix(path: str | os.PathLike[str]) -> str:
 
 def csv_header(top_k: int) -> list[str]:
     """CSV column names for ``top_k`` candidates."""
-    cols = ["path", "best_match", "unknown", "reason"]
+    cols = ["path", "best_match", "rank", "unknown", "reason"]
     for i in range(1, top_k + 1):
         cols += [f"top{i}_slug", f"top{i}_scientific_name", f"top{i}_common_name", f"top{i}_score"]
     return cols + ["error_type", "error_message", "caveat", "model_version"]
@@ -92,11 +92,12 @@ def flatten(row: Row, top_k: int) -> list[str]:
     """One CSV record for a row (error rows leave the prediction columns empty)."""
     cells: list[str] = [row["path"]]
     if "error" in row:
-        cells += ["", "", ""] + [""] * (4 * top_k)
+        cells += ["", "", "", ""] + [""] * (4 * top_k)
         cells += [row["error"]["type"], row["error"]["message"]]
     else:
         best = row["best_match"]
-        cells += [best or "", "true" if row["unknown"] else "false", row["reason"] or ""]
+        cells += [best or "", row["rank"] or "", "true" if row["unknown"] else "false"]
+        cells.append(row["reason"] or "")
         results = row["results"][:top_k]
         for cand in results:
             cells += [
@@ -200,11 +201,13 @@ class Writer:
             err = row["error"]
             return f"{path:<{self.path_width}}  {'-':>5}  error ({err['type']}): {err['message']}"
         top = row["results"][0]
-        name = top["display_name"]
+        name, score = top["display_name"], top["score"]
         if row["unknown"]:
             self._unknowns += 1
             name = f"unknown, not likely enough (closest: {name})"
-        return f"{path:<{self.path_width}}  {wording.chance(top['score']):>6}  {name}"
+        elif row["rank"] != "species":
+            name, score = wording.backed_off(row), row["match_score"]
+        return f"{path:<{self.path_width}}  {wording.chance(score):>6}  {name}"
 
 
 def _cut_torn_tail(path: Path) -> bytes:

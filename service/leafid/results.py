@@ -48,16 +48,36 @@ different species: they look like different plants."""
 
 
 @dataclass(frozen=True)
+class TaxonMatch:
+    """An answer at genus or family rank: no species was likely enough, its taxon is.
+
+    Attributes:
+        rank: ``genus`` or ``family``.
+        name: The taxon's name.
+        score: Its calibrated score: the summed scores of its species.
+        hesitates_between: Its likeliest species, best first.
+    """
+
+    rank: str
+    name: str
+    score: float
+    hesitates_between: tuple[Candidate, ...]
+
+
+@dataclass(frozen=True)
 class Prediction:
     """The answer for one photo (or one fused set of photos of one plant).
 
     Attributes:
         results: Top-k candidates, best first, calibrated scores in [0, 1].
-        unknown: True when no candidate can be given as the answer.
+        unknown: True when no answer can be given, at any rank.
         reason: Why the answer is unknown, in one sentence (None when it is not).
         model_version: Version of the model that answered.
         reason_code: Why the answer is unknown, for programs: :data:`LOW_SCORE` or
             :data:`PHOTOS_DISAGREE` (None when it is not unknown).
+        taxon: The genus or family answer when no species was likely enough (None for a
+            species answer or an unknown one).
+        flora: The slugs the answer was restricted to (the flora filter), None for all.
     """
 
     results: tuple[Candidate, ...]
@@ -65,20 +85,47 @@ class Prediction:
     reason: str | None
     model_version: str
     reason_code: str | None = None
+    taxon: TaxonMatch | None = None
+    flora: tuple[str, ...] | None = None
+
+    @property
+    def rank(self) -> str | None:
+        """``species``, ``genus`` or ``family``: the rank of the answer (None when unknown)."""
+        if self.unknown:
+            return None
+        return self.taxon.rank if self.taxon else "species"
 
     @property
     def best_match(self) -> str | None:
-        """Slug of the best candidate, or None when unknown."""
-        return None if self.unknown else self.results[0].slug
+        """Slug of the best candidate (a taxon's name at genus or family rank), or None."""
+        if self.unknown:
+            return None
+        return self.taxon.name if self.taxon else self.results[0].slug
+
+    @property
+    def match_score(self) -> float | None:
+        """The calibrated score of :attr:`best_match` (None when unknown)."""
+        if self.unknown:
+            return None
+        return self.taxon.score if self.taxon else self.results[0].score
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form (the schema of CLI rows and service answers)."""
+        score = self.match_score
         return {
             "best_match": self.best_match,
+            "rank": self.rank,
+            "match_score": None if score is None else round(score, 6),
+            "hesitates_between": (
+                [c.to_dict() for c in self.taxon.hesitates_between]
+                if self.taxon and not self.unknown
+                else None
+            ),
             "unknown": self.unknown,
             "reason": self.reason,
             "reason_code": self.reason_code,
             "results": [c.to_dict() for c in self.results],
+            "flora": None if self.flora is None else list(self.flora),
             "caveat": CAVEAT,
             "model_version": self.model_version,
         }

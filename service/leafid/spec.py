@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from leafid.errors import InvalidModelError
@@ -21,6 +21,8 @@ SPEC_VERSION = 1
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
 INPUT_FORMATS = ("uint8_nhwc", "float32_nchw")
+TAXON_RANKS = ("genus", "family")
+"""The ranks above species an answer can back off to, most specific first."""
 
 
 def display_name(scientific_name: str, common_name: str) -> str:
@@ -39,11 +41,29 @@ def display_name(scientific_name: str, common_name: str) -> str:
 
 @dataclass(frozen=True)
 class ClassInfo:
-    """One output class of the model."""
+    """One output class of the model.
+
+    Attributes:
+        slug: Stable identifier, e.g. ``salix_aurita``.
+        scientific_name: Scientific name as the training data gives it.
+        common_name: English common name (may be empty).
+        genus: The class's genus (itself for a genus-level class), None when unknown.
+        family: The class's family (APG IV for flowering plants), None when unknown.
+    """
 
     slug: str
     scientific_name: str
     common_name: str
+    genus: str | None = None
+    family: str | None = None
+
+    def filled(self, genus: str | None, family: str | None) -> ClassInfo:
+        """This class with its genus and family, where missing, set to these."""
+        return replace(self, genus=self.genus or genus, family=self.family or family)
+
+    def taxon(self, rank: str) -> str | None:
+        """The class's name at ``rank`` (one of :data:`TAXON_RANKS`), None when unknown."""
+        return self.genus if rank == "genus" else self.family if rank == "family" else None
 
     @property
     def display_name(self) -> str:
@@ -68,6 +88,10 @@ class ModelSpec:
         std: Per-channel RGB standard deviation, on the 0-1 scale.
         temperature: Calibration temperature; probabilities are ``softmax(logits / T)``.
         unknown_threshold: Best calibrated score under this is answered as unknown.
+        taxon_thresholds: {rank: threshold} for the ranks of :data:`TAXON_RANKS` an
+            answer may back off to when no species passes ``unknown_threshold``: the
+            calibrated scores summed per taxon of that rank must reach it. Empty: no
+            back-off (models without taxonomy, or trained before it).
         training_data: Free-form summary of the training data (datasets, counts).
         metrics: Headline evaluation figures of this model (free-form).
     """
@@ -83,6 +107,7 @@ class ModelSpec:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     temperature: float = 1.0
     unknown_threshold: float = 0.0
+    taxon_thresholds: dict[str, float] = field(default_factory=dict)
     training_data: dict[str, Any] = field(default_factory=dict, compare=False)
     metrics: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -105,6 +130,11 @@ class ModelSpec:
             problems.append("temperature must be > 0")
         if not 0.0 <= self.unknown_threshold <= 1.0:
             problems.append("unknown_threshold must be in [0, 1]")
+        for rank, value in self.taxon_thresholds.items():
+            if rank not in TAXON_RANKS or not 0.0 <= value <= 1.0:
+                problems.append(f"taxon_thresholds needs ranks of {TAXON_RANKS} in [0, 1]")
+            elif not any(c.taxon(rank) for c in self.classes):
+                problems.append(f"taxon_thresholds has {rank} but no class has a {rank}")
         if problems:
             raise InvalidModelError("invalid model spec: " + "; ".join(problems))
 
@@ -113,9 +143,24 @@ class ModelSpec:
         """Class slugs in output order."""
         return [c.slug for c in self.classes]
 
+    @property
+    def has_taxonomy(self) -> bool:
+        """Whether any class has a genus or family."""
+        return any(c.genus or c.family for c in self.classes)
+
     def to_json(self) -> str:
-        """Serialise to the JSON stored in the ONNX metadata."""
+        """Serialise to the JSON stored in the ONNX metadata.
+
+        Taxonomy fields that are not set are left out, so a spec without taxonomy is
+        written as before it existed (and older leafid versions can read it).
+        """
         data = asdict(self)
+        for c in data["classes"]:
+            for rank in TAXON_RANKS:
+                if c[rank] is None:
+                    del c[rank]
+        if not data["taxon_thresholds"]:
+            del data["taxon_thresholds"]
         data["spec_version"] = SPEC_VERSION
         return json.dumps(data, sort_keys=True)
 

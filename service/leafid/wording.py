@@ -35,6 +35,12 @@ def likely(score: float) -> str:
     return f"about {shown} likely (calibrated)"
 
 
+def backed_off(answer: dict[str, Any]) -> str:
+    """A genus or family answer in words: ``genus Salix (between Salix aurita, ...)``."""
+    between = ", ".join(c["display_name"] for c in answer["hesitates_between"])
+    return f"{answer['rank']} {answer['best_match']} (no species sure; between {between})"
+
+
 def why_unknown(answer: dict[str, Any]) -> str:
     """Why an unknown answer (a row or identify result) is unknown, in words."""
     if answer.get("reason_code") == PHOTOS_DISAGREE:

@@ -3,6 +3,7 @@ import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 import leafid.cli as cli
-from conftest import encode, make_tiny_model, noisy, tiny_spec
+from conftest import encode, make_tiny_model, noisy, tiny_spec, tiny_taxonomy_spec
 from leafid.classifier import Classifier
 from leafid.cli import main
 from leafid.errors import MissingExtraError
@@ -60,6 +61,35 @@ def test_photo_with_a_corrupt_exif_block_is_classified_quietly(
     captured = capsys.readouterr()
     assert _best(_jsonl(captured.out)) == {"damaged_exif.jpg": "viridis"}
     assert "EXIF" not in captured.err
+
+
+def test_classify_only_answers_among_the_flora(
+    tiny_model: Path, photo_dir: Path, capsys: Capsys
+) -> None:
+    args = ["classify", str(photo_dir / "rubra.jpg"), "--model", str(tiny_model)]
+    assert main([*args, "--format", "jsonl", "--only", "viridis,caerulea"]) == 0
+    (row,) = _jsonl(capsys.readouterr().out)
+    assert row["flora"] == ["viridis", "caerulea"]
+    assert {c["slug"] for c in row["results"]} == {"viridis", "caerulea"}
+
+
+def test_identify_only_reads_a_file_and_unknown_names_are_usage_errors(
+    tmp_path: Path, photo_dir: Path, capsys: Capsys
+) -> None:
+    model = make_tiny_model(tmp_path / "m.onnx", tiny_taxonomy_spec())
+    flora = tmp_path / "flora.txt"
+    flora.write_text("Planta\n")
+    photo = str(photo_dir / "caerulea.jpg")
+    assert (
+        main(["identify", photo, "--model", str(model), "--format", "json", "--only", str(flora)])
+        == 0
+    )
+    result = json.loads(capsys.readouterr().out)
+    assert result["flora"] == ["rubra", "viridis"]
+    assert main(["identify", photo, "--model", str(model), "--only", "Quercus"]) == 2
+    assert "Quercus" in capsys.readouterr().err
+    args = ["classify", photo, "--model", str(model), "--only", "rubra,alba"]
+    assert main(args) == 2
 
 
 def test_classify_jsonl(tiny_model: Path, photo_dir: Path, capsys: Capsys) -> None:
@@ -574,6 +604,16 @@ def test_info_text(tiny_model: Path, capsys: Capsys) -> None:
         str(tiny_model),
     ):
         assert text in out
+
+
+def test_info_lists_genus_and_family_when_the_model_has_them(
+    tmp_path: Path, capsys: Capsys
+) -> None:
+    model = make_tiny_model(tmp_path / "m.onnx", tiny_taxonomy_spec())
+    assert main(["info", "--model", str(model)]) == 0
+    out = capsys.readouterr().out
+    assert "with [genus, family]" in out
+    assert re.search(r"caerulea +Planta caerulea +blue plant +\[Caerula, Plantaceae\]", out)
 
 
 def test_info_summarises_metrics_in_a_table(tmp_path: Path, capsys: Capsys) -> None:

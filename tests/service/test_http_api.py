@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TINY_COLOURS, encode, noisy, solid
+from conftest import TINY_COLOURS, encode, make_tiny_model, noisy, solid, tiny_taxonomy_spec
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from leafid.classifier import Classifier  # noqa: E402
+from leafid.errors import UnknownNameError  # noqa: E402
 from leafid.http.app import (  # noqa: E402
     PAGE_TEMPLATE,
     STATIC_DIR,
@@ -192,6 +193,8 @@ def test_species_and_model(client: TestClient, clf: Classifier) -> None:
         "scientific_name": clf.spec.classes[0].scientific_name,
         "common_name": clf.spec.classes[0].common_name,
         "display_name": "Planta rubra (red plant)",
+        "genus": None,
+        "family": None,
     }
     model = client.get("/v1/model").json()
     assert model["name"] == clf.spec.model_name
@@ -210,6 +213,62 @@ def test_health_ready_docs(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()
     assert {"/v1/identify", "/v1/classify", "/v1/species", "/v1/model"} <= set(schema["paths"])
     assert client.get("/docs").status_code == 200
+
+
+@pytest.fixture(scope="module")
+def taxonomy_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("taxa") / "taxa.onnx", tiny_taxonomy_spec())
+
+
+def test_species_carry_genus_and_family(taxonomy_model: Path) -> None:
+    with TestClient(create_app(Settings(model=taxonomy_model))) as c:
+        species = c.get("/v1/species").json()
+        model = c.get("/v1/model").json()
+    assert [(s["genus"], s["family"]) for s in species] == [
+        ("Planta", "Plantaceae"),
+        ("Planta", "Plantaceae"),
+        ("Caerula", "Plantaceae"),
+    ]
+    assert model["taxon_thresholds"] == {"genus": 0.6, "family": 0.9}
+
+
+def test_identify_backs_off_to_genus(taxonomy_model: Path) -> None:
+    grey = encode(solid((128, 128, 128)), "PNG")
+    with TestClient(create_app(Settings(model=taxonomy_model))) as c:
+        body = c.post("/v1/identify", files=files(("g.png", grey))).json()
+        rows = c.post("/v1/classify", files=files(("g.png", grey))).json()["results"]
+    assert (body["best_match"], body["rank"], body["unknown"]) == ("Planta", "genus", False)
+    assert {h["slug"] for h in body["hesitates_between"]} == {"rubra", "viridis"}
+    assert body["images"][0]["rank"] == "genus" and body["flora"] is None
+    assert rows[0]["best_match"] == "Planta" and rows[0]["match_score"] > 0.6
+
+
+def test_species_and_genus_parameters_filter_the_answers(taxonomy_model: Path) -> None:
+    photo = files(("b.jpg", jpeg("caerulea")))
+    with TestClient(create_app(Settings(model=taxonomy_model))) as c:
+        only = c.post("/v1/identify?species=rubra&species=viridis", files=photo).json()
+        genus = c.post("/v1/classify?genus=planta", files=photo).json()["results"][0]
+        both = c.post("/v1/identify?species=caerulea&genus=Planta", files=photo).json()
+        wrong = c.post("/v1/identify?species=rubra,alba", files=photo)
+        plain = c.post("/v1/identify", files=photo).json()
+    assert only["flora"] == ["rubra", "viridis"] and only["best_match"] != "caerulea"
+    assert {r["slug"] for r in only["results"]} == {"rubra", "viridis"}
+    assert genus["flora"] == ["rubra", "viridis"]
+    assert both["flora"] == ["rubra", "viridis", "caerulea"] and both["best_match"] == "caerulea"
+    assert wrong.status_code == 422 and wrong.json()["error"]["code"] == "unknown_name"
+    assert "alba" in wrong.json()["error"]["message"]
+    assert plain["flora"] is None and plain["best_match"] == "caerulea"
+
+
+def test_service_wide_flora_and_a_request_that_replaces_it(taxonomy_model: Path) -> None:
+    photo = files(("b.jpg", jpeg("caerulea")))
+    with TestClient(create_app(Settings(model=taxonomy_model, only="rubra, viridis"))) as c:
+        default = c.post("/v1/identify", files=photo).json()
+        asked = c.post("/v1/identify?species=caerulea", files=photo).json()
+    assert default["flora"] == ["rubra", "viridis"]
+    assert asked["flora"] == ["caerulea"] and asked["best_match"] == "caerulea"
+    with pytest.raises(UnknownNameError, match="alba"):
+        load_classifier(Settings(model=taxonomy_model, only="alba"))
 
 
 def test_metrics_count_requests_images_and_unknowns(client: TestClient) -> None:

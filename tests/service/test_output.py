@@ -16,7 +16,7 @@ from leafid.output import (
     read_done_paths,
     success_row,
 )
-from leafid.results import CAVEAT, Candidate, Prediction
+from leafid.results import CAVEAT, Candidate, Prediction, TaxonMatch
 
 
 def _pred(slug: str = "rubra", score: float = 0.9, unknown: bool = False) -> Prediction:
@@ -78,11 +78,12 @@ def test_csv_is_flat_one_line_per_record_and_carries_caveat() -> None:
     assert len(lines) == 4  # header + 3, the newline in the message was flattened
     records = list(csv.DictReader(io.StringIO(text)))
     assert list(records[0]) == csv_header(2)
-    assert records[0]["best_match"] == "rubra"
+    assert records[0]["best_match"] == "rubra" and records[0]["rank"] == "species"
     assert records[0]["top1_score"] == "0.900000"
     assert records[0]["top2_slug"] == "other"
     assert records[1]["path"] == "b,with comma.jpg"
     assert records[1]["unknown"] == "true" and records[1]["best_match"] == ""
+    assert records[1]["rank"] == ""
     assert records[2]["error_type"] == "bad_image"
     assert records[2]["error_message"] == "cannot decode image: line two"
     assert all(r["caveat"] == CAVEAT and r["model_version"] == "1.2.3" for r in records)
@@ -114,6 +115,23 @@ def test_table_gives_the_score_as_a_chance_and_next_steps_for_unknown() -> None:
     assert "retake" not in alone and "calibrated chance" in alone
     assert CAVEAT in text
     assert text.splitlines()[0].startswith("PATH")
+
+
+def _genus_row() -> dict[str, object]:
+    pred = _pred("salix_aurita", 0.4)
+    taxon = TaxonMatch("genus", "Salix", 0.85, pred.results[:1])
+    return success_row("g.jpg", Prediction(pred.results, False, None, "1.2.3", taxon=taxon))
+
+
+def test_genus_answer_in_table_and_csv() -> None:
+    row = _genus_row()
+    assert (row["best_match"], row["rank"], row["match_score"]) == ("Salix", "genus", 0.85)
+    line = _write("table", [row]).splitlines()[1]
+    assert line.split()[:2] == ["g.jpg", "85%"]
+    assert "genus Salix" in line and "Planta salix_aurita" in line
+    (record,) = csv.DictReader(io.StringIO(_write("csv", [row])))
+    assert (record["best_match"], record["rank"]) == ("Salix", "genus")
+    assert record["top1_slug"] == "salix_aurita"
 
 
 def test_unknown_format_is_refused() -> None:

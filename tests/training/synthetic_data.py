@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from conftest import TINY_CLASSES, TINY_COLOURS, noisy
+from conftest import TINY_CLASSES, TINY_COLOURS, TINY_TAXA, noisy
 
 
 def make_imagefolder(
@@ -77,6 +77,16 @@ def make_lab_root(root: Path, per_class: int = 6) -> Path:
             arr, _ = lab_photo((250, 250, 248), colour, seed=k)
             Image.fromarray(arr).save(folder / f"{k}.png")
     return root
+
+
+def write_taxonomy(folder: Path, name: str, slugs: tuple[str, ...] = tuple(TINY_TAXA)) -> Path:
+    """Write ``folder/<name>.taxonomy.tsv`` with the :data:`TINY_TAXA` of ``slugs``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = ["class_slug\tgenus\tfamily\tsource"]
+    rows += [f"{slug}\t{TINY_TAXA[slug][0]}\t{TINY_TAXA[slug][1]}\tby hand" for slug in slugs]
+    path = folder / f"{name}.taxonomy.tsv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
 
 
 def tiny_config(tmp_path: Path, out: str = "run", **changes: object) -> object:

@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 
 from leafid.classifier import softmax
+from leafid.spec import ClassInfo
 from leafid_train.calibrate import (
     MAX_TEMPERATURE,
     MIN_TEMPERATURE,
     SCORES,
     auroc,
+    backoff_report,
     calibrate,
     calibration_report,
     compare_scores,
@@ -117,6 +119,19 @@ def test_calibrate_runs_the_model_on_val_and_ood_val() -> None:
     seen.clear()
     no_ood = calibrate(logits_of, images, labels, ood[:0], rule=keep)
     assert seen == [200] and no_ood == calibration_report(logits, labels, None, keep)
+
+
+def test_calibration_report_chooses_genus_and_family_thresholds_with_taxonomy() -> None:
+    logits, labels = overconfident()
+    classes = tuple(ClassInfo(f"c{i}", f"G{i // 2} c{i}", "", f"G{i // 2}", "F") for i in range(4))
+    plain = calibration_report(logits, labels, None, UnknownRule(keep_fraction=0.9))
+    report = calibration_report(logits, labels, None, UnknownRule(keep_fraction=0.9), (), classes)
+    assert "taxon_thresholds" not in plain
+    assert report == plain | backoff_report(
+        logits, labels, None, (), plain, UnknownRule(keep_fraction=0.9), classes
+    )
+    assert set(report["taxon_backoff"]) >= {"genus", "family", "no_species_answer"}
+    assert report["taxon_backoff"]["no_species_answer"] > 0
 
 
 def test_energy_and_max_logit_scores() -> None:

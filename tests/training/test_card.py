@@ -222,6 +222,40 @@ def test_card_shows_the_field_shifts_when_evaluated_with_them(tmp_path: Path) ->
     assert "| low light | 0 | n/a | n/a | n/a |" in card
 
 
+def test_card_reports_backing_off_on_val_and_test(tmp_path: Path) -> None:
+    _fake_run(tmp_path / "run", make_tiny_model(tmp_path / "m.onnx"))
+    assert "Backing off" not in render_card(tmp_path / "run")
+    cal_file = tmp_path / "run" / "calibration.json"
+    cal = json.loads(cal_file.read_text())
+    cal["taxon_backoff"] = {
+        "val_images": 100,
+        "species_right": 80,
+        "no_species_answer": 15,
+        "genus": {"threshold": 0.7, "answers": 9, "right": 9, "ood_answers": 0},
+        "family": {"threshold": 0.9, "answers": 2, "right": 2, "ood_answers": 1},
+    }
+    cal_file.write_text(json.dumps(cal))
+    card = render_card(tmp_path / "run")
+    assert "thresholds (chosen on val" in card.lower() and "genus 0.7000, family 0.9000" in card
+    assert "15 without a species answer; of those, 9 answered at genus rank (9 right" in card
+    _fake_eval(tmp_path / "run" / "eval", 0.9)
+    metrics_file = tmp_path / "run" / "eval" / "metrics.json"
+    metrics = json.loads(metrics_file.read_text())
+    metrics["ranks"] = {
+        "images": 100,
+        "species": {"answers": 85, "right": 80, "accuracy": 80 / 85},
+        "genus": {"answers": 10, "right": 9, "accuracy": 0.9},
+        "family": {"answers": 0, "right": 0, "accuracy": None},
+        "unknown": 5,
+        "right_at_species_rank": 0.8,
+        "right_at_some_rank": 0.89,
+    }
+    metrics_file.write_text(json.dumps(metrics))
+    card = render_card(tmp_path / "run")
+    assert "right at some rank 89.00% (+9.00 points)" in card
+    assert "genus answers 10 (90.00% right)" in card and ": not met." in card
+
+
 def test_card_names_the_background_and_greyscale_augmentation(tmp_path: Path) -> None:
     model = make_tiny_model(tmp_path / "m.onnx")
     _fake_run(tmp_path / "run", model)

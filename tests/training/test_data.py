@@ -7,15 +7,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from synthetic_data import make_imagefolder, make_ood
+from synthetic_data import make_imagefolder, make_ood, write_taxonomy
 
-from conftest import encode, make_tiny_model, noisy, tiny_spec
+from conftest import encode, make_tiny_model, noisy, tiny_spec, tiny_taxonomy_spec
 from leafid.classifier import Classifier
 from leafid.images import ImageLimits, decode
 from leafid.preprocess import preprocess
 from leafid_train.config import TrainConfig
 from leafid_train.data import DatasetError, ImageCache, label_space, open_root, samples_of
-from leafid_train.run_data import build_data
+from leafid_train.run_data import build_data, fill_taxonomy
 
 
 def test_open_root_reads_tsv_and_images(tmp_path: Path) -> None:
@@ -26,6 +26,40 @@ def test_open_root_reads_tsv_and_images(tmp_path: Path) -> None:
     samples = samples_of(root)
     assert len(samples) == 24
     assert {s.label for s in samples} == {"rubra", "viridis", "caerulea"}
+
+
+def test_genus_and_family_columns_of_classes_tsv(tmp_path: Path) -> None:
+    folder = make_imagefolder(tmp_path / "mine", per_class=1)
+    (folder / "classes.tsv").write_text(
+        "class_slug\tscientific_name\tcommon_name\tgenus\tfamily\n"
+        "rubra\tPlanta rubra\tred plant\tPlanta\tPlantaceae\n"
+        "viridis\tPlanta viridis\tgreen plant\t\t\n"
+    )
+    classes = open_root(folder).classes
+    assert (classes["rubra"].genus, classes["rubra"].family) == ("Planta", "Plantaceae")
+    assert (classes["viridis"].genus, classes["viridis"].family) == (None, None)
+
+
+def test_taxonomy_file_of_the_repository_fills_what_classes_tsv_lacks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LEAFID_MANIFEST_DIR", str(tmp_path / "manifests"))
+    write_taxonomy(tmp_path / "manifests", "setA", ("rubra", "caerulea"))
+    classes = open_root(make_imagefolder(tmp_path / "setA", per_class=1)).classes
+    assert classes["rubra"].genus == "Planta" and classes["caerulea"].family == "Plantaceae"
+    assert classes["viridis"].genus is None
+    assert classes["rubra"].scientific_name == "Planta rubra"  # names still from classes.tsv
+
+
+def test_fill_taxonomy_gives_an_older_spec_the_names_of_its_roots() -> None:
+    known = tiny_taxonomy_spec().classes
+    filled = fill_taxonomy(tiny_spec(), known[:2])  # caerulea is not in the roots
+    assert [(c.genus, c.family) for c in filled.classes] == [
+        ("Planta", "Plantaceae"),
+        ("Planta", "Plantaceae"),
+        (None, None),
+    ]
+    assert fill_taxonomy(tiny_spec(), ()) == tiny_spec()
 
 
 def test_plain_imagefolder_without_tsv(tmp_path: Path) -> None:

@@ -13,7 +13,8 @@ from conftest import make_tiny_model, tiny_spec
 from leafid.classifier import Classifier
 from leafid.errors import InvalidRequestError
 from leafid.images import ImageLimits, read_bytes
-from leafid.results import Candidate, Prediction
+from leafid.results import Candidate, Prediction, TaxonMatch
+from leafid.spec import ClassInfo
 from leafid_train.data import DatasetError, Sample, open_root, samples_of
 from leafid_train.evaluate import Scored, compute_metrics, evaluate_model, score
 from leafid_train.split import make_split
@@ -45,6 +46,35 @@ def test_compute_metrics_by_hand() -> None:
     assert m["ood"]["auroc"] == pytest.approx(2.5 / 3)  # 0.9 and 0.6 beat 0.3, 0.3 ties
     # |1-0.9|, |0-0.6|, |1-0.3| each weighted 1/3
     assert m["ece"] == pytest.approx((0.1 + 0.6 + 0.7) / 3)
+
+
+def test_rank_counts_of_genus_and_family_answers() -> None:
+    classes = (
+        ClassInfo("a", "A a", "", "A", "F"),
+        ClassInfo("b", "A b", "", "A", "F"),
+        ClassInfo("c", "C c", "", "C", "F"),
+    )
+    unsure = _pred([("a", 0.4), ("b", 0.35), ("c", 0.25)])
+
+    def at(rank: str, name: str) -> Prediction:
+        return Prediction(unsure.results, False, None, "t", taxon=TaxonMatch(rank, name, 0.8, ()))
+
+    leaf = [
+        Scored(Sample("x", "a/1", "a"), _pred([("a", 0.9), ("b", 0.1)])),  # species, right
+        Scored(Sample("x", "b/1", "b"), at("genus", "A")),  # genus, right
+        Scored(Sample("x", "c/1", "c"), at("genus", "A")),  # genus, wrong
+        Scored(Sample("x", "c/2", "c"), at("family", "F")),  # family, right
+        Scored(Sample("x", "c/3", "c"), _pred([("a", 0.4), ("c", 0.3)], unknown=True)),
+    ]
+    m = compute_metrics(["a", "b", "c"], leaf, [], classes)
+    r = m["ranks"]
+    assert r["species"] == {"answers": 1, "right": 1, "accuracy": 1.0}
+    assert r["genus"] == {"answers": 2, "right": 1, "accuracy": 0.5}
+    assert r["family"] == {"answers": 1, "right": 1, "accuracy": 1.0}
+    assert r["unknown"] == 1
+    assert (r["right_at_species_rank"], r["right_at_some_rank"]) == (0.2, 0.6)
+    assert m["unknown_rate"] == pytest.approx(0.8)  # without a species answer
+    assert "ranks" not in compute_metrics(["a", "b", "c"], leaf, [])
 
 
 def test_unknown_class_is_an_error() -> None:

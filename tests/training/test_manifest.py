@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
 import pytest
-from synthetic_data import make_imagefolder
+from synthetic_data import make_imagefolder, write_taxonomy
 
 from leafid_train.data import open_root
+from leafid_train.locations import MANIFEST_DIR
 from leafid_train.manifest import (
     ManifestMismatchError,
     build_manifest,
@@ -42,7 +44,7 @@ def test_manifest_content_and_files(tmp_path: Path) -> None:
     }
     assert data["checksum"]["value"] == checksum(root)[0]
     md = (tmp_path / "manifests" / "setA.md").read_text()
-    assert "| rubra | Planta rubra | red plant | 3 |" in md
+    assert "| rubra | Planta rubra | red plant | 3 |" in md  # no taxonomy: no such columns
     assert load_manifest("setA", tmp_path / "manifests") == data
     assert load_manifest("other", tmp_path / "manifests") is None
 
@@ -88,3 +90,34 @@ def test_verify_roots_skips_roots_without_manifest(tmp_path: Path) -> None:
     assert verify_roots([root], tmp_path / "none") == []
     write_manifest(root, tmp_path / "m")
     assert verify_roots([root], tmp_path / "m") == ["setA"]
+
+
+STAGED = ("swedish-leaf", "flavia", "plantvillage", "deepweeds")
+
+
+@pytest.mark.parametrize("name", STAGED)
+def test_every_class_of_a_staged_dataset_has_genus_family_and_source(name: str) -> None:
+    manifest = load_manifest(name, MANIFEST_DIR)
+    assert manifest is not None and f"{name}.taxonomy.tsv" in manifest["taxonomy"]
+    text = (MANIFEST_DIR / f"{name}.taxonomy.tsv").read_text(encoding="utf-8")
+    rows = list(csv.DictReader(text.splitlines(), delimiter="\t"))
+    assert {r["class_slug"] for r in rows} == {c["slug"] for c in manifest["classes"]}
+    for c in manifest["classes"]:
+        assert c["genus"][0].isupper() and c["family"].endswith("aceae")
+        assert c["scientific_name"].split()[0] == c["genus"]  # genus-level classes too
+    assert all(r["source"] for r in rows)
+
+
+def test_manifest_shows_genus_and_family_of_the_taxonomy_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LEAFID_MANIFEST_DIR", str(tmp_path / "manifests"))
+    write_taxonomy(tmp_path / "manifests", "setA", ("rubra",))
+    path = write_manifest(open_root(_root(tmp_path)))
+    data = json.loads(path.read_text())
+    rubra = next(c for c in data["classes"] if c["slug"] == "rubra")
+    assert (rubra["genus"], rubra["family"]) == ("Planta", "Plantaceae")
+    assert "setA.taxonomy.tsv" in data["taxonomy"]
+    md = path.with_suffix(".md").read_text()
+    assert "| rubra | Planta rubra | red plant | Planta | Plantaceae | 3 |" in md
+    assert "| viridis | Planta viridis | green plant |  |  | 3 |" in md

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from synthetic_data import make_imagefolder, make_ood, tiny_config
+from synthetic_data import make_imagefolder, make_ood, tiny_config, write_taxonomy
 
 pytest.importorskip("torch")
 pytestmark = pytest.mark.train
@@ -90,6 +90,27 @@ def test_train_calibrate_export_matches_torch(tmp_path: Path) -> None:
         torch_top1 = model(torch.from_numpy(batch)).argmax(1).numpy()
     onnx_top1 = [clf.spec.labels.index(p.results[0].slug) for p in clf.classify_arrays(batch)]
     np.testing.assert_array_equal(torch_top1, onnx_top1)
+
+
+def test_export_gives_a_run_trained_without_taxonomy_its_genus_family_and_thresholds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_ood(tmp_path / "nonleaf")
+    cfg = tiny_config(tmp_path, ood=[str(tmp_path / "nonleaf")], unknown_rule="coverage")
+    run_training(cfg, quiet=True)
+    run = tmp_path / "run"
+    assert "taxon_thresholds" not in json.loads((run / "calibration.json").read_text())
+    monkeypatch.setenv(MANIFEST_DIR_ENV, str(tmp_path / "manifests"))
+    write_taxonomy(tmp_path / "manifests", "leaf")
+    export_run(run, tmp_path / "model.onnx", int8=True, compare_seconds=0.02, compare_rounds=1)
+    calibration = json.loads((run / "calibration.json").read_text())
+    assert calibration["taxon_backoff"]["val_images"] == calibration["val_images"]
+    clf = Classifier(tmp_path / "model.onnx")
+    assert [c.genus for c in clf.spec.classes] == ["Caerula", "Planta", "Planta"]
+    assert clf.spec.taxon_thresholds == calibration["taxon_thresholds"]
+    assert clf.spec.metrics["val"]["taxon_backoff"] == calibration["taxon_backoff"]
+    int8 = json.loads((run / "int8_report.json").read_text())["calibration"]
+    assert "taxon_backoff" in int8  # the INT8 copy's own, on its own logits
 
 
 def test_spec_normalisation_follows_the_weights() -> None:

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 
 from leafid.classifier import softmax
+from leafid.spec import ClassInfo
+from leafid_train.taxon_rule import pick_taxon_thresholds
 from leafid_train.unknown_rule import (
     UnknownRule,
     pick_coverage_threshold,
@@ -220,12 +222,51 @@ def compare_scores(
     return out
 
 
+def backoff_report(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    ood_logits: np.ndarray | None,
+    ood_roots: Sequence[str],
+    calibration: dict[str, Any],
+    rule: UnknownRule,
+    classes: Sequence[ClassInfo],
+) -> dict[str, Any]:
+    """Genus and family thresholds for a calibrated model (:mod:`leafid_train.taxon_rule`).
+
+    Args:
+        logits: Val leaf logits.
+        labels: Their class indices.
+        ood_logits: Val OOD logits, if any.
+        ood_roots: The OOD root of each of them.
+        calibration: The model's temperature and unknown threshold (a calibration report).
+        rule: Gives the answered-right and rejection targets.
+        classes: The model's classes.
+
+    Returns:
+        ``taxon_thresholds`` and ``taxon_backoff``; empty when no class has a genus or family.
+    """
+    if not any(c.genus or c.family for c in classes):
+        return {}
+    t = calibration["temperature"]
+    ood = softmax(ood_logits, t) if ood_logits is not None and len(ood_logits) else None
+    return pick_taxon_thresholds(
+        softmax(logits, t),
+        labels,
+        classes,
+        calibration["unknown_threshold"],
+        rule.answered_right,
+        _by_root(ood, ood_roots) if ood is not None else {},
+        rule.reject,
+    )
+
+
 def calibration_report(
     logits: np.ndarray,
     labels: np.ndarray,
     ood_logits: np.ndarray | None = None,
     rule: UnknownRule | None = None,
     ood_roots: Sequence[str] = (),
+    classes: Sequence[ClassInfo] = (),
 ) -> dict[str, Any]:
     """Fit T and the unknown threshold on validation logits and report the figures.
 
@@ -236,6 +277,8 @@ def calibration_report(
         rule: How the threshold is chosen; default: the keep rule at 0.95.
         ood_roots: The OOD root of each row of ``ood_logits`` (the coverage rule's
             rejection targets are per root).
+        classes: The model's classes: with genus or family, the report has the
+            :func:`backoff_report` too.
 
     Returns:
         temperature, unknown_threshold, nll/ece before and after, val accuracy and,
@@ -287,6 +330,7 @@ def calibration_report(
         )
         if len(ood_best):
             report["scores"] = compare_scores(logits, labels, ood_logits, ood_roots, t, rule)
+    report.update(backoff_report(logits, labels, ood_logits, ood_roots, report, rule, classes))
     return report
 
 
@@ -298,6 +342,7 @@ def calibrate(
     *,
     rule: UnknownRule,
     ood_roots: Sequence[str] = (),
+    classes: Sequence[ClassInfo] = (),
 ) -> dict[str, Any]:
     """Calibrate a model on a run's val (+ OOD val) images: the one entry point.
 
@@ -311,10 +356,11 @@ def calibrate(
         ood_val: The run's preprocessed OOD val images (may be empty).
         rule: How the unknown threshold is chosen.
         ood_roots: The OOD root of each OOD val image.
+        classes: The model's classes (genus and family thresholds when they have them).
 
     Returns:
         The :func:`calibration_report`.
     """
     logits = logits_of(val)
     ood = logits_of(ood_val) if len(ood_val) else None
-    return calibration_report(logits, labels, ood, rule, ood_roots)
+    return calibration_report(logits, labels, ood, rule, ood_roots, classes)

@@ -21,6 +21,7 @@ from leafid.paths import fp32_of_int8_copy, int8_copy_path
 from leafid.results import CAVEAT
 from leafid.spec import ModelSpec
 from leafid_train.card_sections import (
+    backoff_section,
     comparison_section,
     eval_section,
     int8_section,
@@ -254,6 +255,7 @@ def render_card(run_dir: Path, model: Path | None = None, cfg: TrainConfig | Non
         f"{num(cal['ood_auroc'])}, rejected {pct(cal['ood_rejected'])}.",
         "",
         *risk_coverage_section(cal),
+        *backoff_section(int8_report["calibration"] if ships else cal, shipped_ev),
     ]
     if ships:
         out += eval_section(ev8, f"shipped INT8 model (`{int8_copy.name}`)", run.eval_int8)

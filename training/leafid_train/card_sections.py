@@ -59,6 +59,59 @@ def risk_coverage_section(cal: dict[str, Any]) -> list[str]:
     return out
 
 
+BACKOFF_TARGET_POINTS = 0.05
+"""Issue #16's target: right at some rank >= right at species rank + 5 points (test)."""
+BACKOFF_TARGET_ACCURACY = 0.95
+"""Issue #16's target: genus answers right >= 95% (test)."""
+
+
+def backoff_section(cal: dict[str, Any], ev: dict[str, Any] | None) -> list[str]:
+    """Genus and family answers: thresholds and val figures, test figures once evaluated.
+
+    Args:
+        cal: The shipped model's calibration report (none of this without ``taxon_backoff``).
+        ev: The shipped model's test metrics (with ``ranks``), or None.
+    """
+    if "taxon_backoff" not in cal:
+        return []
+    b = cal["taxon_backoff"]
+    ranks = [r for r in ("genus", "family") if r in b]
+    chosen = ", ".join(f"{r} {num(b[r]['threshold'])}" for r in ranks) or "none"
+    out = [
+        "## Backing off to genus or family",
+        "",
+        "When no species reaches the unknown threshold, the scores of each genus's species "
+        "are summed and a genus that reaches its threshold is the answer, then a family. "
+        "Thresholds (chosen on val, lowest whose answers are right as often as species "
+        f"answers must be, without answering OOD photos the unknown rule turned away): {chosen}.",
+        "",
+        f"- Val: {b['val_images']} leaf photos, {b['species_right']} right at species rank, "
+        f"{b['no_species_answer']} without a species answer; of those, "
+        + "; ".join(
+            f"{b[r]['answers']} answered at {r} rank ({b[r]['right']} right, "
+            f"OOD photos answered so: {b[r]['ood_answers']})"
+            for r in ranks
+        )
+        + ".",
+    ]
+    test = (ev or {}).get("ranks")
+    if test is not None:
+        gain = test["right_at_some_rank"] - test["right_at_species_rank"]
+        genus_ok = test["genus"]["accuracy"]
+        met = gain >= BACKOFF_TARGET_POINTS and (
+            genus_ok is None or genus_ok >= BACKOFF_TARGET_ACCURACY
+        )
+        out.append(
+            f"- Test: right at species rank {pct(test['right_at_species_rank'])}, right at "
+            f"some rank {pct(test['right_at_some_rank'])} (+{100 * gain:.2f} points); "
+            f"genus answers {test['genus']['answers']} ({pct(genus_ok)} right), family "
+            f"answers {test['family']['answers']} ({pct(test['family']['accuracy'])} right); "
+            f"no answer {test['unknown']}. Target (+5 points, genus answers >= 95% right): "
+            f"{'met' if met else 'not met'}."
+        )
+    return [*out, ""]
+
+
 def int8_section(
     report: dict[str, Any] | None,
     decision: Int8Decision | None,

@@ -2,7 +2,9 @@
 
 A dataset root is an ImageFolder (``<root>/<class_slug>/*.jpg``) or a folder with an
 ``images/`` ImageFolder inside, optionally with a ``classes.tsv`` (columns
-``class_slug``, ``scientific_name``, ``common_name``, more ignored) in the root.
+``class_slug``, ``scientific_name``, ``common_name``, optionally ``genus`` and
+``family``, more ignored) in the root. A staged dataset's genus and family may come
+from the repository instead (:func:`~leafid_train.locations.taxonomy_path`).
 Several roots share one label space: the same slug in two roots is the same class.
 Nothing here needs torch.
 """
@@ -29,7 +31,7 @@ from leafid.errors import ImageError, LeafidError
 from leafid.images import ImageLimits, read_bytes
 from leafid.preprocess import RESAMPLE, preprocess
 from leafid.spec import ClassInfo, ModelSpec
-from leafid_train.locations import resolve_root
+from leafid_train.locations import resolve_root, taxonomy_path
 
 log = logging.getLogger(__name__)
 
@@ -71,24 +73,60 @@ class Sample:
     label: str
 
 
-def read_classes_tsv(path: Path) -> dict[str, ClassInfo]:
-    """Read ``classes.tsv`` into ClassInfo rows by slug.
+def _read_tsv(path: Path, need: set[str]) -> dict[str, dict[str, str]]:
+    """The rows of a TSV file with a ``class_slug`` column, by slug, cells stripped.
 
     Raises:
         DatasetError: A needed column is missing or a slug repeats.
     """
     with path.open(newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh, delimiter="\t")
-        need = {"class_slug", "scientific_name", "common_name"}
-        if not need <= set(reader.fieldnames or ()):
-            raise DatasetError(f"{path}: needs the columns {sorted(need)}")
-        out: dict[str, ClassInfo] = {}
+        if not need | {"class_slug"} <= set(reader.fieldnames or ()):
+            raise DatasetError(f"{path}: needs the columns {sorted(need | {'class_slug'})}")
+        out: dict[str, dict[str, str]] = {}
         for row in reader:
             slug = row["class_slug"].strip()
             if slug in out:
                 raise DatasetError(f"{path}: class {slug!r} is listed twice")
-            out[slug] = ClassInfo(slug, row["scientific_name"].strip(), row["common_name"].strip())
+            out[slug] = {k: (v or "").strip() for k, v in row.items() if k is not None}
     return out
+
+
+def read_classes_tsv(path: Path) -> dict[str, ClassInfo]:
+    """Read ``classes.tsv`` into ClassInfo rows by slug (genus and family when it has them).
+
+    Raises:
+        DatasetError: A needed column is missing or a slug repeats.
+    """
+    rows = _read_tsv(path, {"scientific_name", "common_name"})
+    return {
+        slug: ClassInfo(
+            slug,
+            row["scientific_name"],
+            row["common_name"],
+            genus=row.get("genus") or None,
+            family=row.get("family") or None,
+        )
+        for slug, row in rows.items()
+    }
+
+
+def with_taxonomy(classes: dict[str, ClassInfo], path: Path) -> dict[str, ClassInfo]:
+    """``classes`` with the genus and family of a taxonomy file filled in where missing.
+
+    The file (``class_slug``, ``genus``, ``family``, ``source``) is the repository's
+    record of a staged dataset's taxonomy; a name ``classes.tsv`` gives wins.
+
+    Raises:
+        DatasetError: The file lacks a column or repeats a slug.
+    """
+    rows = _read_tsv(path, {"genus", "family"})
+    return {
+        slug: info.filled(rows[slug]["genus"] or None, rows[slug]["family"] or None)
+        if slug in rows
+        else info
+        for slug, info in classes.items()
+    }
 
 
 def open_root(name_or_path: str | Path) -> DataRoot:
@@ -100,6 +138,8 @@ def open_root(name_or_path: str | Path) -> DataRoot:
         tsv = root.parent / "classes.tsv"
     name = root.resolve().parent.name if root.name == "images" else root.resolve().name
     classes = read_classes_tsv(tsv) if tsv.is_file() else {}
+    if taxonomy_path(name).is_file():
+        classes = with_taxonomy(classes, taxonomy_path(name))
     return DataRoot(name=name, root=root, images=images, classes=classes)
 
 

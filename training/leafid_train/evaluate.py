@@ -21,6 +21,8 @@ from leafid.classifier import Classifier, decode_input
 from leafid.errors import ImageError, InvalidRequestError
 from leafid.images import read_bytes
 from leafid.results import Prediction
+from leafid.spec import ClassInfo
+from leafid.taxonomy import RANKS
 from leafid_train.augment import greyscale
 from leafid_train.calibrate import auroc, ece, reliability
 from leafid_train.composite import composite, cut_out
@@ -117,12 +119,17 @@ def score(
 
 
 def _rates(items: Sequence[Scored]) -> dict[str, Any]:
+    """Top-1/5, ``unknown_rate`` and ``answered_top1`` (top-1 of the rest).
+
+    ``unknown_rate`` is the share without a species answer: some of them may be answered
+    at genus or family rank (:func:`rank_counts`).
+    """
     n = len(items)
     if n == 0:
         return {"images": 0}
     top1 = [i.prediction.results[0].slug == i.sample.label for i in items]
     top5 = [any(c.slug == i.sample.label for c in i.prediction.results) for i in items]
-    unknown = [i.prediction.unknown for i in items]
+    unknown = [i.prediction.rank != "species" for i in items]
     answered = [t for t, u in zip(top1, unknown, strict=True) if not u]
     return {
         "images": n,
@@ -133,15 +140,49 @@ def _rates(items: Sequence[Scored]) -> dict[str, Any]:
     }
 
 
+def rank_counts(items: Sequence[Scored], classes: Sequence[ClassInfo]) -> dict[str, Any]:
+    """What each rank answered: species, genus and family answers and how many are right.
+
+    Returns:
+        ``images``; per rank ``answers`` and ``right`` (a genus or family answer is right
+        when it names the photo's genus or family), ``accuracy`` (None without answers);
+        ``unknown`` (no answer at any rank); ``right_at_species_rank`` and
+        ``right_at_some_rank`` as shares of the images.
+    """
+    taxon = {c.slug: c for c in classes}
+    out: dict[str, Any] = {"images": len(items)}
+    for rank in RANKS:
+        answered = [i for i in items if i.prediction.rank == rank]
+        right = sum(
+            i.prediction.best_match
+            == (i.sample.label if rank == "species" else taxon[i.sample.label].taxon(rank))
+            for i in answered
+        )
+        out[rank] = {
+            "answers": len(answered),
+            "right": right,
+            "accuracy": right / len(answered) if answered else None,
+        }
+    out["unknown"] = sum(i.prediction.unknown for i in items)
+    n = max(1, len(items))
+    out["right_at_species_rank"] = out["species"]["right"] / n
+    out["right_at_some_rank"] = sum(out[rank]["right"] for rank in RANKS) / n
+    return out
+
+
 def compute_metrics(
-    labels: Sequence[str], leaf: Sequence[Scored], ood: Sequence[Scored]
+    labels: Sequence[str],
+    leaf: Sequence[Scored],
+    ood: Sequence[Scored],
+    classes: Sequence[ClassInfo] = (),
 ) -> dict[str, Any]:
     """Top-1/5, per-class precision/recall, per-dataset rates, ECE, confusion and OOD figures.
 
     Args:
         labels: The model's class slugs, in output order.
         leaf: Scored in-distribution images.
-        ood: Scored out-of-distribution images.
+        ood: Scored out-of-distribution images (``rejected``: no answer at any rank).
+        classes: The model's classes: with genus or family, ``ranks`` (:func:`rank_counts`).
     """
     index = {slug: i for i, slug in enumerate(labels)}
     missing = sorted({s.sample.label for s in leaf} - set(index))
@@ -171,6 +212,8 @@ def compute_metrics(
     }
     metrics["labels"] = list(labels)
     metrics["confusion"] = matrix.tolist()
+    if any(c.genus or c.family for c in classes):
+        metrics["ranks"] = rank_counts(leaf, classes)
     if ood:
         ood_conf = np.array([s.prediction.results[0].score for s in ood])
         metrics["ood"] = {
@@ -222,12 +265,12 @@ def _jpeg(img: Image.Image) -> bytes:
 def _shift_rates(
     truth: Sequence[str], answers: Sequence[Prediction | ImageError]
 ) -> dict[str, Any]:
-    """Images, right (top-1 correct and answered), unknown rate, answered-right."""
+    """Images, right (top-1 correct and answered), unknown rate, answered-right (species rank)."""
     got = [(t, a) for t, a in zip(truth, answers, strict=True) if isinstance(a, Prediction)]
     if not got:
         return {"images": 0}
-    right = [a.results[0].slug == t and not a.unknown for t, a in got]
-    answered = sum(not a.unknown for _, a in got)
+    right = [a.results[0].slug == t and a.rank == "species" for t, a in got]
+    answered = sum(a.rank == "species" for _, a in got)
     return {
         "images": len(got),
         "right": float(np.mean(right)),
@@ -353,7 +396,7 @@ def evaluate_model(
             f"(first: {first['file']}: {first['error']})"
         )
     ood_scored, ood_failed = score(clf, ood_roots, ood_samples, batch_size)
-    metrics = compute_metrics(clf.spec.labels, leaf_scored, ood_scored)
+    metrics = compute_metrics(clf.spec.labels, leaf_scored, ood_scored, clf.spec.classes)
     if shifts:
         metrics["shifts"] = shift_report(clf, roots, leaf, ood_roots, ood_samples, batch_size)
     metrics.update(

@@ -14,13 +14,14 @@ import numpy as np
 from leafid.errors import InvalidRequestError, ModelError
 from leafid.paths import int8_copy_path
 from leafid.spec import ModelSpec
-from leafid_train.calibrate import calibrate
+from leafid_train.calibrate import backoff_report, calibrate
 from leafid_train.checkpoint import load_best
 from leafid_train.config import TrainConfig
 from leafid_train.export import export_onnx, max_abs_diff, onnx_logits, save_onnx, set_metadata
 from leafid_train.int8_rule import INT8_RULE, int8_decision
+from leafid_train.loop import predict_logits
 from leafid_train.quantize import compare, quantize_int8
-from leafid_train.run_data import RunData, build_data
+from leafid_train.run_data import RunData, build_data, fill_taxonomy
 from leafid_train.run_folder import RunFolder
 from leafid_train.unknown_rule import UnknownRule
 
@@ -42,8 +43,15 @@ VAL_KEYS = (
     "ood_rejected",
     "val_unknown_rate",
 )
-# The coverage rule's figures (calibration reports of the keep rule do not have them)
-RULE_KEYS = ("unknown_rule", "val_answered_right", "ood_rejected_per_root", "targets_met")
+# The coverage rule's figures (calibration reports of the keep rule do not have them) and
+# the back-off's (models with taxonomy)
+RULE_KEYS = (
+    "unknown_rule",
+    "val_answered_right",
+    "ood_rejected_per_root",
+    "targets_met",
+    "taxon_backoff",
+)
 TEST_KEYS = (
     "split",
     "images",
@@ -54,6 +62,7 @@ TEST_KEYS = (
     "per_dataset",
     "ood",
     "shifts",
+    "ranks",
 )
 
 
@@ -87,11 +96,15 @@ def run_spec(
     evaluation: dict[str, Any] | None,
     training_data: dict[str, Any],
 ) -> ModelSpec:
-    """The spec to ship: the trained spec plus calibration, metrics and data summary."""
+    """The spec to ship: the trained spec plus calibration, metrics and data summary.
+
+    The genus and family thresholds are the calibration's (none when it has none).
+    """
     return base.replace(
         model_version=version,
         temperature=float(calibration["temperature"]),
         unknown_threshold=float(calibration["unknown_threshold"]),
+        taxon_thresholds=dict(calibration.get("taxon_thresholds", {})),
         metrics=headline_metrics(calibration, evaluation),
         training_data=training_data,
     )
@@ -120,6 +133,7 @@ def _make_int8(
         data.eval_arrays("val", ood=True),
         rule=rule,
         ood_roots=[s.root for s in data.split.ood["val"]],
+        classes=spec.classes,
     )
     int8_spec = run_spec(
         spec,
@@ -130,8 +144,8 @@ def _make_int8(
             **spec.training_data,
             "quantization": (
                 f"static int8 QDQ (onnxruntime, per-channel weights), activation ranges from "
-                f"{len(pick)} training images; temperature and unknown threshold refitted on "
-                "this model's val logits"
+                f"{len(pick)} training images; temperature, unknown threshold and genus and "
+                "family thresholds refitted on this model's val logits"
             ),
         },
     )
@@ -139,6 +153,32 @@ def _make_int8(
     path = int8_copy_path(out)
     save_onnx(proto, path)
     return path, report
+
+
+def _with_backoff(
+    run: RunFolder, model: Any, spec: ModelSpec, data: RunData, val: np.ndarray, rule: UnknownRule
+) -> dict[str, Any]:
+    """The run's calibration, with genus and family thresholds added when it lacks them.
+
+    A run calibrated before back-off existed (or before its classes had a taxonomy)
+    gets them now, from its fp32 model's val logits at its own temperature and unknown
+    threshold; they are written to its calibration report, for the card.
+    """
+    calibration = run.load_calibration()
+    if "taxon_thresholds" in calibration or not spec.has_taxonomy:
+        return calibration
+    ood_val = data.eval_arrays("val", ood=True)
+    calibration |= backoff_report(
+        predict_logits(model, val),
+        data.labels("val"),
+        predict_logits(model, ood_val) if len(ood_val) else None,
+        [s.root for s in data.split.ood["val"]],
+        calibration,
+        rule,
+        spec.classes,
+    )
+    run.write_calibration(calibration)
+    return calibration
 
 
 def export_run(
@@ -183,16 +223,18 @@ def export_run(
         raise InvalidRequestError(f"{run_dir} is not a finished run: {missing[0]} is missing")
     cfg = run.load_config() if cfg is None else cfg
     model, base = load_best(run.best, cfg)
+    data = build_data(replace(cfg, verify=False), run.split)  # verified when it trained
+    val = data.eval_arrays("val")
+    # a run trained before taxonomy was recorded gets it from its roots now
+    base = fill_taxonomy(base, data.spec.classes)
     spec = run_spec(
         base,
         cfg.resolved_model_version() if model_version is None else model_version,
-        run.load_calibration(),
+        _with_backoff(run, model, base, data, val, UnknownRule.of(cfg)),
         run.eval.load_metrics(),
         # the OOD fractions let anyone re-make the split from the spec alone
         run.load_summary()["training_data"] | {"ood_split_fractions": list(cfg.ood_split)},
     )
-    data = build_data(replace(cfg, verify=False), run.split)  # verified when it trained
-    val = data.eval_arrays("val")
     parity_batch = val[_spread(len(val), PARITY_IMAGES)]
     unchecked = out.with_name(f".{out.name}.unchecked")  # ``out`` is replaced only if it passes
     try:

@@ -19,6 +19,15 @@ def manifest_dir() -> Path:
     return Path(os.environ.get(MANIFEST_DIR_ENV) or MANIFEST_DIR)
 
 
+def taxonomy_path(name: str) -> Path:
+    """The repository's genus and family of a staged dataset's classes (may not exist).
+
+    ``<manifest dir>/<name>.taxonomy.tsv``: columns ``class_slug``, ``genus``,
+    ``family`` and ``source`` (where each name comes from).
+    """
+    return manifest_dir() / f"{name}.taxonomy.tsv"
+
+
 def data_dir() -> Path:
     """Where bare dataset names are looked up: ``$LEAFID_DATA_DIR`` or ``../shared/datasets``."""
     return Path(os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR)

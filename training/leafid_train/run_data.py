@@ -91,6 +91,19 @@ def build_spec(cfg: TrainConfig, classes: Sequence[ClassInfo]) -> ModelSpec:
     return spec
 
 
+def fill_taxonomy(spec: ModelSpec, known: Sequence[ClassInfo]) -> ModelSpec:
+    """``spec`` with each class's missing genus and family taken from ``known`` (by slug).
+
+    A run trained before taxonomy was recorded gets it at export from its data roots.
+    """
+    by_slug = {c.slug: c for c in known}
+    classes = tuple(
+        c.filled(by_slug[c.slug].genus, by_slug[c.slug].family) if c.slug in by_slug else c
+        for c in spec.classes
+    )
+    return spec.replace(classes=classes)
+
+
 def build_data(cfg: TrainConfig, split_file: Path | None = None) -> RunData:
     """Open and (optionally) verify the roots, split them and make the spec.
 

@@ -332,7 +332,7 @@ def _train_epochs(
 
 
 def calibrate_run(run: RunFolder, cfg: TrainConfig, data: RunData) -> dict[str, Any]:
-    """Fit temperature and unknown threshold of the best epoch on val (+ OOD val).
+    """Fit temperature, unknown threshold (and genus and family thresholds) on val (+ OOD val).
 
     Writes and returns ``calibration.json``.
     """
@@ -344,6 +344,7 @@ def calibrate_run(run: RunFolder, cfg: TrainConfig, data: RunData) -> dict[str, 
         data.eval_arrays("val", ood=True),
         rule=UnknownRule.of(cfg),
         ood_roots=[s.root for s in data.split.ood["val"]],
+        classes=data.spec.classes,
     )
     run.write_calibration(report)
     return report

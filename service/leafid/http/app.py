@@ -39,6 +39,7 @@ from leafid.errors import (
     LeafidError,
     ModelError,
 )
+from leafid.flora import flora_of_names, read_only, resolve_flora, split_names
 from leafid.http.errors import (
     AuthError,
     ClientDisconnectedError,
@@ -130,6 +131,29 @@ def require_api_key(
 
 
 ClassifierDep = Annotated[Classifier, Depends(get_classifier)]
+
+
+def get_answering_classifier(
+    classifier: ClassifierDep,
+    species: Annotated[
+        list[str] | None,
+        Query(description="Answer among these class slugs only (comma-separated or repeated)"),
+    ] = None,
+    genus: Annotated[
+        list[str] | None,
+        Query(description="Answer among these genera's classes only (with species=: both)"),
+    ] = None,
+) -> Classifier:
+    """The classifier with the request's flora filter, else the service's.
+
+    Raises:
+        UnknownNameError: A slug or genus is not the model's.
+    """
+    flora = resolve_flora(classifier.spec, split_names(species or ()), split_names(genus or ()))
+    return classifier if flora is None else classifier.with_flora(flora)
+
+
+AnsweringDep = Annotated[Classifier, Depends(get_answering_classifier)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 GateDep = Annotated[InferenceGate, Depends(get_gate)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
@@ -283,6 +307,7 @@ def load_classifier(settings: Settings) -> Classifier:
     Raises:
         ModelNotFoundError: The model file does not exist.
         InvalidModelError: The file is not a usable leafid model.
+        UnknownNameError: The flora filter (``only``) names a class the model lacks.
     """
     limits = ImageLimits(
         max_bytes=settings.max_image_bytes,
@@ -290,7 +315,10 @@ def load_classifier(settings: Settings) -> Classifier:
         max_decode_bytes=settings.max_decode_bytes,
         max_request_decode_bytes=settings.max_request_decode_bytes,
     )
-    return Classifier(settings.model, threads=settings.threads, limits=limits)
+    classifier = Classifier(settings.model, threads=settings.threads, limits=limits)
+    if not settings.only.strip():
+        return classifier
+    return classifier.with_flora(flora_of_names(classifier.spec, read_only(settings.only)))
 
 
 def create_app(settings: Settings | None = None, classifier: Classifier | None = None) -> FastAPI:
@@ -372,7 +400,7 @@ def _add_routes(app: FastAPI) -> None:
     )
     async def identify(
         request: Request,
-        classifier: ClassifierDep,
+        classifier: AnsweringDep,
         settings: SettingsDep,
         gate: GateDep,
         metrics: MetricsDep,
@@ -401,12 +429,15 @@ def _add_routes(app: FastAPI) -> None:
         answer = identified.to_dict()
         return {
             "model": _model_ref(classifier),
-            "best_match": answer["best_match"],
-            "unknown": answer["unknown"],
+            **{
+                key: answer[key]
+                for key in ("best_match", "rank", "match_score", "hesitates_between", "unknown")
+            },
             "reason": answer["reason"],
             "reason_code": answer["reason_code"],
             "disagreement": answer["disagreement"],
             "results": answer["results"],
+            "flora": answer["flora"],
             "images": [
                 _image_item(u, a, classifier.model_version)
                 for u, a in zip(photos, identified.images, strict=True)
@@ -429,7 +460,7 @@ def _add_routes(app: FastAPI) -> None:
     )
     async def classify(
         request: Request,
-        classifier: ClassifierDep,
+        classifier: AnsweringDep,
         settings: SettingsDep,
         gate: GateDep,
         metrics: MetricsDep,
@@ -481,6 +512,8 @@ def _add_routes(app: FastAPI) -> None:
                 "scientific_name": c.scientific_name,
                 "common_name": c.common_name,
                 "display_name": c.display_name,
+                "genus": c.genus,
+                "family": c.family,
             }
             for i, c in enumerate(classifier.spec.classes)
         ]
@@ -499,6 +532,7 @@ def _add_routes(app: FastAPI) -> None:
             "num_classes": len(spec.classes),
             "threshold": classifier.threshold,
             "temperature": spec.temperature,
+            "taxon_thresholds": spec.taxon_thresholds,
             "training_data": spec.training_data,
             "metrics": spec.metrics,
         }

@@ -29,13 +29,22 @@ class PhotoPickOut(CandidateOut):
 
 
 class PredictionOut(BaseModel):
-    """The answer for one photo (the CLI's result rows have the same fields)."""
+    """The answer for one photo (the CLI's result rows have the same fields).
+
+    ``best_match`` is a species slug at rank ``species``; at rank ``genus`` or ``family``
+    (no species likely enough, its genus or family is) it is the taxon's name, and
+    ``hesitates_between`` lists its likeliest species.
+    """
 
     best_match: str | None
+    rank: str | None
+    match_score: float | None
+    hesitates_between: list[CandidateOut] | None
     unknown: bool
     reason: str | None
     reason_code: str | None
     results: list[CandidateOut]
+    flora: list[str] | None
     caveat: str
     model_version: str
 
@@ -82,11 +91,15 @@ class IdentifyOut(BaseModel):
 
     model: ModelRef
     best_match: str | None
+    rank: str | None
+    match_score: float | None
+    hesitates_between: list[CandidateOut] | None
     unknown: bool
     reason: str | None
     reason_code: str | None
     disagreement: list[PhotoPickOut] | None
     results: list[CandidateOut]
+    flora: list[str] | None
     images: list[ImagePredictionOut | ImageErrorOut]
     timing: Timing
     caveat: str
@@ -102,13 +115,15 @@ class ClassifyOut(BaseModel):
 
 
 class SpeciesOut(BaseModel):
-    """One class the model knows."""
+    """One class the model knows, with its genus and family (null when the model has none)."""
 
     index: int
     slug: str
     scientific_name: str
     common_name: str
     display_name: str
+    genus: str | None
+    family: str | None
 
 
 class ModelOut(BaseModel):
@@ -123,6 +138,7 @@ class ModelOut(BaseModel):
     num_classes: int
     threshold: float
     temperature: float
+    taxon_thresholds: dict[str, float]
     training_data: dict[str, Any]
     metrics: dict[str, Any]
 

@@ -22,6 +22,9 @@ class Settings(BaseSettings):
 
     Attributes:
         model: The ONNX model file (``$LEAFID_MODEL``, else the shipped model).
+        only: The service-wide flora filter (``$LEAFID_ONLY``): comma-separated class
+            slugs or genus names, or a file with one per line, as ``leafid classify
+            --only``; empty: all classes. A request's ``species=``/``genus=`` replace it.
         max_upload_bytes: Largest accepted request body, in bytes.
         max_image_bytes: Largest accepted single image file, in bytes.
         max_pixels: Largest accepted image width * height.
@@ -53,6 +56,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LEAFID_", extra="ignore", populate_by_name=True)
 
     model: Path = Field(default_factory=default_model_path)
+    only: str = ""
     max_upload_bytes: int = Field(default=25 * MiB, gt=0)
     max_image_bytes: int = Field(default=12 * MiB, gt=0)
     max_pixels: int = Field(default=50_000_000, gt=0)
