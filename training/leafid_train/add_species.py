@@ -283,8 +283,8 @@ def add_species(
     seconds["embed"] = time.perf_counter() - started
     _say(
         say,
-        f"embedded {total} photos ({embedder.computed} new, the rest from the cache) "
-        f"in {seconds['embed']:.0f} s",
+        f"embedded {total} photos in {seconds['embed']:.0f} s ({embedder.computed} by the "
+        f"model, {total - embedder.computed} from the cache)",
     )
 
     t0 = time.perf_counter()
