@@ -7,23 +7,29 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from synthetic_data import make_imagefolder, make_ood
 
-from conftest import make_tiny_model, tiny_spec
-from leafid.classifier import Classifier, make_session
-from leafid.cli import main
-from leafid.spec import ModelSpec
-from leafid_train import add_species as module
-from leafid_train.add_species import (
+pytest.importorskip("torch")
+pytest.importorskip("onnxscript")
+
+from synthetic_data import make_imagefolder, make_ood  # noqa: E402
+
+from conftest import make_tiny_model, tiny_spec  # noqa: E402
+from leafid.classifier import Classifier, make_session  # noqa: E402
+from leafid.cli import main  # noqa: E402
+from leafid.spec import ModelSpec  # noqa: E402
+from leafid_train import add_species as module  # noqa: E402
+from leafid_train.add_species import (  # noqa: E402
     add_species,
     base_model_path,
     base_rule,
     derived_version,
     read_head,
 )
-from leafid_train.embeddings import EmbeddingMissingError
-from leafid_train.run_folder import AddSpeciesFiles
-from leafid_train.unknown_rule import UnknownRule
+from leafid_train.embeddings import EmbeddingMissingError  # noqa: E402
+from leafid_train.run_folder import AddSpeciesFiles  # noqa: E402
+from leafid_train.unknown_rule import UnknownRule  # noqa: E402
+
+pytestmark = pytest.mark.train
 
 NEW = {"flava": (220, 200, 30), "purpurea": (150, 30, 160)}
 

@@ -12,7 +12,7 @@ from synthetic_data import make_imagefolder, make_ood
 
 from conftest import make_tiny_model, tiny_spec
 from leafid.cli import main
-from leafid_train import safety, train
+from leafid_train import safety
 from leafid_train.run_folder import RunFolder
 from leafid_train.safety import SafetyError, check, compare, table, val_figures
 
@@ -67,10 +67,13 @@ TINY = (
 ).split()
 
 
+@pytest.mark.train
 def test_train_writes_and_prints_its_safety_report_and_strict_fails_when_worse(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pytest.importorskip("torch")
+    from leafid_train import train
+
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LEAFID_MODEL", str(make_tiny_model(tmp_path / "shipped.onnx")))
     make_imagefolder(tmp_path / "setA", per_class=15)  # enough for the --strict checks

@@ -16,7 +16,7 @@ from torch.nn import functional
 
 ANCHOR = 1e-3
 """Weight of the L2 pull of the head towards its starting weights (per mean example)."""
-MAX_STEPS = 300
+MAX_STEPS = 100
 """L-BFGS iterations (full batch)."""
 
 
