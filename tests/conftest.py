@@ -51,11 +51,15 @@ def make_tiny_model(
     *,
     metadata: str | None = None,
     with_metadata: bool = True,
+    embedding: bool = False,
 ) -> Path:
     """Write an ONNX model: mean colour of the image -> linear layer -> logits.
 
     A saturated red/green/blue image is scored strongly as its colour's class; a grey
-    image scores all classes equally (and so is unknown at threshold 0.5).
+    image scores all classes equally (and so is unknown at threshold 0.5). With
+    ``embedding``, the graph is shaped as exported models are: the mean colour is the
+    ``embedding`` output, a Gemm makes the logits from it, and a 1x1 Conv with the same
+    (unsqueezed) weights makes ``class_maps`` from the image.
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -71,12 +75,34 @@ def make_tiny_model(
         helper.make_node("ReduceMean", ["x"], ["m"], axes=[1, 2], keepdims=0),
         helper.make_node("MatMul", ["m", "W"], ["logits"]),
     ]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", n])]
+    initializers = [numpy_helper.from_array(weight, "W")]
+    if embedding:
+        nodes = [
+            helper.make_node("Cast", ["image"], ["x"], to=TensorProto.FLOAT),
+            helper.make_node("ReduceMean", ["x"], ["embedding"], axes=[1, 2], keepdims=0),
+            helper.make_node("Gemm", ["embedding", "W", "b"], ["logits"], transB=1),
+            helper.make_node("Transpose", ["x"], ["nchw"], perm=[0, 3, 1, 2]),
+            helper.make_node("Unsqueeze", ["W", "axes"], ["W4"]),
+            helper.make_node("Conv", ["nchw", "W4", "b"], ["class_maps"]),
+        ]
+        outputs += [
+            helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", 3]),
+            helper.make_tensor_value_info(
+                "class_maps", TensorProto.FLOAT, ["batch", n, size, size]
+            ),
+        ]
+        initializers = [
+            numpy_helper.from_array(np.ascontiguousarray(weight.T), "W"),
+            numpy_helper.from_array(np.zeros(n, np.float32), "b"),
+            numpy_helper.from_array(np.array([2, 3], np.int64), "axes"),
+        ]
     graph = helper.make_graph(
         nodes,
         "tiny",
         [helper.make_tensor_value_info("image", TensorProto.UINT8, ["batch", size, size, 3])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", n])],
-        initializer=[numpy_helper.from_array(weight, "W")],
+        outputs,
+        initializer=initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8

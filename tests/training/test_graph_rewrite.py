@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+
+from conftest import make_tiny_model
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -12,6 +16,7 @@ from leafid_train.graph_rewrite import (  # noqa: E402
     exact_input_normalisation,
     global_average_pools,
     input_quant_overrides,
+    replace_head,
     uint8_image_input,
 )
 
@@ -168,3 +173,15 @@ def test_float_input_has_no_uint8_normalisation() -> None:
     model = _mean_model([2, 3])
     assert exact_input_normalisation(model) is None
     assert input_quant_overrides(model) == {}
+
+
+def test_replace_head_needs_a_gemm_head_and_fitting_weights(tmp_path: Path) -> None:
+    plain = onnx.load(str(make_tiny_model(tmp_path / "plain.onnx")))  # MatMul logits
+    with pytest.raises(ValueError, match="not made by a Gemm"):
+        replace_head(plain, np.zeros((4, 3), np.float32), np.zeros(4, np.float32))
+    shaped = onnx.load(str(make_tiny_model(tmp_path / "e.onnx", embedding=True)))
+    with pytest.raises(ValueError, match="do not fit"):
+        replace_head(shaped, np.zeros((4, 5), np.float32), np.zeros(4, np.float32))
+    replace_head(shaped, np.ones((4, 3), np.float32), np.arange(4, dtype=np.float32))
+    dims = {o.name: o.type.tensor_type.shape.dim[1].dim_value for o in shaped.graph.output}
+    assert dims == {"logits": 4, "embedding": 3, "class_maps": 4}

@@ -1,4 +1,4 @@
-"""The ``train``, ``evaluate``, ``export`` and ``datasets`` subcommands of ``leafid``.
+"""The ``train``, ``add-species``, ``evaluate``, ``export`` and ``datasets`` subcommands.
 
 Registered through the ``leafid.commands`` entry point. This module imports only the
 standard library and :mod:`leafid` at its top, so ``leafid --help`` works without
@@ -25,6 +25,7 @@ examples:
   leafid train --data swedish-leaf --data flavia --ood nonleaf --out runs/v1
   leafid train --data swedish-leaf --data /photos/my_species --out runs/mine --export mine.onnx
   torchrun --nproc-per-node 2 -m leafid train --data swedish-leaf --out runs/ddp
+  leafid add-species /photos/new_species_a /photos/new_species_b --out mine/leafid.onnx
   leafid evaluate runs/v1/model.onnx --split-file runs/v1/split.json --ood nonleaf \
       --out runs/v1/eval
   leafid export runs/v1 --out model/leafid.onnx --int8
@@ -76,6 +77,39 @@ def register(subparsers: Any) -> None:
         help="with --export, also make an INT8 copy (kept beside the model if it qualifies)",
     )
     p.set_defaults(func=cmd_train)
+
+    p = _add(
+        subparsers,
+        "add-species",
+        "add species to a model in minutes: its backbone and classes kept, a new head fitted",
+    )
+    p.add_argument("roots", nargs="+", metavar="NEW_ROOT", help="ImageFolder of new species")
+    p.add_argument("--out", type=Path, required=True, metavar="MODEL.onnx")
+    p.add_argument(
+        "--base",
+        type=Path,
+        metavar="MODEL.onnx",
+        help="the model to add to (default: the shipped model; an INT8 copy stands for the "
+        "fp32 model beside it)",
+    )
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        metavar="DIR",
+        help="embedding cache (default: embeddings/ in $LEAFID_CACHE_DIR, else in ~/.cache/leafid)",
+    )
+    p.add_argument(
+        "--model-version", metavar="VERSION", help="default: BASE+Nsp.1 (N species added)"
+    )
+    p.add_argument("--no-int8", dest="int8", action="store_false", help="do not try an INT8 copy")
+    p.add_argument("--threads", type=int_at_least(0), default=0, help="onnxruntime threads")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit with an error when a safety figure is more than 2 points worse than the "
+        "base model's",
+    )
+    p.set_defaults(func=cmd_add_species)
 
     p = _add(subparsers, "evaluate", "measure an ONNX model on ImageFolders (through Classifier)")
     p.add_argument("model", metavar="MODEL.onnx")
@@ -162,6 +196,35 @@ def cmd_train(args: argparse.Namespace) -> int:
         model = load("run_folder").RunFolder(result.out).model
         echo(f"next: leafid export {result.out} --out {model}", err=True)
     return EXIT_OK
+
+
+def cmd_add_species(args: argparse.Namespace) -> int:
+    """``leafid add-species``."""
+    result = load("add_species").add_species(
+        args.roots,
+        args.out,
+        base=args.base,
+        cache_dir=args.cache_dir,
+        model_version=args.model_version,
+        int8=args.int8,
+        threads=args.threads,
+        say=lambda text: echo(text, err=True),
+    )
+    files = result.files
+    if args.int8:
+        kept = "kept: it qualifies" if result.int8_kept else "not kept: it does not qualify"
+        echo(f"INT8 copy {files.model_int8} {kept} (see {files.report})")
+    say_safety(result.safety, files.safety, strict=args.strict)
+    echo(f"wrote {files.card} and {files.report}", err=True)
+    return EXIT_OK
+
+
+def say_safety(report: dict[str, Any], path: Path, *, strict: bool) -> None:
+    """Print a safety report's table; warn, or raise with ``strict``, about worse figures."""
+    safety = load("safety")
+    echo(f"safety on val, beside {report['base']['model']} ({path}):")
+    echo(safety.table(report))
+    safety.check(report, strict=strict)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -93,7 +93,8 @@ class TrainConfig:
         cache_dir: Optional folder for decoded-image ``.npy`` files.
         verify: Check each root against its manifest in ``datasets/``.
         strict: Stop with an error where the checks before training
-            (:mod:`~leafid_train.precheck`) only warn.
+            (:mod:`~leafid_train.precheck`) and the safety report after it
+            (:mod:`~leafid_train.safety`) only warn.
         keep_fraction: Share of correct val answers the unknown threshold keeps.
         outlier_exposure: Weight of the outlier-exposure loss on the OOD roots' train
             images (:mod:`~leafid_train.outlier_exposure`; 0 = off).
@@ -235,7 +236,8 @@ class TrainConfig:
         metadata=option(
             "stop with an error, not a warning, when the checks before training find the "
             f"same image under two labels, a class with fewer than {MIN_TRAIN_IMAGES} "
-            "training images, or no --ood root"
+            "training images, or no --ood root, and when the safety report after training "
+            "finds a figure more than 2 points worse than the shipped model's"
         ),
     )
     keep_fraction: float = field(

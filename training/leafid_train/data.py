@@ -36,6 +36,11 @@ from leafid_train.locations import resolve_root, taxonomy_path
 log = logging.getLogger(__name__)
 
 
+def file_digest(data: bytes) -> str:
+    """The content hash of a file's bytes (SHA-256, 40 hex digits): a file's cache key."""
+    return hashlib.sha256(data).hexdigest()[:40]
+
+
 class DatasetError(LeafidError):
     """A dataset folder, split file or manifest is not usable."""
 
@@ -266,7 +271,7 @@ class ImageCache:
                     data = read_bytes(path, self.limits)
                 except ImageError as exc:
                     raise DatasetError(f"{path}: {exc}") from exc
-            self._digests[key] = hashlib.sha256(data).hexdigest()[:40]
+            self._digests[key] = file_digest(data)
         return self._digests[key]
 
     def _tag(self, kind: str) -> str:

@@ -66,7 +66,7 @@ TEST_KEYS = (
 )
 
 
-def _spread(n: int, k: int) -> np.ndarray:
+def spread(n: int, k: int) -> np.ndarray:
     """``k`` indices spread evenly over ``range(n)`` (all of them when ``n <= k``)."""
     return (
         np.unique(np.linspace(0, n - 1, num=min(n, k)).round().astype(int)) if n else np.array([])
@@ -110,42 +110,53 @@ def run_spec(
     )
 
 
-def _make_int8(
-    out: Path, spec: ModelSpec, data: RunData, rule: UnknownRule, run: RunFolder, val: np.ndarray
+def make_int8(
+    out: Path,
+    spec: ModelSpec,
+    range_images: np.ndarray,
+    calibration_set: tuple[np.ndarray, np.ndarray, np.ndarray, list[str]],
+    rule: UnknownRule,
+    evaluation: dict[str, Any] | None,
 ) -> tuple[Path, dict[str, Any]]:
     """Quantise ``out``, refit temperature and threshold on its own logits, write it once.
 
     Quantisation moves the logits, so the fp32 model's temperature and threshold do not
     fit the INT8 copy: they are refitted on the copy's logits of the same val and OOD
-    val images as the run's calibration (:func:`~leafid_train.calibrate.calibrate`).
+    val images as the fp32 model's calibration (:func:`~leafid_train.calibrate.calibrate`).
+
+    Args:
+        out: The fp32 model.
+        spec: Its spec.
+        range_images: Preprocessed training images for the activation ranges.
+        calibration_set: The val images, their labels, the OOD val images and their roots.
+        rule: How the unknown threshold is chosen.
+        evaluation: The INT8 copy's test metrics, once evaluated.
 
     Returns:
         The INT8 file and its calibration report.
     """
-    train_paths = data.paths("train")
-    pick = _spread(len(train_paths), INT8_RANGE_IMAGES)
-    images = np.stack([data.cache.eval_array(train_paths[i]) for i in pick])
-    proto = quantize_int8(out, images)
+    val, labels, ood_val, ood_roots = calibration_set
+    proto = quantize_int8(out, range_images)
     report = calibrate(
         partial(onnx_logits, proto.SerializeToString()),
         val,
-        data.labels("val"),
-        data.eval_arrays("val", ood=True),
+        labels,
+        ood_val,
         rule=rule,
-        ood_roots=[s.root for s in data.split.ood["val"]],
+        ood_roots=ood_roots,
         classes=spec.classes,
     )
     int8_spec = run_spec(
         spec,
         spec.model_version,
         report,
-        run.eval_int8.load_metrics(),
+        evaluation,
         {
             **spec.training_data,
             "quantization": (
                 f"static int8 QDQ (onnxruntime, per-channel weights), activation ranges from "
-                f"{len(pick)} training images; temperature, unknown threshold and genus and "
-                "family thresholds refitted on this model's val logits"
+                f"{len(range_images)} training images; temperature, unknown threshold and "
+                "genus and family thresholds refitted on this model's val logits"
             ),
         },
     )
@@ -179,6 +190,18 @@ def _with_backoff(
     )
     run.write_calibration(calibration)
     return calibration
+
+
+def _make_int8(
+    out: Path, spec: ModelSpec, data: RunData, rule: UnknownRule, run: RunFolder, val: np.ndarray
+) -> tuple[Path, dict[str, Any]]:
+    """:func:`make_int8` of a run's export, from the run's data."""
+    train_paths = data.paths("train")
+    pick = spread(len(train_paths), INT8_RANGE_IMAGES)
+    images = np.stack([data.cache.eval_array(train_paths[i]) for i in pick])
+    ood_roots = [s.root for s in data.split.ood["val"]]
+    calibration_set = (val, data.labels("val"), data.eval_arrays("val", ood=True), ood_roots)
+    return make_int8(out, spec, images, calibration_set, rule, run.eval_int8.load_metrics())
 
 
 def export_run(
@@ -235,7 +258,7 @@ def export_run(
         # the OOD fractions let anyone re-make the split from the spec alone
         run.load_summary()["training_data"] | {"ood_split_fractions": list(cfg.ood_split)},
     )
-    parity_batch = val[_spread(len(val), PARITY_IMAGES)]
+    parity_batch = val[spread(len(val), PARITY_IMAGES)]
     unchecked = out.with_name(f".{out.name}.unchecked")  # ``out`` is replaced only if it passes
     try:
         export_onnx(model, spec, unchecked)

@@ -247,3 +247,73 @@ def uint8_image_input(proto: onnx.ModelProto) -> bool:
         norm.zero_point,
     )
     return True
+
+
+def _set_initializer(graph: onnx.GraphProto, name: str, value: np.ndarray) -> None:
+    """Replace (or add) the initializer called ``name``."""
+    for init in graph.initializer:
+        if init.name == name:
+            graph.initializer.remove(init)
+            break
+    graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), name))
+
+
+def replace_head(
+    proto: onnx.ModelProto,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    *,
+    logits: str = "logits",
+    class_maps: str = "class_maps",
+) -> None:
+    """Give an exported model a new linear head, in place: ``logits = embedding @ W.T + b``.
+
+    The head is the ``Gemm`` that makes ``logits`` from the embedding, and the 1x1
+    ``Conv`` that applies the same weights at each position of the last feature map
+    (``class_maps``, when the model has it; its weight is the Gemm's, unsqueezed, or an
+    initializer of its own). Every other node is kept, so the backbone is unchanged.
+
+    Args:
+        proto: An exported fp32 model.
+        weight: The new head's weights (K, C).
+        bias: Its biases (K,).
+        logits: The logits output.
+        class_maps: The class activation map output.
+
+    Raises:
+        ValueError: The graph's head is not a ``Gemm`` with initializer weights, or the
+            new weights do not fit the embedding width.
+    """
+    graph = proto.graph
+    made_by = {out: node for node in graph.node for out in node.output}
+    gemm = made_by.get(logits)
+    if gemm is None or gemm.op_type != "Gemm" or _constant(graph, gemm.input[1]) is None:
+        raise ValueError(f"the {logits!r} output is not made by a Gemm with constant weights")
+    old = _constant(graph, gemm.input[1])
+    assert old is not None
+    trans_b = bool(_attribute(gemm, "transB", 0))
+    width = old.shape[1] if trans_b else old.shape[0]
+    n = len(bias)
+    if weight.shape != (n, width):
+        raise ValueError(f"new head weights {weight.shape} do not fit ({n}, {width})")
+    new = {gemm.input[1]: weight if trans_b else weight.T}
+    if len(gemm.input) < 3 or not gemm.input[2]:
+        del gemm.input[2:]
+        gemm.input.append(f"{gemm.name or logits}_bias")
+    new[gemm.input[2]] = bias
+    conv = made_by.get(class_maps)
+    if conv is not None:
+        if conv.op_type != "Conv":
+            raise ValueError(f"the {class_maps!r} output is not made by a Conv")
+        if _constant(graph, conv.input[1]) is not None:
+            new[conv.input[1]] = weight[:, :, None, None]
+        elif made_by[conv.input[1]].input[0] != gemm.input[1]:
+            raise ValueError(f"the {class_maps!r} Conv does not use the logits' weights")
+        if len(conv.input) > 2 and conv.input[2]:
+            new[conv.input[2]] = bias
+    for name, value in new.items():
+        _set_initializer(graph, name, value)
+    del graph.value_info[:]  # shapes of the old head; onnxruntime infers them again
+    for out in graph.output:
+        if out.name in (logits, class_maps):
+            out.type.tensor_type.shape.dim[1].dim_value = n

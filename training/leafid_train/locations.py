@@ -1,4 +1,4 @@
-"""Where datasets and their manifests are found: the ``LEAFID_*_DIR`` settings."""
+"""Where datasets, their manifests and caches are found: the ``LEAFID_*_DIR`` settings."""
 
 from __future__ import annotations
 
@@ -50,3 +50,17 @@ def resolve_root(name_or_path: str) -> Path:
         where = f" (looked under {data_dir()}, set {DATA_DIR_ENV})" if is_bare else ""
         raise InvalidRequestError(f"dataset folder not found: {name_or_path}{where}")
     return candidate
+
+
+CACHE_DIR_ENV = "LEAFID_CACHE_DIR"
+
+
+def cache_dir() -> Path:
+    """Where leafid keeps what it can compute again: ``$LEAFID_CACHE_DIR``, else the user's.
+
+    The user's cache folder is ``$XDG_CACHE_HOME/leafid`` (default ``~/.cache/leafid``).
+    """
+    env = os.environ.get(CACHE_DIR_ENV)
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "leafid"

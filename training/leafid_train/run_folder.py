@@ -3,10 +3,12 @@
 ``leafid train`` writes ``config.json`` (the resolved :class:`TrainConfig`),
 ``split.json``, ``checkpoint.pt`` (last finished epoch, with optimiser/scheduler state
 and every process's RNG state), ``best.pt`` (best val loss; with ``ema_decay`` the
-averaged weights), ``metrics.jsonl`` (one line per epoch), ``calibration.json`` and
-``summary.json``. ``leafid export`` adds ``export.json`` and, with ``--int8``,
-``int8_report.json``; ``leafid evaluate`` of the run's models fills ``eval/`` and
-``eval_int8/`` (:class:`EvalFolder`), and of the model it replaces ``eval_base/``.
+averaged weights), ``metrics.jsonl`` (one line per epoch), ``calibration.json``,
+``summary.json`` and ``safety.json`` (:mod:`~leafid_train.safety`). ``leafid export``
+adds ``export.json`` and, with ``--int8``, ``int8_report.json``; ``leafid evaluate`` of
+the run's models fills ``eval/`` and ``eval_int8/`` (:class:`EvalFolder`), and of the
+model it replaces ``eval_base/``.
+``leafid add-species`` writes its files beside its model (:class:`AddSpeciesFiles`).
 Standard library and :mod:`leafid` only.
 """
 
@@ -107,6 +109,11 @@ class RunFolder:
         return self.path / "summary.json"
 
     @property
+    def safety(self) -> Path:
+        """``safety.json``: the run's val figures beside the shipped model's."""
+        return self.path / "safety.json"
+
+    @property
     def export(self) -> Path:
         """``export.json``: the last export's report."""
         return self.path / "export.json"
@@ -199,6 +206,10 @@ class RunFolder:
         """Write ``summary.json``."""
         _write_json(self.summary, summary)
 
+    def write_safety(self, report: dict[str, Any]) -> None:
+        """Write ``safety.json``."""
+        _write_json(self.safety, report)
+
     def load_export(self) -> dict[str, Any] | None:
         """The last export's report, or None when the run was never exported."""
         return _read_json(self.export)
@@ -214,3 +225,41 @@ class RunFolder:
     def write_int8_report(self, report: dict[str, Any]) -> None:
         """Write ``int8_report.json``."""
         _write_json(self.int8_report, report)
+
+
+@dataclass(frozen=True)
+class AddSpeciesFiles:
+    """What ``leafid add-species`` writes beside its model ``NAME.onnx``."""
+
+    model: Path
+
+    def _beside(self, suffix: str) -> Path:
+        return self.model.with_name(self.model.name.removesuffix(".onnx") + suffix)
+
+    @property
+    def model_int8(self) -> Path:
+        """The INT8 copy (kept only when it qualifies)."""
+        return int8_copy_path(self.model)
+
+    @property
+    def card(self) -> Path:
+        """``NAME.card.md``: what the model derives from, and its figures."""
+        return self._beside(".card.md")
+
+    @property
+    def report(self) -> Path:
+        """``NAME.add-species.json``: data, calibration, INT8 decision and timings."""
+        return self._beside(".add-species.json")
+
+    @property
+    def safety(self) -> Path:
+        """``NAME.safety.json``: the model's val figures beside its base's."""
+        return self._beside(".safety.json")
+
+    def write_report(self, report: dict[str, Any]) -> None:
+        """Write the add-species report."""
+        _write_json(self.report, report)
+
+    def write_safety(self, report: dict[str, Any]) -> None:
+        """Write the safety report."""
+        _write_json(self.safety, report)

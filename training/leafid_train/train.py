@@ -14,12 +14,15 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from leafid.classifier import Classifier, softmax
 from leafid.console import echo
 from leafid.errors import InvalidRequestError, LeafidError
+from leafid.paths import default_model_path
 from leafid_train import ddp
 from leafid_train.calibrate import calibrate
 from leafid_train.checkpoint import (
@@ -32,6 +35,7 @@ from leafid_train.checkpoint import (
     save_checkpoint,
 )
 from leafid_train.config import TrainConfig
+from leafid_train.data import ImageCache
 from leafid_train.loop import (
     StepHook,
     build_ema,
@@ -48,9 +52,15 @@ from leafid_train.outlier_exposure import load_ood_batches
 from leafid_train.precheck import check_data
 from leafid_train.run_data import RunData, build_data, load_train_set, training_data_summary
 from leafid_train.run_folder import RunFolder
+from leafid_train.safety import check as check_safety
+from leafid_train.safety import compare as compare_safety
+from leafid_train.safety import table as safety_table
+from leafid_train.safety import val_figures
 from leafid_train.unknown_rule import UnknownRule
 
 log = logging.getLogger(__name__)
+
+SAFETY_BATCH = 32
 
 
 class TrainingFailedError(LeafidError):
@@ -89,6 +99,9 @@ def run_training(
             not usable.
         DataCheckError: ``cfg.strict`` and a check before training found a problem
             (:mod:`~leafid_train.precheck`; without ``strict`` it is a warning).
+        SafetyError: ``cfg.strict`` and the run's model is more than 2 points worse than
+            the shipped model on a figure of its safety report (:mod:`~leafid_train.safety`;
+            the run is kept).
         TrainingFailedError: No epoch had a finite val loss (no ``best.pt``).
     """
     run = RunFolder(Path(cfg.out))
@@ -206,6 +219,11 @@ def _run(
                 "training_data": training_data_summary(data),
             }
         )
+        safety = safety_of_run(run, cfg, data, calibration, default_model_path())
+        if safety is not None:
+            say(f"safety on val, beside {safety['base']['model']} ({run.safety}):")
+            say(safety_table(safety))
+            check_safety(safety, strict=cfg.strict)
     return RunResult(
         run.path,
         state.epoch,
@@ -329,6 +347,58 @@ def _train_epochs(
             f"({row['images_per_s']:.1f} img/s{', best' if improved else ''})"
         )
     return state
+
+
+def safety_of_run(
+    run: RunFolder, cfg: TrainConfig, data: RunData, calibration: dict[str, Any], base: Path
+) -> dict[str, Any] | None:
+    """The run's val figures beside those of ``base`` (the shipped model): ``safety.json``.
+
+    Both models answer the run's val and OOD val photos, each preprocessed for its own
+    spec and with its own temperature and threshold. Returns None (with a warning) when
+    ``base`` is not there.
+    """
+    if not base.is_file():
+        log.warning("no safety report: no model to compare with at %s", base)
+        return None
+    truth = [s.label for s in data.split.leaf["val"]]
+    datasets = [s.root for s in data.split.leaf["val"]]
+    ood_roots = [s.root for s in data.split.ood["val"]]
+    model, _ = load_best(run.best, cfg)
+    temperature = calibration["temperature"]
+    new = val_figures(
+        cfg.resolved_model_version(),
+        softmax(predict_logits(model, data.eval_arrays("val")), temperature),
+        data.spec.labels,
+        truth,
+        datasets,
+        softmax(predict_logits(model, data.eval_arrays("val", ood=True)), temperature),
+        ood_roots,
+        calibration["unknown_threshold"],
+    )
+    clf = Classifier(base)
+    images = ImageCache(clf.spec)  # the base's own preprocessing
+
+    def probs(paths: list[Path]) -> np.ndarray:
+        out = [np.zeros((0, len(clf.spec.classes)))]
+        for start in range(0, len(paths), SAFETY_BATCH):
+            chunk = paths[start : start + SAFETY_BATCH]
+            out.append(clf.probabilities(np.stack([images.eval_array(p) for p in chunk])))
+        return np.concatenate(out)
+
+    old = val_figures(
+        clf.model_version,
+        probs(data.paths("val")),
+        clf.spec.labels,
+        truth,
+        datasets,
+        probs(data.paths("val", ood=True)),
+        ood_roots,
+        clf.threshold,
+    )
+    report = compare_safety(old, new)
+    run.write_safety(report)
+    return report
 
 
 def calibrate_run(run: RunFolder, cfg: TrainConfig, data: RunData) -> dict[str, Any]:
