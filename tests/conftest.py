@@ -38,11 +38,14 @@ def make_tiny_model(
     *,
     metadata: str | None = None,
     with_metadata: bool = True,
+    evidence: bool = False,
 ) -> Path:
     """Write an ONNX model: mean colour of the image -> linear layer -> logits.
 
     A saturated red/green/blue image is scored strongly as its colour's class; a grey
-    image scores all classes equally (and so is unknown at threshold 0.5).
+    image scores all classes equally (and so is unknown at threshold 0.5). With
+    ``evidence``, also the outputs of newer models: ``embedding`` (the mean colour) and
+    ``class_maps`` (the linear layer at each pixel, [batch, classes, size, size]).
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -58,11 +61,24 @@ def make_tiny_model(
         helper.make_node("ReduceMean", ["x"], ["m"], axes=[1, 2], keepdims=0),
         helper.make_node("MatMul", ["m", "W"], ["logits"]),
     ]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", n])]
+    if evidence:
+        nodes += [
+            helper.make_node("Identity", ["m"], ["embedding"]),
+            helper.make_node("MatMul", ["x", "W"], ["pixel_logits"]),
+            helper.make_node("Transpose", ["pixel_logits"], ["class_maps"], perm=[0, 3, 1, 2]),
+        ]
+        outputs += [
+            helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", 3]),
+            helper.make_tensor_value_info(
+                "class_maps", TensorProto.FLOAT, ["batch", n, size, size]
+            ),
+        ]
     graph = helper.make_graph(
         nodes,
         "tiny",
         [helper.make_tensor_value_info("image", TensorProto.UINT8, ["batch", size, size, 3])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", n])],
+        outputs,
         initializer=[numpy_helper.from_array(weight, "W")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -98,6 +114,12 @@ def noisy(
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny.onnx")
+
+
+@pytest.fixture(scope="session")
+def evidence_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with the ``embedding`` and ``class_maps`` outputs of newer models."""
+    return make_tiny_model(tmp_path_factory.mktemp("model") / "evidence.onnx", evidence=True)
 
 
 @pytest.fixture

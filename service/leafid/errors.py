@@ -82,6 +82,22 @@ class InvalidModelError(ModelError):
     code = "invalid_model"
 
 
+class MissingOutputError(ModelError):
+    """The model predates an output a feature needs (its embedding, its class maps).
+
+    Everything else still works with such a model; 501: this service cannot do it.
+    """
+
+    code = "missing_output"
+    http_status = 501
+
+
+class InvalidReferencesError(InvalidRequestError):
+    """A reference-photo index cannot be used (unreadable, or made with another model)."""
+
+    code = "invalid_references"
+
+
 class MissingExtraError(LeafidError):
     """An optional dependency group is not installed."""
 
