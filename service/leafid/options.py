@@ -76,8 +76,14 @@ def add_renamed_option(
     return action
 
 
-def add_references_options(parser: argparse.ArgumentParser) -> None:
-    """Add ``--references FILE`` and ``--similar K``: similar reference photos per answer."""
+def add_references_options(parser: argparse.ArgumentParser, settings: bool = False) -> None:
+    """Add ``--references FILE`` and ``--similar K``: similar reference photos per answer.
+
+    Args:
+        parser: The subcommand's parser.
+        settings: The options override a setting (``leafid serve``): no default of their
+            own, so that ``$LEAFID_SIMILAR`` holds when ``--similar`` is not given.
+    """
     parser.add_argument(
         "--references",
         metavar="FILE",
@@ -87,7 +93,7 @@ def add_references_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--similar",
         type=int_at_least(0),
-        default=DEFAULT_SIMILAR,
+        default=None if settings else DEFAULT_SIMILAR,
         metavar="K",
         help=f"reference photos per candidate species (default: {DEFAULT_SIMILAR})",
     )
