@@ -125,6 +125,19 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_decode_threads_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--decode-threads N`` (formerly ``--workers``) of the commands that read folders."""
+    add_renamed_option(
+        parser,
+        "--decode-threads",
+        "--workers",
+        type=int_at_least(1),
+        default=None,
+        metavar="N",
+        help=f"decoding threads (default: number of CPUs, {default_decode_threads()})",
+    )
+
+
 def make_classifier(args: argparse.Namespace) -> Classifier:
     """The classifier the options of :func:`add_model_arguments` describe."""
     return Classifier(
@@ -549,15 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip files already in -o FILE and append the rest (jsonl and csv only)",
     )
-    add_renamed_option(
-        p,
-        "--decode-threads",
-        "--workers",
-        type=int_at_least(1),
-        default=None,
-        metavar="N",
-        help=f"decoding threads (default: number of CPUs, {default_decode_threads()})",
-    )
+    add_decode_threads_option(p)
     p.add_argument(
         "--batch-size",
         type=int_at_least(1),
@@ -640,15 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("folder", metavar="REF_DIR", help="reference folder, one sub-folder per class")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="the index (.npz)")
-    add_renamed_option(
-        p,
-        "--decode-threads",
-        "--workers",
-        type=int_at_least(1),
-        default=None,
-        metavar="N",
-        help=f"decoding threads (default: number of CPUs, {default_decode_threads()})",
-    )
+    add_decode_threads_option(p)
     add_model_arguments(p)
     p.set_defaults(func=cmd_index)
 

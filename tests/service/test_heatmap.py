@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_references import run_cli
 
 from conftest import TINY_COLOURS, noisy, tiny_spec
-from leafid import cli
 from leafid.errors import EXIT_OK, EXIT_USAGE
 from leafid.heatmap import heat, model_view, overlay_png
 from leafid.preprocess import preprocess, resize_and_crop
@@ -43,12 +43,6 @@ def test_model_view_undoes_float_normalisation() -> None:
     view = model_view(preprocess(img, spec), spec)
     want = np.asarray(resize_and_crop(img, spec), dtype=int)
     assert np.abs(np.asarray(view, dtype=int) - want).max() <= 1
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = cli.main(args)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_classify_explain_writes_one_png_per_photo(

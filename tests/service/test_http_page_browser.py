@@ -221,17 +221,22 @@ def all_images_shown(selector: str) -> str:
     )
 
 
+def identify_explained(page: Any, tmp_path: Path, slug: str) -> None:
+    """Send one photo of the class with "Show where it looked" ticked; wait for the answer."""
+    photo = tmp_path / "leaf.jpg"
+    photo.write_bytes(encode(noisy(TINY_COLOURS[slug], size=(160, 120))))
+    page.set_input_files("#file-input", str(photo))
+    page.get_by_label("Show where it looked").check()
+    page.click("#submit")
+    page.wait_for_selector("#result:not([hidden])", timeout=10_000)
+
+
 def test_reference_photos_and_where_it_looked(
     evidence_server: str, page: Any, tmp_path: Path
 ) -> None:
     page.goto(evidence_server + "/")
     assert page.locator("#compare-box").is_hidden() and page.locator("#explain-box").is_hidden()
-    photo = tmp_path / "leaf.jpg"
-    photo.write_bytes(encode(noisy(TINY_COLOURS["caerulea"], size=(160, 120))))
-    page.set_input_files("#file-input", str(photo))
-    page.get_by_label("Show where it looked").check()
-    page.click("#submit")
-    page.wait_for_selector("#result:not([hidden])", timeout=10_000)
+    identify_explained(page, tmp_path, "caerulea")
     # the user's photo beside the best match's most similar reference photos
     assert page.locator("#compare-box").is_visible()
     assert page.locator("#compare-title").inner_text().endswith("Planta caerulea (blue plant)")
@@ -262,12 +267,7 @@ def test_an_old_model_answers_without_where_it_looked(
     server: str, page: Any, tmp_path: Path
 ) -> None:
     page.goto(server + "/")
-    photo = tmp_path / "leaf.jpg"
-    photo.write_bytes(encode(noisy(TINY_COLOURS["rubra"], size=(160, 120))))
-    page.set_input_files("#file-input", str(photo))
-    page.get_by_label("Show where it looked").check()
-    page.click("#submit")
-    page.wait_for_selector("#result:not([hidden])", timeout=10_000)
+    identify_explained(page, tmp_path, "rubra")
     assert page.locator("#result-title").inner_text() == "Planta rubra"
     assert "cannot show where it looked" in page.locator("#explain-note").inner_text()
     assert page.locator("#heatmaps li").count() == 0

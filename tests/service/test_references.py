@@ -219,21 +219,8 @@ def test_index_and_classify_with_references_on_the_command_line(
     assert "9 reference photos of 3 classes" in err
     photo = tmp_path / "leaf.jpg"
     noisy(TINY_COLOURS["viridis"], seed=9).save(photo)
-    code, out, _ = run_cli(
-        [
-            "classify",
-            str(photo),
-            "--model",
-            str(evidence_model),
-            "--references",
-            str(refs),
-            "--similar",
-            "2",
-            "--format",
-            "jsonl",
-        ],
-        capsys,
-    )
+    with_refs = ["classify", str(photo), "--model", str(evidence_model), "--references", str(refs)]
+    code, out, _ = run_cli([*with_refs, "--similar", "2", "--format", "jsonl"], capsys)
     assert code == EXIT_OK
     row = json.loads(out)
     best = row["results"][0]
@@ -241,19 +228,7 @@ def test_index_and_classify_with_references_on_the_command_line(
     assert [r["path"].split("/")[0] for r in best["references"]] == ["viridis", "viridis"]
     assert best["references"][0]["similarity"] >= best["references"][1]["similarity"]
     assert Path(best["references"][0]["file"]).is_file()
-    code, out, _ = run_cli(
-        [
-            "classify",
-            str(photo),
-            "--model",
-            str(evidence_model),
-            "--references",
-            str(refs),
-            "--format",
-            "table",
-        ],
-        capsys,
-    )
+    code, out, _ = run_cli([*with_refs, "--format", "table"], capsys)
     assert code == EXIT_OK and "similar: " in out and "viridis" in out
 
 
