@@ -85,11 +85,12 @@ class InvalidModelError(ModelError):
 class MissingOutputError(ModelError):
     """The model predates an output a feature needs (its embedding, its class maps).
 
-    Everything else still works with such a model; 501: this service cannot do it.
+    Everything else still works with such a model. Over HTTP it answers a request that
+    asks for such a feature (422): no request makes the service answer 5xx.
     """
 
     code = "missing_output"
-    http_status = 501
+    http_status = 422
 
 
 class InvalidReferencesError(InvalidRequestError):

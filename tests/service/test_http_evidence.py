@@ -126,7 +126,7 @@ def test_old_models_answer_but_cannot_explain(tiny_model: Path) -> None:
     with TestClient(create_app(Settings(model=tiny_model))) as c:
         assert c.post("/v1/identify", files=photo("rubra")).json()["best_match"] == "rubra"
         r = c.post("/v1/identify", params={"explain": 1}, files=photo("rubra"))
-        assert r.status_code == 501
+        assert r.status_code == 422
         assert r.json()["error"]["code"] == "missing_output"
         assert "class_maps" in r.json()["error"]["message"]
         r = c.post("/v1/classify", params={"similar": 2}, files=photo("rubra"))

@@ -168,8 +168,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         401: "API key missing or wrong (when keys are configured)",
         413: "Request body, an image file or its pixel count is over the limit",
         415: "A file is not an image type leafid can read",
-        422: "Bad parameters or wrong number of images",
-        501: "The model predates an output explain=1 or reference photos need",
+        422: "Bad parameters or wrong number of images, or explain=1 asked of a model "
+        "that predates it (code missing_output)",
         503: "Model not ready, or the inference queue is full (see Retry-After)",
     }.items()
 }

@@ -234,6 +234,17 @@
     result.hidden = false;
   }
 
+  // The error code of an answer that is an error, read from a copy (the body stays unread).
+  async function errorCode(response) {
+    if (response.ok) return null;
+    try {
+      const body = await response.clone().json();
+      return body && body.error ? body.error.code : null;
+    } catch (e) {
+      return null;
+    }
+  }
+
   async function errorText(response) {
     try {
       const body = await response.json();
@@ -260,7 +271,7 @@
     let note = "";
     try {
       let response = await post(explain ? "/v1/identify?explain=1" : "/v1/identify");
-      if (explain && response.status === 501) {
+      if (explain && await errorCode(response) === "missing_output") {
         // a model older than class maps: the answer still comes, without the overlay
         note = "This model cannot show where it looked (it predates that feature).";
         response = await post("/v1/identify");
