@@ -157,3 +157,16 @@ def test_reference_thumbnails_need_the_api_key(evidence_model: Path, refs: Path)
         assert c.get("/v1/references/" + path).status_code == 401
         r = c.get("/v1/references/" + path, headers={"X-API-Key": "k1"})
         assert r.status_code == 200
+
+
+def test_serve_with_unusable_references_is_a_clear_error(
+    evidence_model: Path, tiny_model: Path, refs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from leafid import cli
+
+    missing = refs.parent / "missing.npz"
+    assert cli.main(["serve", "--model", str(evidence_model), "--references", str(missing)]) == 2
+    assert "missing.npz" in capsys.readouterr().err
+    assert cli.main(["serve", "--model", str(tiny_model), "--references", str(refs)]) == 2
+    err = capsys.readouterr().err
+    assert "no 'embedding' output" in err and "Traceback" not in err
