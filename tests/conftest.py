@@ -139,6 +139,12 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny.onnx")
 
 
+@pytest.fixture(scope="session")
+def evidence_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with the ``embedding`` and ``class_maps`` outputs of newer models."""
+    return make_tiny_model(tmp_path_factory.mktemp("model") / "evidence.onnx", embedding=True)
+
+
 @pytest.fixture
 def photo_dir(tmp_path: Path) -> Path:
     """A folder with one JPEG per tiny class (named after the class) and a grey one."""

@@ -16,13 +16,16 @@ from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from leafid.classifier import Classifier, Loaded
 from leafid.console import echo
 from leafid.errors import ImageError
 from leafid.extras import optional
 from leafid.output import Row, error_row, success_row
+
+if TYPE_CHECKING:
+    from leafid.evidence import RowEvidence
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +139,7 @@ class Summary:
 Decoded = list[tuple[str, Loaded]]
 
 
-def _batches(
+def decoded_batches(
     classifier: Classifier, paths: Sequence[str], decode_threads: int, batch_size: int
 ) -> Generator[tuple[Decoded, bool], None, None]:
     """Decoded batches in input order, decoding ahead at most a couple of batches.
@@ -166,17 +169,28 @@ def _batches(
 
 
 def _classify_batch(
-    classifier: Classifier, batch: Decoded, top_k: int, summary: Summary, parts: int = 1
+    classifier: Classifier,
+    batch: Decoded,
+    top_k: int,
+    summary: Summary,
+    parts: int = 1,
+    evidence: RowEvidence | None = None,
 ) -> list[Row]:
     """Rows of one decoded batch, in order; the good images go to the model together."""
-    answers = classifier.classify_loaded([item for _, item in batch], top_k, parts)
+    paths = [path for path, _ in batch]
+    loaded = [item for _, item in batch]
+    if evidence is None:
+        answers = classifier.classify_loaded(loaded, top_k, parts)
+        with_evidence: list[Row | None] = [None] * len(batch)
+    else:
+        answers, with_evidence = evidence.classify(classifier, paths, loaded, top_k)
     rows: list[Row] = []
-    for (path, _), answer in zip(batch, answers, strict=True):
+    for path, answer, row in zip(paths, answers, with_evidence, strict=True):
         if isinstance(answer, ImageError):
             rows.append(error_row(path, answer, classifier.model_version))
             summary.failed += 1
         else:
-            rows.append(success_row(path, answer))
+            rows.append(row if row is not None else success_row(path, answer))
             summary.ok += 1
             summary.unknown += answer.unknown
     summary.total += len(rows)
@@ -192,6 +206,7 @@ def classify_paths(
     decode_threads: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool | None = None,
+    evidence: RowEvidence | None = None,
 ) -> Summary:
     """Classify files and hand their rows to ``emit`` one batch at a time, in input order.
 
@@ -204,6 +219,8 @@ def classify_paths(
         batch_size: Images per model call.
         progress: Show a tqdm progress bar on stderr (default: when stderr is a
             terminal and tqdm is installed).
+        evidence: Add each answer's evidence (reference photos, heat overlays) to its
+            row, fetched in the same model call.
 
     Returns:
         Counts of the rows emitted.
@@ -211,14 +228,14 @@ def classify_paths(
     decode_threads = decode_threads or default_decode_threads()
     summary = Summary()
     show = sys.stderr.isatty() if progress is None else progress
-    bar = _progress_bar(len(paths)) if show else None
+    bar = progress_bar(len(paths)) if show else None
     # closing(): on an error or Ctrl-C, pending decodes are cancelled at once.
     try:
-        with closing(_batches(classifier, paths, decode_threads, batch_size)) as batches:
+        with closing(decoded_batches(classifier, paths, decode_threads, batch_size)) as batches:
             for batch, decoded_all in batches:
                 # with decoding done, the decoding threads' cores are free for the model
                 parts = decode_threads if decoded_all else 1
-                rows = _classify_batch(classifier, batch, top_k, summary, parts)
+                rows = _classify_batch(classifier, batch, top_k, summary, parts, evidence)
                 if bar is None:
                     emit(rows)
                 else:
@@ -231,7 +248,8 @@ def classify_paths(
     return summary
 
 
-def _progress_bar(total: int) -> Any:
+def progress_bar(total: int) -> Any:
+    """A tqdm progress bar on stderr for ``total`` images, or None without tqdm."""
     tqdm = optional("tqdm")  # the [progress] extra
     if tqdm is None:
         return None

@@ -26,7 +26,13 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from leafid.errors import ImageError, InvalidModelError, InvalidRequestError, ModelNotFoundError
+from leafid.errors import (
+    ImageError,
+    InvalidModelError,
+    InvalidRequestError,
+    MissingOutputError,
+    ModelNotFoundError,
+)
 from leafid.flora import Flora
 from leafid.images import DecodeBudget, ImageLimits, decode, decoded, read_bytes
 from leafid.paths import default_model_path
@@ -53,6 +59,11 @@ Loaded = np.ndarray | ImageError
 
 T = TypeVar("T")
 _END = object()
+
+EMBEDDING_OUTPUT = "embedding"
+"""The output holding each input's pooled features, the vector the linear head reads."""
+CLASS_MAPS_OUTPUT = "class_maps"
+"""The output holding each class's activation map [K, h, w]; a map's mean is its logit."""
 
 
 def load_spec(session: ort.InferenceSession) -> ModelSpec:
@@ -126,6 +137,26 @@ def in_place(loaded: Sequence[Loaded], answers: Iterable[T]) -> list[T | ImageEr
     if next(todo, _END) is not _END:
         raise ValueError("more answers than good inputs")
     return out
+
+
+def usable(loaded: Sequence[Loaded], names: Sequence[str]) -> list[np.ndarray]:
+    """The model inputs of the photos of one plant that could be used.
+
+    Raises:
+        InvalidRequestError: There are no photos.
+        ImageError: None of the photos could be used: the first photo's error, its
+            name in front of the message.
+    """
+    if len(loaded) != len(names):
+        raise ValueError("one name per photo")
+    if not loaded:
+        raise InvalidRequestError("identify needs at least one image")
+    good = [item for item in loaded if isinstance(item, np.ndarray)]
+    if not good:
+        first = loaded[0]
+        assert isinstance(first, ImageError)
+        raise _named(first, names[0]) from first
+    return good
 
 
 def _named(exc: ImageError, name: str) -> ImageError:
@@ -219,6 +250,7 @@ class Classifier:
         self._output_name = str(self.session.get_outputs()[0].name)
         thresholds = self.spec.taxon_thresholds
         self._taxa = [Taxa.of(self.spec.classes, r) for r in TAXON_RANKS if r in thresholds]
+        self._output_names = frozenset(str(o.name) for o in self.session.get_outputs())
 
     def _check_io(self) -> str:
         inputs = self.session.get_inputs()
@@ -304,6 +336,45 @@ class Classifier:
         """Preprocess an already decoded RGB image into one model input."""
         return preprocess(img, self.spec)
 
+    def require_output(self, name: str, purpose: str) -> None:
+        """Check that the model has the output ``name`` (newer models have more outputs).
+
+        Args:
+            name: The output, e.g. :data:`EMBEDDING_OUTPUT`.
+            purpose: What needs it, for the message (e.g. "find similar reference photos").
+
+        Raises:
+            MissingOutputError: The model predates that output.
+        """
+        if name not in self._output_names:
+            raise MissingOutputError(
+                f"model {self.spec.model_name} {self.model_version} has no {name!r} output, "
+                f"so it cannot {purpose}: it predates it; use a model exported by a newer "
+                "leafid-train"
+            )
+
+    def run(
+        self, batch: np.ndarray, outputs: Sequence[str] = ()
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Calibrated probabilities and other named outputs of a batch, in one model call.
+
+        Args:
+            batch: Stacked outputs of :meth:`load`/:meth:`prepare`, batch axis first.
+            outputs: Other outputs to fetch too (checked with :meth:`require_output`
+                beforehand by the caller); none by default, the cheapest call.
+
+        Returns:
+            Array (N, n_classes) of ``softmax(logits / temperature)``, and each asked
+            output by name.
+        """
+        logits, *others = self.session.run([self._output_name, *outputs], {self._input_name: batch})
+        if logits.shape != (batch.shape[0], len(self.spec.classes)):
+            raise InvalidModelError(
+                f"model returned shape {logits.shape}, want ({batch.shape[0]}, "
+                f"{len(self.spec.classes)})"
+            )
+        return softmax(logits, self.spec.temperature), dict(zip(outputs, others, strict=True))
+
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         """Calibrated class probabilities for a batch of preprocessed inputs.
 
@@ -313,14 +384,8 @@ class Classifier:
         Returns:
             Array (N, n_classes) of ``softmax(logits / temperature)``.
         """
-        # only the logits: newer models also output their embedding and feature map
-        (logits,) = self.session.run([self._output_name], {self._input_name: batch})
-        if logits.shape != (batch.shape[0], len(self.spec.classes)):
-            raise InvalidModelError(
-                f"model returned shape {logits.shape}, want ({batch.shape[0]}, "
-                f"{len(self.spec.classes)})"
-            )
-        return softmax(logits, self.spec.temperature)
+        # only the logits: newer models also output their embedding and class maps
+        return self.run(batch)[0]
 
     def probabilities_in_parts(self, batch: np.ndarray, parts: int) -> np.ndarray:
         """:meth:`probabilities` of a batch, run as up to ``parts`` concurrent model calls.
@@ -446,16 +511,20 @@ class Classifier:
             ImageError: None of the photos could be used: the first photo's error, its
                 name in front of the message.
         """
-        if len(loaded) != len(names):
-            raise ValueError("one name per photo")
-        if not loaded:
-            raise InvalidRequestError("identify needs at least one image")
-        good = [item for item in loaded if isinstance(item, np.ndarray)]
-        if not good:
-            first = loaded[0]
-            assert isinstance(first, ImageError)
-            raise _named(first, names[0]) from first
-        probs = self.probabilities(np.stack(good))  # one model call for all photos
+        probs = self.probabilities(np.stack(usable(loaded, names)))  # one call for all photos
+        return self.identify_probabilities(loaded, names, probs, top_k)
+
+    def identify_probabilities(
+        self, loaded: Sequence[Loaded], names: Sequence[str], probs: np.ndarray, top_k: int = 5
+    ) -> Identification:
+        """:meth:`identify_loaded` from the probabilities of the photos that could be used.
+
+        Args:
+            loaded: The photos after :meth:`try_load`.
+            names: The photos' names (file names or paths).
+            probs: :meth:`probabilities` of :func:`usable` photos, in order.
+            top_k: Candidates per answer.
+        """
         images = tuple(in_place(loaded, self.predictions(probs, top_k)))
         fused = self.fuse(probs, top_k)
         disagreement = photos_disagree(images, names)

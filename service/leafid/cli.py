@@ -1,4 +1,4 @@
-"""The ``leafid`` command line: classify, dask, identify, info, bench, serve, loadtest, plugins.
+"""The ``leafid`` command line: classify, dask, identify, info, index, bench, serve, loadtest.
 
 Other packages add subcommands through the ``leafid.commands`` entry-point group: each
 entry point is a ``register(subparsers) -> None`` function that adds parsers whose
@@ -48,11 +48,18 @@ from leafid.errors import (
     ModelError,
     ModelNotFoundError,
 )
+from leafid.evidence import Evidence, HeatmapFolder, RowEvidence
 from leafid.extras import not_installed
 from leafid.flora import flora_of_names, read_only
 from leafid.http import commands as http_commands
 from leafid.images import ImageLimits
-from leafid.options import add_model_option, add_recursive_option, add_renamed_option
+from leafid.options import (
+    add_explain_option,
+    add_model_option,
+    add_recursive_option,
+    add_references_options,
+    add_renamed_option,
+)
 from leafid.output import (
     FORMATS,
     RESUMABLE_FORMATS,
@@ -64,6 +71,7 @@ from leafid.output import (
     read_done_paths,
 )
 from leafid.paths import MODEL_ENV
+from leafid.references import ReferenceIndex, build_index
 from leafid.results import CAVEAT, error_item
 from leafid.scale import dask_batch
 
@@ -128,6 +136,19 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_decode_threads_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--decode-threads N`` (formerly ``--workers``) of the commands that read folders."""
+    add_renamed_option(
+        parser,
+        "--decode-threads",
+        "--workers",
+        type=int_at_least(1),
+        default=None,
+        metavar="N",
+        help=f"decoding threads (default: number of CPUs, {default_decode_threads()})",
+    )
+
+
 def make_classifier(args: argparse.Namespace) -> Classifier:
     """The classifier the options of :func:`add_model_arguments` describe."""
     classifier = Classifier(
@@ -182,6 +203,22 @@ def open_output(path: str, append: bool = False) -> TextIO:
         raise InvalidRequestError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
+def make_row_evidence(args: argparse.Namespace, classifier: Classifier) -> RowEvidence | None:
+    """The evidence ``--references``/``--similar``/``--explain`` ask for (None: none).
+
+    Raises:
+        InvalidReferencesError: The index cannot be read or was made with another model.
+        MissingOutputError: The model predates an output the evidence needs.
+    """
+    if args.references is None and args.explain is None:
+        return None
+    references = ReferenceIndex.load(args.references) if args.references else None
+    evidence = Evidence(references, args.similar, explain=args.explain is not None)
+    evidence.check(classifier)
+    heatmaps = HeatmapFolder(Path(args.explain)) if args.explain is not None else None
+    return RowEvidence(evidence, heatmaps)
+
+
 # --- classify ---------------------------------------------------------------------------
 
 
@@ -197,11 +234,14 @@ def cmd_classify(args: argparse.Namespace) -> int:
             raise InvalidRequestError(
                 f"--resume works with --format {' or '.join(RESUMABLE_FORMATS)} only, not {fmt}"
             )
+    if args.references and fmt == "csv":
+        raise InvalidRequestError("--references adds lists CSV has no columns for: use jsonl")
     paths = find_images(args.paths, args.recursive)
     if not paths:
         raise InvalidRequestError("no images found in " + ", ".join(args.paths))
     classifier = make_classifier(args)
     args.top_k = cap_top_k(args.top_k, classifier)
+    evidence = make_row_evidence(args, classifier)
 
     append = False
     failed_before = 0  # files of this run whose error rows an earlier run wrote
@@ -245,6 +285,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
             top_k=args.top_k,
             decode_threads=args.decode_threads,
             batch_size=args.batch_size,
+            evidence=evidence,
         )
     finally:
         writer.close()
@@ -335,6 +376,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
         raise InvalidRequestError("no images found in " + ", ".join(args.images))
     classifier = make_classifier(args)
     args.top_k = cap_top_k(args.top_k, classifier)
+    evidence = make_row_evidence(args, classifier)
     loaded = classifier.load_request(images)
     errors: list[Row] = []
     for path, item in zip(images, loaded, strict=True):
@@ -346,12 +388,13 @@ def cmd_identify(args: argparse.Namespace) -> int:
         "paths": [n for n, item in zip(names, loaded, strict=True) if isinstance(item, np.ndarray)]
     }
     try:
-        identified = classifier.identify_loaded(loaded, names, args.top_k)
+        if evidence is None:
+            result.update(classifier.identify_loaded(loaded, names, args.top_k).to_dict())
+        else:
+            result.update(evidence.identify(classifier, names, loaded, args.top_k))
     except ImageError as exc:
         result.update(error_item(exc, classifier.model_version))
         echo("leafid: none of the images could be used", err=True)
-    else:
-        result.update(identified.to_dict())
     result["errors"] = errors
     if fmt == "json":
         echo(json.dumps(result, ensure_ascii=False, indent=2))
@@ -465,6 +508,38 @@ def _metrics_lines(test: Any) -> list[str]:
     return lines
 
 
+# --- index ------------------------------------------------------------------------------
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    """Embed a reference folder into an index for ``--references``."""
+    if not args.output.endswith(".npz"):
+        raise InvalidRequestError(f"-o {args.output}: the index is an .npz file")
+    check_output_name(args.output)
+    classifier = make_classifier(args)
+    index, report = build_index(
+        classifier,
+        args.folder,
+        decode_threads=args.decode_threads or default_decode_threads(),
+        batch_size=DEFAULT_BATCH_SIZE,
+        progress=sys.stderr.isatty(),
+    )
+    for name in report.other_folders:
+        echo(f"leafid: {name}: not a class of the model, left out (slugs: leafid info)", err=True)
+    for path, exc in report.failed:
+        echo(f"leafid: {display_path(path)}: {exc}", err=True)
+    try:
+        index.save(args.output)
+    except OSError as exc:
+        raise InvalidRequestError(f"cannot write {args.output}: {exc.strerror or exc}") from exc
+    echo(
+        f"leafid: {len(index)} reference photos of {len(index.classes)} classes in "
+        f"{args.output}, {len(report.failed)} could not be used",
+        err=True,
+    )
+    return EXIT_SOME_FAILED if report.failed else EXIT_OK
+
+
 # --- parser, plugins, main --------------------------------------------------------------
 
 
@@ -506,15 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip files already in -o FILE and append the rest (jsonl and csv only)",
     )
-    add_renamed_option(
-        p,
-        "--decode-threads",
-        "--workers",
-        type=int_at_least(1),
-        default=None,
-        metavar="N",
-        help=f"decoding threads (default: number of CPUs, {default_decode_threads()})",
-    )
+    add_decode_threads_option(p)
     p.add_argument(
         "--batch-size",
         type=int_at_least(1),
@@ -522,6 +589,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="B",
         help=f"images per model call (default: {DEFAULT_BATCH_SIZE})",
     )
+    add_references_options(p)
+    add_explain_option(p)
     add_model_arguments(p)
     p.set_defaults(func=cmd_classify)
 
@@ -570,6 +639,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_recursive_option(p)
     p.add_argument("--top-k", type=int_at_least(1), default=5, metavar="K", help="candidates")
     p.add_argument("--format", choices=("table", "json", "jsonl"), help="output format")
+    add_references_options(p)
+    add_explain_option(p)
     add_model_arguments(p)
     p.set_defaults(func=cmd_identify)
 
@@ -585,6 +656,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", dest="format", action="store_const", const="json", help="same as --format json"
     )
     p.set_defaults(func=cmd_info)
+
+    p = add(
+        "index",
+        "embed a folder of labelled reference photos (REF_DIR/<class slug>/*.jpg) for "
+        "--references: answers then show the reference photos most like the photo",
+    )
+    p.add_argument("folder", metavar="REF_DIR", help="reference folder, one sub-folder per class")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="the index (.npz)")
+    add_decode_threads_option(p)
+    add_model_arguments(p)
+    p.set_defaults(func=cmd_index)
 
     p = add("bench", "measure images/s on synthetic 12 MP and 1 MP JPEGs")
     bench.add_arguments(p)

@@ -88,6 +88,23 @@ class InvalidModelError(ModelError):
     code = "invalid_model"
 
 
+class MissingOutputError(ModelError):
+    """The model predates an output a feature needs (its embedding, its class maps).
+
+    Everything else still works with such a model. Over HTTP it answers a request that
+    asks for such a feature (422): no request makes the service answer 5xx.
+    """
+
+    code = "missing_output"
+    http_status = 422
+
+
+class InvalidReferencesError(InvalidRequestError):
+    """A reference-photo index cannot be used (unreadable, or made with another model)."""
+
+    code = "invalid_references"
+
+
 class MissingExtraError(LeafidError):
     """An optional dependency group is not installed."""
 

@@ -6,10 +6,13 @@ import argparse
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from leafid.argtypes import int_at_least
 from leafid.console import echo
 from leafid.paths import MODEL_ENV
 
 MODEL_HELP = f"ONNX model file (default: ${MODEL_ENV} or the shipped model)"
+DEFAULT_SIMILAR = 3
+"""Reference photos shown per candidate species (``--similar``, the service's ``similar``)."""
 
 
 def add_model_option(parser: argparse.ArgumentParser) -> None:
@@ -71,3 +74,36 @@ def add_renamed_option(
         help=argparse.SUPPRESS,
     )
     return action
+
+
+def add_references_options(parser: argparse.ArgumentParser, settings: bool = False) -> None:
+    """Add ``--references FILE`` and ``--similar K``: similar reference photos per answer.
+
+    Args:
+        parser: The subcommand's parser.
+        settings: The options override a setting (``leafid serve``): no default of their
+            own, so that ``$LEAFID_SIMILAR`` holds when ``--similar`` is not given.
+    """
+    parser.add_argument(
+        "--references",
+        metavar="FILE",
+        help="reference-photo index made with 'leafid index' (same model): each candidate "
+        "species gets its reference photos most like the photo, with their similarity",
+    )
+    parser.add_argument(
+        "--similar",
+        type=int_at_least(0),
+        default=None if settings else DEFAULT_SIMILAR,
+        metavar="K",
+        help=f"reference photos per candidate species (default: {DEFAULT_SIMILAR})",
+    )
+
+
+def add_explain_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--explain DIR``: write a heat overlay of where the model looked, per photo."""
+    parser.add_argument(
+        "--explain",
+        metavar="DIR",
+        help="write one PNG per photo into DIR: the part of the photo the model saw, with "
+        "where it looked for its top answer as heat (red: most)",
+    )

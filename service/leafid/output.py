@@ -207,7 +207,11 @@ class Writer:
             name = f"unknown, not likely enough (closest: {name})"
         elif row["rank"] != "species":
             name, score = wording.backed_off(row), row["match_score"]
-        return f"{path:<{self.path_width}}  {wording.chance(score):>6}  {name}"
+        line = f"{path:<{self.path_width}}  {wording.chance(score):>6}  {name}"
+        if top.get("references"):  # classify --references: the best match's most similar
+            similar = ", ".join(f"{r['file']} ({r['similarity']:.2f})" for r in top["references"])
+            line += f"\n{'':<{self.path_width}}  {'':>6}  similar: {similar}"
+        return line
 
 
 def _cut_torn_tail(path: Path) -> bytes:

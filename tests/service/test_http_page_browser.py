@@ -8,6 +8,7 @@ the system chromium is used).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -197,3 +198,78 @@ def test_each_photos_answer_is_shown_and_disagreement_named(
     assert per_photo[0].startswith("rubra.jpg: Planta rubra (red plant), ")
     assert "likely (calibrated)" in per_photo[1]
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+
+
+@pytest.fixture(scope="module")
+def evidence_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    from test_references import index_of, make_reference_folder
+
+    from conftest import make_tiny_model
+    from leafid.classifier import Classifier
+
+    root = tmp_path_factory.mktemp("evidence")
+    model = make_tiny_model(root / "evidence.onnx", embedding=True)
+    refs = root / "refs.npz"
+    index_of(Classifier(model), make_reference_folder(root / "refdir")).save(refs)
+    with running_server(create_app(Settings(model=model, references=refs))) as url:
+        yield url
+
+
+def all_images_shown(selector: str) -> str:
+    return (
+        f"[...document.querySelectorAll('{selector}')].every(i => i.complete && i.naturalWidth > 0)"
+    )
+
+
+def identify_explained(page: Any, tmp_path: Path, slug: str) -> None:
+    """Send one photo of the class with "Show where it looked" ticked; wait for the answer."""
+    photo = tmp_path / "leaf.jpg"
+    photo.write_bytes(encode(noisy(TINY_COLOURS[slug], size=(160, 120))))
+    page.set_input_files("#file-input", str(photo))
+    page.get_by_label("Show where it looked").check()
+    page.click("#submit")
+    page.wait_for_selector("#result:not([hidden])", timeout=10_000)
+
+
+def test_reference_photos_and_where_it_looked(
+    evidence_server: str, page: Any, tmp_path: Path
+) -> None:
+    page.goto(evidence_server + "/")
+    assert page.locator("#compare-box").is_hidden() and page.locator("#explain-box").is_hidden()
+    identify_explained(page, tmp_path, "caerulea")
+    # the user's photo beside the best match's most similar reference photos
+    assert page.locator("#compare-box").is_visible()
+    assert page.locator("#compare-title").inner_text().endswith("Planta caerulea (blue plant)")
+    items = page.locator("#compare li")
+    assert items.count() == 4
+    assert items.nth(0).inner_text() == "Your photo"
+    assert all(
+        re.fullmatch(r"similarity -?[01]\.\d\d", items.nth(i).inner_text()) for i in (1, 2, 3)
+    )
+    page.wait_for_function(all_images_shown("#compare img"), timeout=10_000)
+    first, second = items.nth(0).bounding_box(), items.nth(1).bounding_box()
+    assert abs(first["y"] - second["y"]) < 1  # side by side, even on a phone
+    # the heat overlay of where it looked
+    assert page.locator("#explain-box").is_visible()
+    assert "Planta caerulea" in page.locator("#explain-note").inner_text()
+    assert page.get_attribute("#heatmaps img", "src").startswith("data:image/png;base64,")
+    page.wait_for_function(all_images_shown("#heatmaps img"), timeout=10_000)
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    # unticked: no overlay asked, none shown
+    page.get_by_label("Show where it looked").uncheck()
+    page.click("#submit")
+    page.wait_for_selector("#result:not([hidden])", timeout=10_000)
+    assert page.locator("#explain-box").is_hidden()
+    assert page.locator("#compare-box").is_visible()
+
+
+def test_an_old_model_answers_without_where_it_looked(
+    server: str, page: Any, tmp_path: Path
+) -> None:
+    page.goto(server + "/")
+    identify_explained(page, tmp_path, "rubra")
+    assert page.locator("#result-title").inner_text() == "Planta rubra"
+    assert "cannot show where it looked" in page.locator("#explain-note").inner_text()
+    assert page.locator("#heatmaps li").count() == 0
+    assert page.locator("#compare-box").is_hidden()  # this service has no reference photos
+    assert page.locator("#error").is_hidden()

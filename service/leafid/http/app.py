@@ -11,10 +11,13 @@ have their own modules beside this one.
 
 from __future__ import annotations
 
+import base64
+import functools
 import hmac
 import html
 import logging
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -31,14 +34,17 @@ from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from leafid import __version__
+from leafid import __version__, evidence
 from leafid.classifier import Classifier, Loaded
 from leafid.errors import (
     ImageError,
+    ImageNotFoundError,
+    InvalidReferencesError,
     InvalidRequestError,
     LeafidError,
     ModelError,
 )
+from leafid.evidence import Backing, Evidence
 from leafid.flora import flora_of_names, read_only, resolve_flora, split_names
 from leafid.http.errors import (
     AuthError,
@@ -53,19 +59,22 @@ from leafid.http.middleware import BodyLimitMiddleware, CatchAllMiddleware, Metr
 from leafid.http.schemas import (
     ERROR_RESPONSES,
     ClassifyOut,
+    ErrorOut,
     IdentifyOut,
     ModelOut,
     SpeciesOut,
 )
 from leafid.http.server import STATE_KEY, ConnectionLimits, accept_errors_summarised
-from leafid.http.settings import Settings
+from leafid.http.settings import MAX_SIMILAR, Settings
 from leafid.http.uploads import FIELD, Upload, Uploads, read_uploads
 from leafid.images import ImageLimits
+from leafid.references import ReferenceIndex, ReferenceMatch, thumbnail_jpeg
 from leafid.results import CAVEAT, Identification, Prediction, error_item
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+THUMBNAIL_CACHE = 512  # reference thumbnails kept in memory (~15 kB each)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 PAGE_TEMPLATE = Path(__file__).resolve().parent / "index.html"  # filled in by render_index
 
@@ -158,6 +167,23 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 GateDep = Annotated[InferenceGate, Depends(get_gate)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 TopK = Annotated[int | None, Query(description="Candidates to return, 1 to the number of classes")]
+Explain = Annotated[
+    bool,
+    Query(
+        description="Add where the model looked for the top answer: a heat overlay on the "
+        "part of each photo it saw, as a PNG data URL (models with class maps only)"
+    ),
+]
+Similar = Annotated[
+    int | None,
+    Query(
+        ge=0,
+        le=MAX_SIMILAR,
+        description="Reference photos per candidate species (default: the service's "
+        "setting; 0: none). Needs a service started with reference photos",
+    ),
+]
+REFERENCES_ROUTE = "/v1/references/"
 
 # The photos are read by leafid.http.uploads as the body streams in (after the API key
 # and the queue are checked), not by FastAPI, so their form is declared here for the docs.
@@ -259,34 +285,89 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000.0, 2)
 
 
+Identified = tuple[Identification, Backing | None, list[Backing | None]]
+Classified = tuple[list[Prediction | ImageError], list[Backing | None]]
+
+
 def _identify_work(
-    classifier: Classifier, uploads: Uploads, top_k: int
-) -> tuple[Identification, float, float]:
+    classifier: Classifier, uploads: Uploads, top_k: int, shown: Evidence | None
+) -> tuple[Identified, float, float]:
     start = time.perf_counter()
     loaded = _load_all(classifier, uploads)
     decoded = time.perf_counter()
     names = [upload.filename for upload in uploads.items]
-    identified = classifier.identify_loaded(loaded, names, top_k)
-    return identified, decoded - start, time.perf_counter() - decoded
+    result: Identified
+    if shown is None:  # the plain answer: only the logits are fetched
+        result = classifier.identify_loaded(loaded, names, top_k), None, [None] * len(loaded)
+    else:
+        result = evidence.identify(classifier, shown, loaded, names, top_k)
+    return result, decoded - start, time.perf_counter() - decoded
 
 
 def _classify_work(
-    classifier: Classifier, uploads: Uploads, top_k: int
-) -> tuple[list[Prediction | ImageError], float, float]:
+    classifier: Classifier, uploads: Uploads, top_k: int, shown: Evidence | None
+) -> tuple[Classified, float, float]:
     start = time.perf_counter()
     loaded = _load_all(classifier, uploads)
     decoded = time.perf_counter()
-    answers = classifier.classify_loaded(loaded, top_k)
-    return answers, decoded - start, time.perf_counter() - decoded
+    result: Classified
+    if shown is None:  # the plain answer: only the logits are fetched
+        result = classifier.classify_loaded(loaded, top_k), [None] * len(loaded)
+    else:
+        result = evidence.classify(classifier, shown, loaded, top_k)
+    return result, decoded - start, time.perf_counter() - decoded
+
+
+def _reference_link(match: ReferenceMatch) -> dict[str, Any]:
+    """A reference photo in an answer: its path, similarity and thumbnail URL."""
+    return {**match.to_dict(), "url": REFERENCES_ROUTE + urllib.parse.quote(match.path)}
+
+
+def _with_references(answer: dict[str, Any], backing: Backing | None) -> dict[str, Any]:
+    """An answer's dict with each candidate's reference photos, when they were asked."""
+    return answer if backing is None else backing.add_references(answer, _reference_link)
 
 
 def _image_item(
-    upload: Upload, answer: Prediction | ImageError, model_version: str
+    upload: Upload,
+    answer: Prediction | ImageError,
+    model_version: str,
+    backing: Backing | None = None,
 ) -> dict[str, Any]:
     """One photo's item of an answer: its own prediction, or why it could not be used."""
     if isinstance(answer, ImageError):
         return {"filename": upload.filename, **error_item(answer, model_version)}
-    return {"filename": upload.filename, **answer.to_dict()}
+    item = {"filename": upload.filename, **answer.to_dict()}
+    if backing is not None and backing.heatmap is not None:
+        # inline: the service keeps nothing between requests, and any replica can answer
+        png = base64.b64encode(backing.heatmap).decode("ascii")
+        item["explain"] = {"slug": backing.heatmap_slug, "image": "data:image/png;base64," + png}
+    return item
+
+
+def _evidence(
+    classifier: Classifier,
+    references: ReferenceIndex | None,
+    settings: Settings,
+    explain: bool,
+    similar: int | None,
+) -> Evidence | None:
+    """The evidence a request asks for, or None for a plain answer.
+
+    Raises:
+        InvalidRequestError: Reference photos are asked of a service that has none.
+        MissingOutputError: The model predates an output the evidence needs.
+    """
+    if similar and references is None:
+        raise InvalidRequestError(
+            "this service has no reference photos (start it with --references FILE)"
+        )
+    k = settings.similar if similar is None else similar
+    if not explain and (references is None or k == 0):
+        return None
+    shown = Evidence(references if k > 0 else None, k, explain)
+    shown.check(classifier)
+    return shown
 
 
 # --- the app -------------------------------------------------------------------------
@@ -321,13 +402,38 @@ def load_classifier(settings: Settings) -> Classifier:
     return classifier.with_flora(flora_of_names(classifier.spec, read_only(settings.only)))
 
 
-def create_app(settings: Settings | None = None, classifier: Classifier | None = None) -> FastAPI:
+def load_references(settings: Settings, classifier: Classifier) -> ReferenceIndex | None:
+    """Load the reference photos named by the settings, checked against the model.
+
+    Raises:
+        InvalidReferencesError: The index cannot be read, was made with another model,
+            or its reference folder is missing.
+        MissingOutputError: The model has no embedding output.
+    """
+    if settings.references is None:
+        return None
+    references = ReferenceIndex.load(settings.references)
+    references.check_model(classifier)
+    if not references.folder.is_dir():
+        raise InvalidReferencesError(
+            f"the reference folder {references.folder} of {settings.references} is missing"
+        )
+    return references
+
+
+def create_app(
+    settings: Settings | None = None,
+    classifier: Classifier | None = None,
+    references: ReferenceIndex | None = None,
+) -> FastAPI:
     """Build the service.
 
     Args:
         settings: Service settings; read from ``LEAFID_*`` environment variables if None.
         classifier: An already loaded classifier to use instead of loading
             ``settings.model`` at start-up.
+        references: Already loaded reference photos to use instead of loading
+            ``settings.references`` at start-up.
 
     Returns:
         The FastAPI app. The model is loaded when its lifespan starts; a missing or
@@ -344,6 +450,10 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
                 "loaded model %s in %.0f ms",
                 settings.model,
                 (time.perf_counter() - started) * 1000,
+            )
+        if app.state.references is None and app.state.classifier is not None:
+            app.state.references = await anyio.to_thread.run_sync(
+                load_references, settings, app.state.classifier
             )
         app.state.gate = InferenceGate(
             settings.inference_slots,
@@ -365,6 +475,10 @@ def create_app(settings: Settings | None = None, classifier: Classifier | None =
     )
     app.state.settings = settings
     app.state.classifier = classifier
+    app.state.references = references
+    app.state.thumbnails = functools.lru_cache(maxsize=THUMBNAIL_CACHE)(
+        functools.partial(thumbnail_jpeg, limits=ImageLimits(max_pixels=settings.max_pixels))
+    )
     app.state.gate = None
     app.state.metrics = Metrics()
 
@@ -393,6 +507,7 @@ def _add_routes(app: FastAPI) -> None:
     @app.post(
         "/v1/identify",
         response_model=IdentifyOut,
+        response_model_exclude_unset=True,  # no references or explain fields unless asked
         responses=ERROR_RESPONSES,
         dependencies=auth,
         tags=["identify"],
@@ -405,6 +520,8 @@ def _add_routes(app: FastAPI) -> None:
         gate: GateDep,
         metrics: MetricsDep,
         top_k: TopK = None,
+        explain: Explain = False,
+        similar: Similar = None,
     ) -> dict[str, Any]:
         """Identify one plant from 1 to ``max_images`` photos of it; their answers are fused.
 
@@ -412,21 +529,27 @@ def _add_routes(app: FastAPI) -> None:
         be used gets an error item ``{filename, error: {type, message}}`` in its place
         in ``images`` (as in ``/v1/classify``) and the status is 200. When none of the
         photos could be used, the request fails with the first photo's error (4xx).
+
+        With reference photos, each candidate lists those most like the photos
+        (``references``); with ``explain=1`` each photo's item has the heat overlay of
+        where the model looked for the top answer (``explain``).
         """
         k = _top_k(top_k, classifier)
-        photos, (identified, decode_s, infer_s), start = await _work_on_photos(
+        shown = _evidence(classifier, request.app.state.references, settings, explain, similar)
+        photos, (found, decode_s, infer_s), start = await _work_on_photos(
             request,
             gate,
-            lambda uploads: _identify_work(classifier, uploads, k),
+            lambda uploads: _identify_work(classifier, uploads, k, shown),
             settings.max_images,
             settings.max_image_bytes,
             "images of the same plant",
         )
+        identified, backing, per_photo = found
         metrics.inference.observe(infer_s)
         metrics.images.inc(sum(isinstance(a, Prediction) for a in identified.images))
         if identified.fused.unknown:
             metrics.unknown.inc()
-        answer = identified.to_dict()
+        answer = _with_references(identified.to_dict(), backing)
         return {
             "model": _model_ref(classifier),
             **{
@@ -439,8 +562,8 @@ def _add_routes(app: FastAPI) -> None:
             "results": answer["results"],
             "flora": answer["flora"],
             "images": [
-                _image_item(u, a, classifier.model_version)
-                for u, a in zip(photos, identified.images, strict=True)
+                _image_item(u, a, classifier.model_version, b)
+                for u, a, b in zip(photos, identified.images, per_photo, strict=True)
             ],
             "timing": {
                 "decode_ms": _ms(decode_s),
@@ -453,6 +576,7 @@ def _add_routes(app: FastAPI) -> None:
     @app.post(
         "/v1/classify",
         response_model=ClassifyOut,
+        response_model_exclude_unset=True,  # no references or explain fields unless asked
         responses=ERROR_RESPONSES,
         dependencies=auth,
         tags=["identify"],
@@ -465,6 +589,8 @@ def _add_routes(app: FastAPI) -> None:
         gate: GateDep,
         metrics: MetricsDep,
         top_k: TopK = None,
+        explain: Explain = False,
+        similar: Similar = None,
     ) -> dict[str, Any]:
         """Classify independent photos, one answer each, in one model call.
 
@@ -472,12 +598,17 @@ def _add_routes(app: FastAPI) -> None:
         message}}`` in its place (like the CLI's error rows); the others are answered
         and the status is 200. Errors of the request itself (count, size of the whole
         body, parameters, API key) answer the whole request with 4xx.
+
+        With reference photos, each candidate lists those most like the photo
+        (``references``); with ``explain=1`` each item has the heat overlay of where the
+        model looked for its top answer (``explain``).
         """
         k = _top_k(top_k, classifier)
-        photos, (items, decode_s, infer_s), start = await _work_on_photos(
+        shown = _evidence(classifier, request.app.state.references, settings, explain, similar)
+        photos, ((items, backings), decode_s, infer_s), start = await _work_on_photos(
             request,
             gate,
-            lambda uploads: _classify_work(classifier, uploads, k),
+            lambda uploads: _classify_work(classifier, uploads, k, shown),
             settings.max_batch,
             settings.max_image_bytes,
             "images",
@@ -491,8 +622,10 @@ def _add_routes(app: FastAPI) -> None:
         return {
             "model": _model_ref(classifier),
             "results": [
-                _image_item(u, a, classifier.model_version)
-                for u, a in zip(photos, items, strict=True)
+                _with_references(_image_item(u, a, classifier.model_version, b), b)
+                if isinstance(a, Prediction)
+                else _image_item(u, a, classifier.model_version)
+                for u, a, b in zip(photos, items, backings, strict=True)
             ],
             "timing": {
                 "decode_ms": _ms(decode_s),
@@ -501,6 +634,28 @@ def _add_routes(app: FastAPI) -> None:
             },
             "caveat": CAVEAT,
         }
+
+    @app.get(
+        REFERENCES_ROUTE + "{path:path}",
+        dependencies=auth,
+        tags=["identify"],
+        response_class=Response,
+        responses={
+            200: {"content": {"image/jpeg": {}}},
+            404: {"model": ErrorOut, "description": "Not a reference photo of this service"},
+        },
+    )
+    def reference_photo(path: str, request: Request) -> Response:
+        """A thumbnail (JPEG) of a reference photo listed in an answer's ``references``.
+
+        Only the photos of the service's reference index are served, from its reference
+        folder: any other path is 404.
+        """
+        references: ReferenceIndex | None = request.app.state.references
+        if references is None:
+            raise ImageNotFoundError("this service has no reference photos")
+        jpeg = request.app.state.thumbnails(references.file(path))
+        return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
 
     @app.get("/v1/species", response_model=list[SpeciesOut], dependencies=auth, tags=["model"])
     def species(classifier: ClassifierDep) -> list[dict[str, Any]]:

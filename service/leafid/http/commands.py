@@ -21,7 +21,7 @@ from typing import Any
 from leafid.argtypes import fraction, int_at_least, positive_float
 from leafid.errors import EXIT_OK, InvalidRequestError
 from leafid.extras import require_extra
-from leafid.options import add_model_option, add_renamed_option
+from leafid.options import add_model_option, add_references_options, add_renamed_option
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ def register(subparsers: Any) -> None:
     serve.add_argument(
         "--queue-size", type=int_at_least(0), metavar="N", help="requests allowed to wait"
     )
+    add_references_options(serve, settings=True)
     serve.add_argument(
         "--log-level",
         default="info",
@@ -206,7 +207,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         import uvicorn
         from pydantic import ValidationError
 
-        from leafid.http.app import create_app, load_classifier
+        from leafid.http.app import create_app, load_classifier, load_references
         from leafid.http.server import uvicorn_options
         from leafid.http.settings import Settings
 
@@ -215,6 +216,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "threads": args.threads,
         "inference_slots": args.inference_slots,
         "queue_size": args.queue_size,
+        "references": Path(args.references).resolve() if args.references else None,
+        "similar": args.similar,
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
     try:
@@ -222,6 +225,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         raise InvalidRequestError(f"invalid LEAFID_* setting: {exc}") from exc
     classifier = load_classifier(settings)  # clear ModelNotFoundError / InvalidModelError
+    references = load_references(settings, classifier)  # clear InvalidReferencesError
     common: dict[str, Any] = {
         "host": args.host,
         "port": args.port,
@@ -231,9 +235,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     }
     with _sigterm_exits_cleanly():
         if args.processes == 1:
-            uvicorn.run(create_app(settings, classifier), **common)
+            uvicorn.run(create_app(settings, classifier, references), **common)
         else:
-            del classifier  # each process loads its own copy
+            del classifier, references  # each process loads its own copy
             for key, value in overrides.items():  # processes read their settings from the env
                 os.environ[f"LEAFID_{key.upper()}"] = str(value)
             uvicorn.run(

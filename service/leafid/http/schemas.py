@@ -11,14 +11,23 @@ from typing import Any
 from pydantic import BaseModel
 
 
+class ReferenceOut(BaseModel):
+    """A reference photo of a candidate species, like the photo sent."""
+
+    path: str
+    similarity: float
+    url: str
+
+
 class CandidateOut(BaseModel):
-    """One ranked species candidate."""
+    """One ranked species candidate (with reference photos when the service has them)."""
 
     slug: str
     scientific_name: str
     common_name: str
     display_name: str
     score: float
+    references: list[ReferenceOut] | None = None
 
 
 class PhotoPickOut(CandidateOut):
@@ -49,10 +58,22 @@ class PredictionOut(BaseModel):
     model_version: str
 
 
+class ExplainOut(BaseModel):
+    """Where the model looked for the top answer (``explain=1``).
+
+    ``image`` is a PNG data URL: the part of the photo the model saw, with the class's
+    activation map laid over it as heat (red: most).
+    """
+
+    slug: str
+    image: str
+
+
 class ImagePredictionOut(PredictionOut):
     """One uploaded photo's own answer."""
 
     filename: str
+    explain: ExplainOut | None = None
 
 
 class ErrorItem(BaseModel):
@@ -163,7 +184,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         401: "API key missing or wrong (when keys are configured)",
         413: "Request body, an image file or its pixel count is over the limit",
         415: "A file is not an image type leafid can read",
-        422: "Bad parameters or wrong number of images",
+        422: "Bad parameters or wrong number of images, or explain=1 asked of a model "
+        "that predates it (code missing_output)",
         503: "Model not ready, or the inference queue is full (see Retry-After)",
     }.items()
 }

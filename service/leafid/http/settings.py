@@ -9,9 +9,12 @@ from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from leafid.images import ImageLimits
+from leafid.options import DEFAULT_SIMILAR
 from leafid.paths import default_model_path
 
 MiB = 1024 * 1024
+MAX_SIMILAR = 20
+"""Most reference photos per candidate species one answer may list."""
 
 
 class Settings(BaseSettings):
@@ -51,6 +54,10 @@ class Settings(BaseSettings):
         keep_alive_timeout_s: Seconds an idle keep-alive connection is kept open.
         max_connections: Open connections per server process; a new one over the cap
             closes the connection that has waited longest for a request head.
+        references: A reference-photo index made with ``leafid index`` and the same
+            model: answers list each candidate's most similar reference photos, served
+            as thumbnails (None: no reference photos).
+        similar: Reference photos per candidate species, unless a request asks otherwise.
     """
 
     model_config = SettingsConfigDict(env_prefix="LEAFID_", extra="ignore", populate_by_name=True)
@@ -79,6 +86,8 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(default=60.0, gt=0)
     keep_alive_timeout_s: int = Field(default=5, ge=1)
     max_connections: int = Field(default=256, ge=1)
+    references: Path | None = None
+    similar: int = Field(default=DEFAULT_SIMILAR, ge=0, le=MAX_SIMILAR)
 
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod

@@ -17,6 +17,7 @@
   const result = $("result");
   let files = [];
   let urls = [];
+  let thumbnailUrls = [];
 
   // Scores are calibrated probabilities; they are worded as leafid.wording words them.
   function percent(score) {
@@ -43,14 +44,18 @@
   const NOT_LISTED = "Or the species may not be one this service knows (the list is below).";
   const ONE_PLANT = "Send photos of one plant at a time.";
 
-  async function loadSpecies() {
-    const list = $("species");
-    if (list.childElementCount > 0) return;
+  function authHeaders() {
     const headers = {};
     const key = $("api-key").value.trim();
     if (key) headers["X-API-Key"] = key;
+    return headers;
+  }
+
+  async function loadSpecies() {
+    const list = $("species");
+    if (list.childElementCount > 0) return;
     try {
-      const response = await fetch("/v1/species", { headers });
+      const response = await fetch("/v1/species", { headers: authHeaders() });
       if (!response.ok) {
         list.replaceChildren(textItem(await errorText(response)));
         return;
@@ -140,6 +145,64 @@
     return li;
   }
 
+  function galleryItem(src, alt, caption, className) {
+    const li = document.createElement("li");
+    if (className) li.className = className;
+    const img = document.createElement("img");
+    if (src) img.src = src;
+    img.alt = alt;
+    const text = document.createElement("span");
+    text.textContent = caption;
+    li.append(img, text);
+    return li;
+  }
+
+  // Thumbnails are fetched with the API key (an <img> cannot send it) and shown as blobs.
+  async function loadThumbnail(img, url) {
+    try {
+      const response = await fetch(url, { headers: authHeaders() });
+      if (!response.ok) return;
+      const blobUrl = URL.createObjectURL(await response.blob());
+      thumbnailUrls.push(blobUrl);
+      img.src = blobUrl;
+    } catch (e) {
+      // the reference photo stays blank; the answer does not depend on it
+    }
+  }
+
+  // The best match's (or closest candidate's) reference photos most like the user's photo.
+  function showReferences(data) {
+    thumbnailUrls.forEach((u) => URL.revokeObjectURL(u));
+    thumbnailUrls = [];
+    const top = data.results[0];
+    const refs = top.references || [];
+    $("compare-box").hidden = refs.length === 0;
+    if (refs.length === 0) return;
+    $("compare-title").textContent = "Your photo and reference photos of " + top.display_name;
+    const used = data.images.findIndex((im) => !im.error);
+    const items = [galleryItem(urls[used], "Your photo", "Your photo", "yours")];
+    for (const ref of refs) {
+      const li = galleryItem(null, "Reference photo " + ref.path,
+        "similarity " + ref.similarity.toFixed(2));
+      loadThumbnail(li.querySelector("img"), ref.url);
+      items.push(li);
+    }
+    $("compare").replaceChildren(...items);
+  }
+
+  // Each photo's heat overlay: where the model looked for the top answer.
+  function showExplain(data, asked, note) {
+    $("explain-box").hidden = !asked;
+    if (!asked) return;
+    const shown = data.images.filter((im) => im.explain);
+    const name = shown.length ? data.results.find((c) => c.slug === shown[0].explain.slug) : null;
+    $("explain-note").textContent = note || ("The part of each photo the model saw; red is " +
+      "where it found most of " + (name ? name.display_name : "its answer") + ". Red on " +
+      "the background rather than the leaf? Retake the photo closer, on a plain background.");
+    $("heatmaps").replaceChildren(...shown.map((im) =>
+      galleryItem(im.explain.image, "Where the model looked in " + im.filename, im.filename)));
+  }
+
   function showResult(data) {
     const top = data.results[0];
     result.classList.toggle("unknown", data.unknown);
@@ -167,7 +230,19 @@
       skipped.map((im) => " · skipped " + im.filename + ": " + im.error.message).join("") +
       " · " + Math.round(data.timing.total_ms) + " ms";
     $("caveat").textContent = data.caveat;
+    showReferences(data);
     result.hidden = false;
+  }
+
+  // The error code of an answer that is an error, read from a copy (the body stays unread).
+  async function errorCode(response) {
+    if (response.ok) return null;
+    try {
+      const body = await response.clone().json();
+      return body && body.error ? body.error.code : null;
+    } catch (e) {
+      return null;
+    }
   }
 
   async function errorText(response) {
@@ -191,18 +266,25 @@
     status.textContent = "Identifying…";
     const body = new FormData();
     for (const file of files) body.append("images", file, file.name);
-    const headers = {};
-    const key = $("api-key").value.trim();
-    if (key) headers["X-API-Key"] = key;
+    const explain = $("explain").checked;
+    const post = (url) => fetch(url, { method: "POST", body, headers: authHeaders() });
+    let note = "";
     try {
-      const response = await fetch("/v1/identify", { method: "POST", body, headers });
+      let response = await post(explain ? "/v1/identify?explain=1" : "/v1/identify");
+      if (explain && await errorCode(response) === "missing_output") {
+        // a model older than class maps: the answer still comes, without the overlay
+        note = "This model cannot show where it looked (it predates that feature).";
+        response = await post("/v1/identify");
+      }
       if (!response.ok) {
         if (response.status === 401) $("key-box").open = true;
         showError(await errorText(response));
         status.textContent = "";
         return;
       }
-      showResult(await response.json());
+      const data = await response.json();
+      showResult(data);
+      showExplain(data, explain, note);
       status.textContent = "Done.";
     } catch (e) {
       showError("Could not reach the service: " + e.message);
