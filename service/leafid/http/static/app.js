@@ -45,6 +45,7 @@
     "service knows\u201d, above, lists them).";
   const NOT_ALLOWED = "Or the species may not be among those you allowed in \u201cOnly these " +
     "species or genera\u201d.";
+  const ONE_PLANT = "Send photos of one plant at a time.";
 
   // A genus or family answer in words, as leafid.wording.backed_off words it:
   // "genus Salix (no species sure; between Salix alba, Salix aurita)".
@@ -60,7 +61,6 @@
   function isBackedOff(answer) {
     return answer.rank === "genus" || answer.rank === "family";
   }
-  const ONE_PLANT = "Send photos of one plant at a time.";
 
   function authHeaders() {
     const headers = {};
