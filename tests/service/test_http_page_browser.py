@@ -204,11 +204,12 @@ def test_each_photos_answer_is_shown_and_disagreement_named(
 def evidence_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from test_references import index_of, make_reference_folder
 
-    from conftest import make_tiny_model
+    from conftest import make_tiny_model, tiny_taxonomy_spec
     from leafid.classifier import Classifier
 
     root = tmp_path_factory.mktemp("evidence")
-    model = make_tiny_model(root / "evidence.onnx", embedding=True)
+    # with genera and families: a grey photo is answered "genus Planta" (rubra or viridis)
+    model = make_tiny_model(root / "evidence.onnx", tiny_taxonomy_spec(), embedding=True)
     refs = root / "refs.npz"
     index_of(Classifier(model), make_reference_folder(root / "refdir")).save(refs)
     with running_server(create_app(Settings(model=model, references=refs))) as url:
@@ -221,14 +222,19 @@ def all_images_shown(selector: str) -> str:
     )
 
 
+def identify(page: Any, tmp_path: Path, image: Any) -> None:
+    """Send one photo; wait for the answer or an error."""
+    photo = tmp_path / "leaf.png"
+    photo.write_bytes(encode(image, "PNG"))
+    page.set_input_files("#file-input", str(photo))
+    page.click("#submit")
+    page.wait_for_selector("#result:not([hidden]), #error:not([hidden])", timeout=10_000)
+
+
 def identify_explained(page: Any, tmp_path: Path, slug: str) -> None:
     """Send one photo of the class with "Show where it looked" ticked; wait for the answer."""
-    photo = tmp_path / "leaf.jpg"
-    photo.write_bytes(encode(noisy(TINY_COLOURS[slug], size=(160, 120))))
-    page.set_input_files("#file-input", str(photo))
     page.get_by_label("Show where it looked").check()
-    page.click("#submit")
-    page.wait_for_selector("#result:not([hidden])", timeout=10_000)
+    identify(page, tmp_path, noisy(TINY_COLOURS[slug], size=(160, 120)))
 
 
 def test_reference_photos_and_where_it_looked(
@@ -273,3 +279,74 @@ def test_an_old_model_answers_without_where_it_looked(
     assert page.locator("#heatmaps li").count() == 0
     assert page.locator("#compare-box").is_hidden()  # this service has no reference photos
     assert page.locator("#error").is_hidden()
+
+
+def test_a_genus_answer_names_its_rank_and_hesitation(
+    evidence_server: str, page: Any, tmp_path: Path
+) -> None:
+    page.goto(evidence_server + "/")
+    identify(page, tmp_path, solid((128, 128, 128)))  # no species sure; genus Planta is 2/3
+    assert page.locator("#result-title").inner_text() == "Genus Planta"
+    assert page.eval_on_selector("#result-title .rank", "e => getComputedStyle(e).fontStyle") == (
+        "normal"
+    )
+    names = page.locator("#result-names").inner_text()
+    assert names.startswith("No species sure; between Planta ")
+    assert "Planta rubra (red plant)" in names and "Planta viridis (green plant)" in names
+    assert "caerulea" not in names
+    score = page.locator("#result-score").inner_text()
+    assert (
+        score == "This genus is about 67% likely (calibrated): the chances of its species added up."
+    )
+    width = page.eval_on_selector("#result-bar", "e => parseFloat(e.style.width)")
+    assert width == 67
+    assert page.locator("#result-reason").is_hidden()
+    # no species is the answer: all of them are candidates
+    assert page.locator("#candidates-title").inner_text() == "Species candidates"
+    assert page.locator("#candidates li").count() == 3
+    assert page.locator("#result-flora").is_hidden()
+    assert caveat_shown(page) == CAVEAT
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+
+
+def test_flora_filter_round_trip(evidence_server: str, page: Any, tmp_path: Path) -> None:
+    sent: list[str] = []
+    page.on("request", lambda r: sent.append(r.url) if "/v1/identify" in r.url else None)
+    page.goto(evidence_server + "/")
+    blue = noisy(TINY_COLOURS["caerulea"], size=(160, 120))
+    # a genus: only its species can be the answer, and the answer says so
+    page.get_by_label("Only these species or genera").fill("Planta")
+    identify(page, tmp_path, blue)
+    assert sent[-1].endswith("/v1/identify?genus=Planta")
+    assert "caerulea" not in page.locator("#result-title").inner_text()
+    assert page.locator("#result-flora").inner_text() == (
+        "Answered among these only (flora filter): Planta rubra (red plant), "
+        "Planta viridis (green plant)."
+    )
+    assert "blue plant" not in page.locator("#result").inner_text()
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    # a species by scientific name and a genus the model lacks: the service's 422, clearly
+    page.get_by_label("Only these species or genera").fill("planta caerulea, Quercus")
+    identify(page, tmp_path, blue)
+    assert sent[-1].endswith("/v1/identify?species=caerulea&genus=Quercus")
+    error = page.locator("#error").inner_text()
+    assert error.startswith("Check \u201cOnly these species or genera\u201d: ")
+    assert "Quercus" in error and "unknown_name" in error and "422" in error
+    assert page.locator("#result").is_hidden()
+    assert page.get_attribute("#flora", "aria-invalid") == "true"
+    page.wait_for_selector("#species li")  # the names it takes, opened under the field
+    assert "Planta rubra (red plant) \u00b7 genus Planta" in page.locator("#species").inner_text()
+    # the species by its slug
+    page.get_by_label("Only these species or genera").fill("caerulea")
+    identify(page, tmp_path, blue)
+    assert sent[-1].endswith("/v1/identify?species=caerulea")
+    assert (
+        page.locator("#error").is_hidden() and page.get_attribute("#flora", "aria-invalid") is None
+    )
+    assert page.locator("#result-title").inner_text() == "Planta caerulea"
+    assert page.locator("#result-flora").inner_text().endswith(": Planta caerulea (blue plant).")
+    # no filter: all species, no filter line
+    page.get_by_label("Only these species or genera").fill("")
+    identify(page, tmp_path, blue)
+    assert sent[-1].endswith("/v1/identify")
+    assert page.locator("#result-flora").is_hidden()

@@ -41,8 +41,26 @@
 
   const RETAKE = "The photo may not show a leaf clearly: retake it closer, on a plain " +
     "background, with a single leaf filling the frame.";
-  const NOT_LISTED = "Or the species may not be one this service knows (the list is below).";
+  const NOT_LISTED = "Or the species may not be one this service knows (\u201cSpecies this " +
+    "service knows\u201d, above, lists them).";
+  const NOT_ALLOWED = "Or the species may not be among those you allowed in \u201cOnly these " +
+    "species or genera\u201d.";
   const ONE_PLANT = "Send photos of one plant at a time.";
+
+  // A genus or family answer in words, as leafid.wording.backed_off words it:
+  // "genus Salix (no species sure; between Salix alba, Salix aurita)".
+  function hesitation(answer) {
+    return "no species sure; between " +
+      answer.hesitates_between.map((c) => c.display_name).join(", ");
+  }
+
+  function backedOff(answer) {
+    return answer.rank + " " + answer.best_match + " (" + hesitation(answer) + ")";
+  }
+
+  function isBackedOff(answer) {
+    return answer.rank === "genus" || answer.rank === "family";
+  }
 
   function authHeaders() {
     const headers = {};
@@ -51,19 +69,69 @@
     return headers;
   }
 
+  // The classes the service knows (/v1/species), fetched once; again after a failure.
+  let speciesRequest = null;
+
+  function speciesList() {
+    if (!speciesRequest) {
+      speciesRequest = fetch("/v1/species", { headers: authHeaders() }).then(async (response) => {
+        if (response.ok) return response.json();
+        const error = new Error(await errorText(response));
+        error.status = response.status;
+        throw error;
+      });
+      speciesRequest.catch(() => {
+        speciesRequest = null;
+      });
+    }
+    return speciesRequest;
+  }
+
+  // The words for a failed speciesList(): the service's error, or why it was not reached.
+  function failure(e) {
+    return e.status ? e.message : "Could not reach the service: " + e.message;
+  }
+
   async function loadSpecies() {
     const list = $("species");
-    if (list.childElementCount > 0) return;
+    if (list.dataset.loaded) return;
     try {
-      const response = await fetch("/v1/species", { headers: authHeaders() });
-      if (!response.ok) {
-        list.replaceChildren(textItem(await errorText(response)));
-        return;
-      }
-      const species = await response.json();
-      list.replaceChildren(...species.map((s) => textItem(s.display_name)));
+      const species = await speciesList();
+      list.replaceChildren(...species.map((s) =>
+        textItem(s.display_name + (s.genus ? " \u00b7 genus " + s.genus : ""))));
+      list.dataset.loaded = "yes";
     } catch (e) {
-      list.replaceChildren(textItem("Could not reach the service: " + e.message));
+      list.replaceChildren(textItem(failure(e)));
+    }
+  }
+
+  // The flora filter as query parameters. A name is a species when it is a class slug
+  // (as the service's own --only reads it) or a scientific name; any other name is sent
+  // as a genus, and the service answers unknown_name for one it does not know.
+  async function floraParams() {
+    const params = new URLSearchParams();
+    const names = $("flora").value.split(",").map((n) => n.trim()).filter((n) => n);
+    if (names.length === 0) return params;
+    const species = await speciesList();
+    for (const name of names) {
+      const lower = name.toLowerCase();
+      const known = species.find((s) => s.slug === name) ||
+        species.find((s) => s.scientific_name.toLowerCase() === lower);
+      if (known) params.append("species", known.slug);
+      else params.append("genus", name);
+    }
+    return params;
+  }
+
+  // The names of the classes an answer was restricted to (slugs when the list is out of reach).
+  async function floraNames(flora) {
+    if (!flora) return null;
+    try {
+      const species = await speciesList();
+      return flora.map((slug) => (species.find((s) => s.slug === slug) || { display_name: slug })
+        .display_name);
+    } catch (e) {
+      return flora;
     }
   }
 
@@ -76,14 +144,14 @@
         likely(top.score) + ".";
     $("disagreement").replaceChildren(...(data.disagreement || []).map((p) =>
       textItem(p.photo + ": " + p.display_name + ", " + likely(p.score))));
-    $("next-steps").replaceChildren(
-      ...(disagree ? [ONE_PLANT] : [RETAKE, NOT_LISTED]).map(textItem));
-    $("species-box").hidden = disagree;
+    const steps = disagree ? [ONE_PLANT] : [RETAKE, data.flora ? NOT_ALLOWED : NOT_LISTED];
+    $("next-steps").replaceChildren(...steps.map(textItem));
   }
 
   function perPhotoText(im) {
     if (im.error) return im.filename + ": could not be used (" + im.error.message + ")";
     const top = im.results[0];
+    if (isBackedOff(im)) return im.filename + ": " + backedOff(im) + ", " + likely(im.match_score);
     return im.filename + ": " + (im.unknown ? "unknown (closest: " + top.display_name + ", " +
       likely(top.score) + ")" : top.display_name + ", " + likely(top.score));
   }
@@ -203,22 +271,44 @@
       galleryItem(im.explain.image, "Where the model looked in " + im.filename, im.filename)));
   }
 
-  function showResult(data) {
+  // The title of a genus or family answer: "Genus " and the taxon's name (in italics).
+  function taxonTitle(data) {
+    const rank = document.createElement("span");
+    rank.className = "rank";
+    rank.textContent = data.rank[0].toUpperCase() + data.rank.slice(1) + " ";
+    const name = document.createElement("span");
+    name.textContent = data.best_match;
+    return [rank, name];
+  }
+
+  function showResult(data, flora) {
     const top = data.results[0];
+    const taxon = isBackedOff(data);
     result.classList.toggle("unknown", data.unknown);
     const disagree = data.reason_code === "photos_disagree";
-    $("result-title").textContent = !data.unknown ? top.scientific_name
-      : disagree ? "Unknown — these photos look like different plants"
-        : "Unknown — no confident match";
-    $("result-names").textContent = data.unknown
-      ? "Closest candidate: " + top.display_name
-      : top.common_name;
-    $("result-bar").style.width = Math.round(top.score * 100) + "%";
-    $("result-score").textContent = data.unknown ? "" : "This is " + likely(top.score) + ".";
+    $("result-title").replaceChildren(...(taxon ? taxonTitle(data)
+      : [!data.unknown ? top.scientific_name
+        : disagree ? "Unknown — these photos look like different plants"
+          : "Unknown — no confident match"]));
+    $("result-names").textContent = taxon
+      ? hesitation(data)[0].toUpperCase() + hesitation(data).slice(1)
+      : data.unknown ? "Closest candidate: " + top.display_name : top.common_name;
+    $("result-bar").style.width = Math.round((data.unknown ? top.score : data.match_score) *
+      100) + "%";
+    // a genus's (family's) chance is its species' calibrated chances added up
+    $("result-score").textContent = data.unknown ? ""
+      : taxon ? "This " + data.rank + " is " + likely(data.match_score) +
+        ": the chances of its species added up."
+        : "This is " + likely(data.match_score) + ".";
+    $("result-flora").hidden = !flora;
+    $("result-flora").textContent = flora
+      ? "Answered among these only (flora filter): " + flora.join(", ") + "." : "";
     $("result-reason").hidden = !data.unknown;
     if (data.unknown) showUnknown(data);
+    // at genus or family rank no species is the answer: every candidate is listed
+    $("candidates-title").textContent = taxon ? "Species candidates" : "Other candidates";
     const list = $("candidates");
-    list.replaceChildren(...data.results.slice(1).map(candidateItem));
+    list.replaceChildren(...data.results.slice(taxon ? 0 : 1).map(candidateItem));
     // each photo's own answer, when there is more than one photo
     $("per-photo-box").hidden = data.images.length < 2;
     $("per-photo").replaceChildren(...data.images.map((im) => textItem(perPhotoText(im))));
@@ -267,27 +357,44 @@
     const body = new FormData();
     for (const file of files) body.append("images", file, file.name);
     const explain = $("explain").checked;
-    const post = (url) => fetch(url, { method: "POST", body, headers: authHeaders() });
+    const floraInput = $("flora");
+    floraInput.removeAttribute("aria-invalid");
     let note = "";
     try {
-      let response = await post(explain ? "/v1/identify?explain=1" : "/v1/identify");
+      const params = await floraParams();
+      const post = (extra) => {
+        const query = new URLSearchParams([...params, ...extra]).toString();
+        return fetch("/v1/identify" + (query ? "?" + query : ""),
+          { method: "POST", body, headers: authHeaders() });
+      };
+      let response = await post(explain ? [["explain", "1"]] : []);
       if (explain && await errorCode(response) === "missing_output") {
         // a model older than class maps: the answer still comes, without the overlay
         note = "This model cannot show where it looked (it predates that feature).";
-        response = await post("/v1/identify");
+        response = await post([]);
       }
       if (!response.ok) {
         if (response.status === 401) $("key-box").open = true;
-        showError(await errorText(response));
+        const unknownName = await errorCode(response) === "unknown_name";
+        const text = await errorText(response);
+        if (unknownName) {
+          // the list of the names it takes opens under the field
+          floraInput.setAttribute("aria-invalid", "true");
+          $("species-box").open = true;
+          showError("Check \u201cOnly these species or genera\u201d: " + text + ".");
+        } else {
+          showError(text);
+        }
         status.textContent = "";
         return;
       }
       const data = await response.json();
-      showResult(data);
+      showResult(data, await floraNames(data.flora));
       showExplain(data, explain, note);
       status.textContent = "Done.";
     } catch (e) {
-      showError("Could not reach the service: " + e.message);
+      if (e.status === 401) $("key-box").open = true;
+      showError(failure(e));
       status.textContent = "";
     } finally {
       submit.disabled = files.length === 0;
