@@ -34,7 +34,7 @@ from leafid.console import echo
 from leafid.errors import EXIT_OK, MissingExtraError
 from leafid.extras import require_extra
 from leafid.images import ImageLimits, read_bytes
-from leafid.options import add_model_option, add_renamed_option
+from leafid.options import add_decode_threads_option, add_model_option
 from leafid.output import Writer
 
 SIZES = {"12mp": (4000, 3000), "1mp": (1152, 864)}
@@ -267,15 +267,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--n1", type=int_at_least(0), default=64, metavar="N", help="1 MP photos (64)"
     )
-    add_renamed_option(
-        parser,
-        "--decode-threads",
-        "--workers",
-        type=int_at_least(1),
-        default=None,
-        metavar="N",
-        help="decoding threads (CPUs)",
-    )
+    add_decode_threads_option(parser, default_decode_threads())
     parser.add_argument(
         "--batch-size",
         type=int_at_least(1),

@@ -54,11 +54,11 @@ from leafid.flora import flora_of_names, read_only
 from leafid.http import commands as http_commands
 from leafid.images import ImageLimits
 from leafid.options import (
+    add_decode_threads_option,
     add_explain_option,
     add_model_option,
     add_recursive_option,
     add_references_options,
-    add_renamed_option,
 )
 from leafid.output import (
     FORMATS,
@@ -133,19 +133,6 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         default=limits.max_pixels,
         metavar="P",
         help=f"largest accepted width*height (default: {limits.max_pixels})",
-    )
-
-
-def add_decode_threads_option(parser: argparse.ArgumentParser) -> None:
-    """Add ``--decode-threads N`` (formerly ``--workers``) of the commands that read folders."""
-    add_renamed_option(
-        parser,
-        "--decode-threads",
-        "--workers",
-        type=int_at_least(1),
-        default=None,
-        metavar="N",
-        help=f"decoding threads (default: number of CPUs, {default_decode_threads()})",
     )
 
 
@@ -581,7 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip files already in -o FILE and append the rest (jsonl and csv only)",
     )
-    add_decode_threads_option(p)
+    add_decode_threads_option(p, default_decode_threads())
     p.add_argument(
         "--batch-size",
         type=int_at_least(1),
@@ -664,7 +651,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("folder", metavar="REF_DIR", help="reference folder, one sub-folder per class")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="the index (.npz)")
-    add_decode_threads_option(p)
+    add_decode_threads_option(p, default_decode_threads())
     add_model_arguments(p)
     p.set_defaults(func=cmd_index)
 

@@ -107,3 +107,16 @@ def add_explain_option(parser: argparse.ArgumentParser) -> None:
         help="write one PNG per photo into DIR: the part of the photo the model saw, with "
         "where it looked for its top answer as heat (red: most)",
     )
+
+
+def add_decode_threads_option(parser: argparse.ArgumentParser, default: int) -> None:
+    """Add ``--decode-threads N`` (formerly ``--workers``); ``default``: this machine's."""
+    add_renamed_option(
+        parser,
+        "--decode-threads",
+        "--workers",
+        type=int_at_least(1),
+        default=None,
+        metavar="N",
+        help=f"decoding threads (default: number of CPUs, {default})",
+    )
