@@ -323,3 +323,11 @@ def test_card_compares_with_the_model_it_replaces_on_the_same_test_split(tmp_pat
         f"leafid evaluate /x/eval_base.onnx --split-file {run}/split.json --split test "
         f"--shifts --out {run}/eval_base" in reproduce
     )
+
+
+def test_card_quotes_the_runs_release_notes(tmp_path: Path) -> None:
+    model = make_tiny_model(tmp_path / "m.onnx")
+    _fake_run(tmp_path / "run", model)
+    assert "## Release notes" not in render_card(tmp_path / "run")
+    RunFolder(tmp_path / "run").release_notes.write_text("Resumed once.\n", encoding="utf-8")
+    assert "## Release notes\n\nResumed once.\n" in render_card(tmp_path / "run")

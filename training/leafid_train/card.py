@@ -171,6 +171,7 @@ def render_card(run_dir: Path, model: Path | None = None, cfg: TrainConfig | Non
             if base is not None and shipped_ev is not None
             else []
         ),
+        *(["## Release notes", "", notes, ""] if (notes := run.load_release_notes()) else []),
         "## Training data",
         "",
         "| dataset | role | images | classes | licence (short) | citation |",

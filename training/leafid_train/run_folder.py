@@ -144,6 +144,16 @@ class RunFolder:
         return EvalFolder(self.path / "eval_int8")
 
     @property
+    def release_notes(self) -> Path:
+        """``release_notes.md``: what people who ran it say about the run, for the card."""
+        return self.path / "release_notes.md"
+
+    def load_release_notes(self) -> str | None:
+        """The release notes' Markdown, or None when there are none."""
+        path = self.release_notes
+        return path.read_text(encoding="utf-8").strip() if path.is_file() else None
+
+    @property
     def eval_base(self) -> EvalFolder:
         """``eval_base/``: the model this run replaces, evaluated on this run's test split."""
         return EvalFolder(self.path / "eval_base")
