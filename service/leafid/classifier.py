@@ -60,6 +60,8 @@ Loaded = np.ndarray | ImageError
 T = TypeVar("T")
 _END = object()
 
+LOGITS_OUTPUT = "logits"
+"""The name exported models give their first output, the logits (read by position here)."""
 EMBEDDING_OUTPUT = "embedding"
 """The output holding each input's pooled features, the vector the linear head reads."""
 CLASS_MAPS_OUTPUT = "class_maps"

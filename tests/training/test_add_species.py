@@ -13,7 +13,7 @@ pytest.importorskip("onnxscript")
 
 from synthetic_data import make_imagefolder, make_ood  # noqa: E402
 
-from conftest import make_tiny_model, tiny_spec  # noqa: E402
+from conftest import make_tiny_model, tiny_spec, tiny_taxonomy_spec  # noqa: E402
 from leafid.classifier import Classifier, make_session  # noqa: E402
 from leafid.cli import main  # noqa: E402
 from leafid.spec import ModelSpec  # noqa: E402
@@ -34,19 +34,19 @@ pytestmark = pytest.mark.train
 NEW = {"flava": (220, 200, 30), "purpurea": (150, 30, 160)}
 
 
+TRAINED_ON = {
+    "datasets": {
+        "setA": {"images": 36, "classes": 3, "role": "train"},
+        "nonleaf": {"images": 16, "role": "ood"},
+    },
+    "split_seed": 7,
+    "split_fractions": [0.5, 0.25, 0.25],
+}
+
+
 def _base_spec(**changes: object) -> ModelSpec:
     """The tiny spec, saying it was trained on ``setA`` with ``nonleaf`` as OOD."""
-    return tiny_spec(
-        training_data={
-            "datasets": {
-                "setA": {"images": 36, "classes": 3, "role": "train"},
-                "nonleaf": {"images": 16, "role": "ood"},
-            },
-            "split_seed": 7,
-            "split_fractions": [0.5, 0.25, 0.25],
-        },
-        **changes,
-    )
+    return tiny_spec(training_data=TRAINED_ON, **changes)
 
 
 @pytest.fixture
@@ -188,3 +188,17 @@ def test_read_head_gives_the_gemm_weights(world: Path) -> None:
     head = read_head(onnx.load(str(world / "base.onnx")))
     assert head.weight.shape == (3, 3) and head.bias.shape == (3,)
     assert head.weight[0, 0] == pytest.approx(12 / 255)
+
+
+def test_a_base_with_taxonomy_gets_genus_and_family_thresholds_fitted_again(
+    world: Path,
+) -> None:
+    make_tiny_model(
+        world / "taxa.onnx", tiny_taxonomy_spec(training_data=TRAINED_ON), embedding=True
+    )
+    result = add_species(
+        [str(world / "new")], world / "x.onnx", base=world / "taxa.onnx", int8=False
+    )
+    # the new head's val scores decide the back-off, not the base's stale thresholds
+    assert result.report["calibration"]["taxon_backoff"]["val_images"] > 0
+    assert result.spec.taxon_thresholds == result.report["calibration"]["taxon_thresholds"]

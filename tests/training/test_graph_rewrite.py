@@ -15,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from leafid_train.graph_rewrite import (  # noqa: E402
     exact_input_normalisation,
     global_average_pools,
+    head_weights,
     input_quant_overrides,
     replace_head,
     uint8_image_input,
@@ -185,3 +186,15 @@ def test_replace_head_needs_a_gemm_head_and_fitting_weights(tmp_path: Path) -> N
     replace_head(shaped, np.ones((4, 3), np.float32), np.arange(4, dtype=np.float32))
     dims = {o.name: o.type.tensor_type.shape.dim[1].dim_value for o in shaped.graph.output}
     assert dims == {"logits": 4, "embedding": 3, "class_maps": 4}
+
+
+def test_head_weights_reads_the_head_replace_head_writes(tmp_path: Path) -> None:
+    proto = onnx.load(str(make_tiny_model(tmp_path / "e.onnx", embedding=True)))
+    weight, bias = np.arange(12, dtype=np.float32).reshape(4, 3), np.arange(4, dtype=np.float32)
+    replace_head(proto, weight, bias)
+    got_weight, got_bias = head_weights(proto)
+    np.testing.assert_array_equal(got_weight, weight)
+    np.testing.assert_array_equal(got_bias, bias)
+    plain = onnx.load(str(make_tiny_model(tmp_path / "plain.onnx")))  # MatMul logits
+    with pytest.raises(ValueError, match="not made by a Gemm"):
+        head_weights(plain)

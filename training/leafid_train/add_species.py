@@ -24,9 +24,8 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
-from leafid.classifier import make_session, softmax
+from leafid.classifier import EMBEDDING_OUTPUT, LOGITS_OUTPUT, make_session, softmax
 from leafid.errors import InvalidModelError, InvalidRequestError, ModelError, ModelNotFoundError
 from leafid.paths import INT8_SUFFIX, fp32_of_int8_copy, shipped_model_candidates
 from leafid.spec import ClassInfo, ModelSpec
@@ -35,7 +34,7 @@ from leafid_train.card_sections import num, pct
 from leafid_train.config import DEFAULT_OOD_SPLIT
 from leafid_train.data import DataRoot, Sample, class_info, open_root
 from leafid_train.embeddings import Embedder, model_digest
-from leafid_train.export import INPUT_NAME, OUTPUT_NAME, save_onnx, set_metadata
+from leafid_train.export import INPUT_NAME, save_onnx, set_metadata
 from leafid_train.export_run import (
     COMPARE_ROUNDS,
     COMPARE_SECONDS,
@@ -46,7 +45,7 @@ from leafid_train.export_run import (
     run_spec,
     spread,
 )
-from leafid_train.graph_rewrite import replace_head
+from leafid_train.graph_rewrite import head_weights, replace_head
 from leafid_train.int8_rule import INT8_RULE, int8_decision
 from leafid_train.linear_head import LinearHead, extend_head, fit_head
 from leafid_train.locations import cache_dir as default_cache_dir
@@ -105,26 +104,15 @@ def derived_version(base: str, added: int, serial: int = 1) -> str:
 
 
 def read_head(proto: onnx.ModelProto) -> LinearHead:
-    """The linear head of an exported model: the ``Gemm`` that makes its logits.
+    """The linear head of an exported model (:func:`~leafid_train.graph_rewrite.head_weights`).
 
     Raises:
         InvalidModelError: The logits are not made by a Gemm with constant weights.
     """
-    graph = proto.graph
-    gemm = next((n for n in graph.node if OUTPUT_NAME in n.output), None)
-    consts = {i.name: i for i in graph.initializer}
-    if gemm is None or gemm.op_type != "Gemm" or gemm.input[1] not in consts:
-        raise InvalidModelError(f"the model's {OUTPUT_NAME!r} are not made by a linear head")
-    weight = numpy_helper.to_array(consts[gemm.input[1]]).astype(np.float32)
-    trans_b = any(a.name == "transB" and a.i for a in gemm.attribute)
-    weight = weight if trans_b else weight.T
-    bias_name = gemm.input[2] if len(gemm.input) > 2 else ""
-    bias = (
-        numpy_helper.to_array(consts[bias_name]).astype(np.float32)
-        if bias_name
-        else np.zeros(len(weight), np.float32)
-    )
-    return LinearHead(weight, bias)
+    try:
+        return LinearHead(*head_weights(proto))
+    except ValueError as exc:
+        raise InvalidModelError(f"the model has no linear head to refit: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -300,6 +288,7 @@ def add_species(
         emb["ood val"],
         rule=rule,
         ood_roots=ood_roots,
+        classes=classes,
     )
     seconds["fit"] = time.perf_counter() - t0
     version = model_version or derived_version(spec.model_version, len(added))
@@ -422,7 +411,7 @@ def _write_model(
     picked = [val[i] for i in spread(len(val), PARITY_IMAGES)]
     inputs = embedder.inputs(paths(picked))
     session = make_session(proto.SerializeToString())
-    logits, embedding = session.run([OUTPUT_NAME, "embedding"], {INPUT_NAME: inputs})
+    logits, embedding = session.run([LOGITS_OUTPUT, EMBEDDING_OUTPUT], {INPUT_NAME: inputs})
     diff = float(np.max(np.abs(logits - head.logits(embedding)))) if len(inputs) else 0.0
     if diff > PARITY_TOLERANCE:
         raise ModelError(f"the new model's logits differ from its head's by {diff:.2e}")

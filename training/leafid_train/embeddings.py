@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from leafid.classifier import decode_input, load_spec, make_session
+from leafid.classifier import EMBEDDING_OUTPUT, decode_input, load_spec, make_session
 from leafid.errors import ImageError, InvalidModelError
 from leafid.images import ImageLimits, read_bytes
 from leafid.preprocess import preprocess
@@ -28,8 +28,6 @@ from leafid_train.data import DatasetError, file_digest
 
 log = logging.getLogger(__name__)
 
-EMBEDDING_OUTPUT = "embedding"
-"""The output holding the pooled features (named so by :mod:`leafid_train.export`)."""
 BATCH = 32
 DECODERS = 2  # threads that read and decode while the model runs (Pillow frees the GIL)
 

@@ -23,7 +23,7 @@ import onnxscript  # noqa: F401  (torch's exporter needs it)
 import torch
 
 from leafid import __version__
-from leafid.classifier import make_session
+from leafid.classifier import CLASS_MAPS_OUTPUT, EMBEDDING_OUTPUT, LOGITS_OUTPUT, make_session
 from leafid.errors import InvalidRequestError
 from leafid.spec import METADATA_KEY, ModelSpec
 from leafid_train.backbone import LeafNet
@@ -32,9 +32,6 @@ from leafid_train.graph_rewrite import global_average_pools
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "image"
-OUTPUT_NAME = "logits"
-EMBEDDING_NAME = "embedding"
-CLASS_MAPS_NAME = "class_maps"
 PRODUCER = "leafid_train"
 MIN_OPSET = 18  # the lowest opset torch's (dynamo) exporter implements
 
@@ -83,7 +80,7 @@ def export_onnx(model: LeafNet, spec: ModelSpec, out: Path, *, opset: int = MIN_
         _AllOutputs(model).eval(),
         (example,),
         input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME, EMBEDDING_NAME, CLASS_MAPS_NAME],
+        output_names=[LOGITS_OUTPUT, EMBEDDING_OUTPUT, CLASS_MAPS_OUTPUT],
         dynamic_shapes=({0: batch},),
         opset_version=opset,
         dynamo=True,
@@ -147,7 +144,7 @@ def onnx_logits(onnx_path: Path | bytes, batch: np.ndarray, batch_size: int = 64
     session = make_session(onnx_path)
     return np.concatenate(
         [
-            session.run([OUTPUT_NAME], {INPUT_NAME: batch[i : i + batch_size]})[0]
+            session.run([LOGITS_OUTPUT], {INPUT_NAME: batch[i : i + batch_size]})[0]
             for i in range(0, len(batch), batch_size)
         ]
     )

@@ -18,6 +18,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from leafid.classifier import CLASS_MAPS_OUTPUT, LOGITS_OUTPUT
+
 log = logging.getLogger(__name__)
 
 
@@ -258,13 +260,44 @@ def _set_initializer(graph: onnx.GraphProto, name: str, value: np.ndarray) -> No
     graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), name))
 
 
+def _head_gemm(graph: onnx.GraphProto, logits: str) -> tuple[onnx.NodeProto, np.ndarray, bool]:
+    """The ``Gemm`` that makes ``logits``, its constant weights and its ``transB``.
+
+    Raises:
+        ValueError: ``logits`` is not made by a ``Gemm`` with initializer weights.
+    """
+    gemm = next((n for n in graph.node if logits in n.output), None)
+    weight = None if gemm is None or gemm.op_type != "Gemm" else _constant(graph, gemm.input[1])
+    if gemm is None or weight is None:
+        raise ValueError(f"the {logits!r} output is not made by a Gemm with constant weights")
+    return gemm, weight, bool(_attribute(gemm, "transB", 0))
+
+
+def head_weights(
+    proto: onnx.ModelProto, *, logits: str = LOGITS_OUTPUT
+) -> tuple[np.ndarray, np.ndarray]:
+    """The linear head of an exported model: ``logits = embedding @ W.T + b``.
+
+    Returns:
+        Its weights (K, C) and biases (K,; zeros when the ``Gemm`` has none), float32.
+
+    Raises:
+        ValueError: The graph's head is not a ``Gemm`` with initializer weights.
+    """
+    graph = proto.graph
+    gemm, weight, trans_b = _head_gemm(graph, logits)
+    weight = (weight if trans_b else weight.T).astype(np.float32)
+    bias = _constant(graph, gemm.input[2]) if len(gemm.input) > 2 and gemm.input[2] else None
+    return weight, (np.zeros(len(weight)) if bias is None else bias).astype(np.float32)
+
+
 def replace_head(
     proto: onnx.ModelProto,
     weight: np.ndarray,
     bias: np.ndarray,
     *,
-    logits: str = "logits",
-    class_maps: str = "class_maps",
+    logits: str = LOGITS_OUTPUT,
+    class_maps: str = CLASS_MAPS_OUTPUT,
 ) -> None:
     """Give an exported model a new linear head, in place: ``logits = embedding @ W.T + b``.
 
@@ -286,12 +319,7 @@ def replace_head(
     """
     graph = proto.graph
     made_by = {out: node for node in graph.node for out in node.output}
-    gemm = made_by.get(logits)
-    if gemm is None or gemm.op_type != "Gemm" or _constant(graph, gemm.input[1]) is None:
-        raise ValueError(f"the {logits!r} output is not made by a Gemm with constant weights")
-    old = _constant(graph, gemm.input[1])
-    assert old is not None
-    trans_b = bool(_attribute(gemm, "transB", 0))
+    gemm, old, trans_b = _head_gemm(graph, logits)
     width = old.shape[1] if trans_b else old.shape[0]
     n = len(bias)
     if weight.shape != (n, width):

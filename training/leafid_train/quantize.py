@@ -26,10 +26,10 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from leafid.classifier import make_session
+from leafid.classifier import LOGITS_OUTPUT, make_session
 from leafid.errors import InvalidRequestError
 from leafid.spec import METADATA_KEY
-from leafid_train.export import INPUT_NAME, OUTPUT_NAME
+from leafid_train.export import INPUT_NAME
 from leafid_train.graph_rewrite import input_quant_overrides, uint8_image_input
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ def quantize_int8(
 
 
 def _run(session: Any, images: np.ndarray) -> None:
-    session.run([OUTPUT_NAME], {INPUT_NAME: images})
+    session.run([LOGITS_OUTPUT], {INPUT_NAME: images})
 
 
 def _images_per_second(session: Any, images: np.ndarray, seconds: float) -> float:
@@ -174,7 +174,7 @@ def compare(
     for name, session in sessions.items():
         logits = np.concatenate(
             [
-                session.run([OUTPUT_NAME], {INPUT_NAME: batch[i : i + 16]})[0]
+                session.run([LOGITS_OUTPUT], {INPUT_NAME: batch[i : i + 16]})[0]
                 for i in range(0, len(batch), 16)
             ]
         )
