@@ -410,32 +410,46 @@ class Classifier:
 
         A row whose best species is under the unknown threshold backs off to its genus,
         then its family, when the model has thresholds for them (:mod:`leafid.taxonomy`).
-        With a :attr:`flora`, only its classes are scored (renormalised) and listed.
+        With a :attr:`flora`, only its classes are scored (renormalised) and listed, and
+        a row whose allowed classes together score under the threshold is unknown.
         """
         if top_k < 1:
             raise InvalidRequestError(f"top_k must be >= 1, got {top_k}")
+        # Renormalising makes one allowed class score 1.0 on any photo, so the allowed
+        # classes must first pass the threshold together, as a genus does.
+        outside = np.zeros(len(probs), dtype=bool)
         if self.flora is not None:
-            probs = self.flora.restrict(probs)
+            outside = probs[:, self.flora.index].sum(axis=1) < self.threshold
+            # such a row keeps its own scores: unknown, with the allowed classes' real chances
+            probs = np.where(outside[:, None], probs, self.flora.restrict(probs))
         allowed = np.arange(probs.shape[1]) if self.flora is None else self.flora.index
         slugs = None if self.flora is None else self.flora.slugs
         out = []
-        for row in probs:
+        for row, not_allowed in zip(probs, outside, strict=True):
             order = allowed[np.argsort(-row[allowed], kind="stable")][:top_k]
             results = tuple(self._candidate(int(i), row[i]) for i in order)
             best = results[0].score
-            unknown = best < self.threshold
-            found = back_off(row, self._taxa, self.spec.taxon_thresholds) if unknown else None
+            unknown = best < self.threshold or bool(not_allowed)
+            found = (
+                back_off(row, self._taxa, self.spec.taxon_thresholds)
+                if unknown and not not_allowed
+                else None
+            )
             taxon = None
             if found is not None:
                 members = [i for i in found.members if i in allowed][:HESITATION]
                 between = tuple(self._candidate(i, row[i]) for i in members)
                 taxon = TaxonMatch(found.rank, found.name, found.score, between)
                 unknown = False
-            reason = (
-                f"best score {best:.3f} is under the unknown threshold {self.threshold:.3f}"
-                if unknown
-                else None
-            )
+            reason = None
+            if unknown:
+                reason = (
+                    "the allowed species together score under the unknown threshold "
+                    f"{self.threshold:.3f}: it does not look like any of them"
+                    if not_allowed
+                    else f"best score {best:.3f} is under the unknown threshold "
+                    f"{self.threshold:.3f}"
+                )
             code = LOW_SCORE if unknown else None
             out.append(Prediction(results, unknown, reason, self.model_version, code, taxon, slugs))
         return out

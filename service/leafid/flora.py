@@ -2,9 +2,11 @@
 
 A lab that only cares about a few species (or genera) restricts the answers to them
 (``--only`` on the CLI, ``species=``/``genus=`` on the HTTP routes, ``LEAFID_ONLY`` for
-the whole service). The calibrated scores of the allowed classes are renormalised to
-sum to 1, and the unknown rule (and the back-off to genus or family) applies to them
-as usual; every answer echoes the allowed classes (``flora``).
+the whole service). A photo is answered only when the allowed classes' calibrated
+scores together pass the unknown threshold (as a genus must to be answered: otherwise
+one allowed species would get the whole score of any photo, a non-leaf one too); then
+their scores are renormalised to sum to 1 and the unknown rule (and the back-off to genus
+or family) applies to them as usual. Every answer echoes the allowed classes (``flora``).
 """
 
 from __future__ import annotations

@@ -75,7 +75,19 @@ def test_flora_applies_before_the_back_off(tmp_path: Path):
         make_tiny_model(tmp_path / "m.onnx", tiny_taxonomy_spec(unknown_threshold=0.9))
     )
     only = clf.with_flora(resolve_flora(clf.spec, ["rubra", "viridis"]))
-    (grey,) = only.classify([solid((128, 128, 128))])
-    # rubra and viridis at 0.5 each: no species reaches 0.9, their genus has 1.0
-    assert grey.rank == "genus" and grey.best_match == "Planta"
-    assert [c.slug for c in grey.taxon.hesitates_between] == ["rubra", "viridis"]
+    (yellow,) = only.classify([solid((200, 200, 20))])
+    # red and green alike: no species reaches 0.9, the two (their genus) together do
+    assert yellow.rank == "genus" and yellow.best_match == "Planta"
+    assert [c.slug for c in yellow.taxon.hesitates_between] == ["rubra", "viridis"]
+
+
+def test_a_photo_unlike_every_allowed_class_stays_unknown(tiny_model: Path):
+    clf = Classifier(tiny_model)
+    only = clf.with_flora(resolve_flora(clf.spec, ["viridis"]))
+    (red,) = only.classify([noisy(TINY_COLOURS["rubra"])])
+    # renormalised over one class, viridis would score 1.0 on a red photo; it keeps its own
+    assert [c.slug for c in red.results] == ["viridis"] and red.results[0].score < 0.5
+    assert red.unknown and red.taxon is None
+    assert "does not look like any of them" in red.reason
+    (green,) = only.classify([noisy(TINY_COLOURS["viridis"])])
+    assert not green.unknown and green.best_match == "viridis"
