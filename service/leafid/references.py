@@ -250,7 +250,8 @@ def reference_photos(folder: Path, slugs: Sequence[str]) -> tuple[list[str], Ind
 
     Returns:
         The photos' paths (class folders sorted, sub-folders included), and the report
-        with the folders left out.
+        with the folders left out and the links to files outside ``folder`` (which the
+        service would not serve).
     """
     report = IndexReport()
     paths: list[str] = []
@@ -261,7 +262,13 @@ def reference_photos(folder: Path, slugs: Sequence[str]) -> tuple[list[str], Ind
         if entry.name not in known:
             report.other_folders.append(entry.name)
             continue
-        paths += find_images([str(entry)], recursive=True)
+        for path in find_images([str(entry)], recursive=True):
+            # the service serves only files inside the folder (ReferenceIndex.file)
+            if Path(path).resolve().is_relative_to(folder):
+                paths.append(path)
+            else:
+                outside = ImageNotFoundError("a link to a file outside the reference folder")
+                report.failed.append((path, outside))
     return paths, report
 
 

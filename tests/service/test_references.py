@@ -78,6 +78,19 @@ def test_build_index_embeds_each_class_photo_and_reports_the_rest(
     assert (index.model_name, index.model_version) == ("tiny-test", "0.0.1-test")
 
 
+def test_a_link_out_of_the_reference_folder_is_left_out(
+    evidence_clf: Classifier, ref_dir: Path, tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "elsewhere.jpg"
+    noisy(TINY_COLOURS["rubra"]).save(elsewhere)
+    (ref_dir / "rubra" / "linked.jpg").symlink_to(elsewhere)
+    (ref_dir / "rubra" / "inside.jpg").symlink_to(ref_dir / "rubra" / "rubra1.jpg")
+    index, report = build_index(evidence_clf, ref_dir, decode_threads=2, batch_size=4)
+    assert "rubra/linked.jpg" not in index.paths and "rubra/inside.jpg" in index.paths
+    failed = {Path(p).name: e for p, e in report.failed}
+    assert failed["linked.jpg"].code == "not_found"
+
+
 def test_a_model_without_embedding_cannot_index(tiny_model: Path, ref_dir: Path) -> None:
     with pytest.raises(MissingOutputError, match="predates"):
         build_index(Classifier(tiny_model), ref_dir, decode_threads=1, batch_size=4)
