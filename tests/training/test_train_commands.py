@@ -63,11 +63,14 @@ def test_resume_keeps_the_runs_epochs_and_patience(
     run.mkdir()
     TrainConfig(data=["a"], out=str(run), epochs=7, patience=2, lr=0.01).save(run / "config.json")
     (run / "checkpoint.pt").write_bytes(b"")
-    resume = ["train", "--data", "a", "--out", str(run), "--resume"]
+    resume = ["train", "--out", str(run), "--resume"]  # the run knows its data
     cfg = config_of(resume)
     assert (cfg.epochs, cfg.patience, cfg.lr) == (7, 2, 0.01)
     cfg = config_of([*resume, "--epochs", "9", "--patience", "0", "--lr", "0.5"])
     assert (cfg.epochs, cfg.patience, cfg.lr) == (9, 0, 0.01)  # --lr: the run's
+    args = _parser().parse_args(["train", "--out", str(tmp_path / "new")])
+    with pytest.raises(InvalidRequestError, match="needs --data ROOT"):
+        args.func(args)
     default = TrainConfig(data=["-"], out="-")
     cfg = config_of(["train", "--data", "a", "--out", str(tmp_path / "new")])
     assert (cfg.epochs, cfg.patience) == (default.epochs, default.patience) != (7, 2)

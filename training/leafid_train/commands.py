@@ -18,7 +18,7 @@ from typing import Any
 
 from leafid.argtypes import fraction, int_at_least
 from leafid.console import echo
-from leafid.errors import EXIT_OK, MissingExtraError
+from leafid.errors import EXIT_OK, InvalidRequestError, MissingExtraError
 
 EPILOG = """\
 examples:
@@ -67,7 +67,7 @@ def register(subparsers: Any) -> None:
 
     p = _add(subparsers, "train", "fine-tune a model on leaf ImageFolders, then calibrate it")
     for f in option_fields():
-        add_option(p, f)
+        add_option(p, f, required=False if f.name == "data" else None)  # not with --resume
         if f.name == "out":
             p.add_argument("--resume", action="store_true", help="continue RUN from its checkpoint")
     p.add_argument("--export", metavar="ONNX", help="export the model here when done")
@@ -179,6 +179,8 @@ def register(subparsers: Any) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     """``leafid train``: a new run, or ``--resume`` (only --epochs and --patience change)."""
     train, options = load("train"), load("train_options")
+    if not args.resume and not args.data:
+        raise InvalidRequestError("leafid train needs --data ROOT (at least one), or --resume")
     if args.resume:
         result = train.resume_training(Path(args.out), epochs=args.epochs, patience=args.patience)
     else:

@@ -49,8 +49,13 @@ def option_fields() -> list[Field[Any]]:
     return [f for f in fields(TrainConfig) if option_flag(f)]
 
 
-def add_option(parser: argparse.ArgumentParser, f: Field[Any]) -> None:
-    """Add the option of one :class:`TrainConfig` field to ``parser`` (dest: the field)."""
+def add_option(
+    parser: argparse.ArgumentParser, f: Field[Any], *, required: bool | None = None
+) -> None:
+    """Add the option of one :class:`TrainConfig` field to ``parser`` (dest: the field).
+
+    ``required``: overrides what the field says (a field without default is required).
+    """
     meta, default, kind = f.metadata, field_default(f), option_kind(f)
     kwargs: dict[str, Any] = {"dest": f.name}
     if meta["help"]:
@@ -68,9 +73,9 @@ def add_option(parser: argparse.ArgumentParser, f: Field[Any]) -> None:
             default = list(default)
         else:
             kwargs["type"] = meta["check"] or _TYPES.get(str(f.type))
-        if default is MISSING:
+        if (default is MISSING) if required is None else required:
             kwargs["required"] = True
-        elif not meta["resumable"]:
+        elif not meta["resumable"] and default is not MISSING:
             kwargs["default"] = default
     if meta["old_flag"]:
         add_renamed_option(parser, str(option_flag(f)), meta["old_flag"], **kwargs)
