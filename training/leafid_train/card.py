@@ -188,7 +188,8 @@ def render_card(run_dir: Path, model: Path | None = None, cfg: TrainConfig | Non
     split, ood = td["split"], td["ood_split"]
     out += [
         "",
-        f"Split (seed {td['split_seed']}, per dataset and class, hash of the file path, "
+        f"Split (seed {td['split_seed']}, per dataset and class, by capture run for timed "
+        "camera frames, else by a hash of the file path, "
         f"fractions {td['split_fractions']}): train {split['train']}, val {split['val']}, "
         f"test {split['test']}; "
         + (f"OOD train {ood['train']}, " if ood.get("train") else "")
