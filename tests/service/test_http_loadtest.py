@@ -82,6 +82,10 @@ def test_image_size_and_url_checks() -> None:
         with pytest.raises(InvalidRequestError):
             loadtest.check_url(bad, False)
     assert loadtest.check_url("http://example.org:8000", True) == ("example.org", 8000)
+    assert loadtest.identify_path("http://127.0.0.1:8000") == "/v1/identify"
+    assert loadtest.identify_path("http://h:1/api/?explain=1&similar=3") == (
+        "/api/v1/identify?explain=1&similar=3"
+    )
 
 
 def test_percentile() -> None:

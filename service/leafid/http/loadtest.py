@@ -245,6 +245,13 @@ def multipart_body(filename: str, data: bytes, file_type: str = "image/jpeg") ->
     return head + data + tail, f"multipart/form-data; boundary={boundary}"
 
 
+def identify_path(url: str) -> str:
+    """The ``/v1/identify`` path under a base URL, with the URL's query (``?explain=1``)."""
+    parts = urlsplit(url)
+    path = parts.path.rstrip("/") + "/v1/identify"
+    return f"{path}?{parts.query}" if parts.query else path
+
+
 def check_url(url: str, allow_remote: bool) -> tuple[str, int]:
     """The (host, port) of an ``http://`` URL; loopback only unless ``allow_remote``.
 
@@ -447,10 +454,7 @@ class _Run:
         if not urls:
             raise InvalidRequestError("no service URL given")
         self.targets = [
-            _Target(
-                url, *check_url(url, allow_remote), urlsplit(url).path.rstrip("/") + "/v1/identify"
-            )
-            for url in urls
+            _Target(url, *check_url(url, allow_remote), identify_path(url)) for url in urls
         ]
         self._handed_out = 0
         self.photo = photo
