@@ -34,6 +34,7 @@ class Taxa:
     rank: str
     names: tuple[str, ...]
     members: np.ndarray
+    onehot: np.ndarray  # (n_classes, len(names)): 1 where a class belongs to a taxon
 
     @classmethod
     def of(cls, classes: Sequence[ClassInfo], rank: str) -> Taxa:
@@ -41,12 +42,12 @@ class Taxa:
         names = tuple(dict.fromkeys(n for c in classes if (n := c.taxon(rank))))
         index = {n: i for i, n in enumerate(names)}
         members = np.array([index.get(c.taxon(rank) or "", -1) for c in classes], dtype=np.int64)
-        return cls(rank, names, members)
+        onehot = (members[:, None] == np.arange(len(names))[None, :]).astype(np.float64)
+        return cls(rank, names, members, onehot)
 
     def sums(self, probs: np.ndarray) -> np.ndarray:
         """Each taxon's summed score, (N, len(names)), from class scores (N, n_classes)."""
-        onehot = self.members[:, None] == np.arange(len(self.names))[None, :]
-        sums: np.ndarray = np.asarray(probs, dtype=np.float64) @ onehot.astype(np.float64)
+        sums: np.ndarray = np.asarray(probs, dtype=np.float64) @ self.onehot
         return sums
 
 
