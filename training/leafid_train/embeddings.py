@@ -1,8 +1,9 @@
 """A model's embeddings of image files, computed once and cached by model and file hash.
 
 The embedding is the exported model's ``embedding`` output: the pooled features its
-linear head reads (``logits = embedding @ W.T + b``). Images are read, decoded and
-preprocessed exactly as the :class:`leafid.Classifier` does it, and each embedding is
+linear head reads (``logits = embedding @ W.T + b``). Images are decoded and run by a
+:class:`leafid.Classifier` (:meth:`~leafid.Classifier.try_load`,
+:meth:`~leafid.Classifier.run`), as every other path does it, and each embedding is
 kept as ``<cache>/<model hash>/<file hash>.npy``, so a second run over the same files
 with the same model reads them back instead of running the model. No torch.
 """
@@ -19,10 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from leafid.classifier import EMBEDDING_OUTPUT, decode_input, load_spec, make_session
-from leafid.errors import ImageError, InvalidModelError
-from leafid.images import ImageLimits, read_bytes
-from leafid.preprocess import preprocess
+from leafid.classifier import EMBEDDING_OUTPUT, Classifier
+from leafid.errors import ImageError, InvalidModelError, MissingOutputError
+from leafid.images import read_bytes
 from leafid.spec import ModelSpec
 from leafid_train.data import DatasetError, file_digest
 
@@ -60,18 +60,18 @@ class Embedder:
     """
 
     def __init__(self, model: Path, cache_dir: Path | None, threads: int = 0) -> None:
-        self.session = make_session(model, threads)
-        self.spec: ModelSpec = load_spec(self.session)
-        shapes = {o.name: o.shape for o in self.session.get_outputs()}
-        if EMBEDDING_OUTPUT not in shapes:
+        self.classifier = Classifier(model, threads=threads)
+        self.spec: ModelSpec = self.classifier.spec
+        try:
+            self.classifier.require_output(EMBEDDING_OUTPUT, "fit a new head")
+        except MissingOutputError as exc:
             raise EmbeddingMissingError(
-                f"{model} has no {EMBEDDING_OUTPUT!r} output (only {', '.join(shapes)}): "
-                "adding species needs a model exported with its embedding; re-export the "
-                "run with this leafid (leafid export RUN --out MODEL.onnx) or use leafid train"
-            )
+                f"{model} has no {EMBEDDING_OUTPUT!r} output: adding species needs a model "
+                "exported with its embedding; re-export the run with this leafid (leafid "
+                "export RUN --out MODEL.onnx) or use leafid train"
+            ) from exc
+        shapes = {o.name: o.shape for o in self.classifier.session.get_outputs()}
         self.width = int(shapes[EMBEDDING_OUTPUT][1])
-        self.input_name = self.session.get_inputs()[0].name
-        self.limits = ImageLimits()
         self.folder = cache_dir / model_digest(model) if cache_dir is not None else None
         if self.folder is not None:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -79,16 +79,16 @@ class Embedder:
 
     def _read(self, path: Path) -> bytes:
         try:
-            return read_bytes(path, self.limits)
+            return read_bytes(path, self.classifier.limits)
         except ImageError as exc:
             raise DatasetError(f"{path}: {exc}") from exc
 
     def _decode(self, path: Path, data: bytes) -> np.ndarray:
-        """The model input of a file's bytes, as :meth:`leafid.Classifier.load` makes it."""
-        try:
-            return preprocess(decode_input(data, self.spec, self.limits), self.spec)
-        except ImageError as exc:
-            raise DatasetError(f"{path}: {exc}") from exc
+        """The model input of a file's bytes (:meth:`leafid.Classifier.try_load`)."""
+        loaded = self.classifier.try_load(data)
+        if isinstance(loaded, ImageError):
+            raise DatasetError(f"{path}: {loaded}") from loaded
+        return loaded
 
     def _load(self, path: Path) -> tuple[str, np.ndarray, bool]:
         """(file hash, cached embedding or model input, whether it was cached)."""
@@ -137,7 +137,7 @@ class Embedder:
                 vectors = {}
                 if todo:
                     batch = np.stack([loaded[k][1] for k in todo])
-                    (made,) = self.session.run([EMBEDDING_OUTPUT], {self.input_name: batch})
+                    made = self.classifier.run(batch, [EMBEDDING_OUTPUT])[1][EMBEDDING_OUTPUT]
                     for k, vector in zip(todo, made.astype(np.float32), strict=True):
                         self._save(loaded[k][0], vector)
                         vectors[k] = vector
