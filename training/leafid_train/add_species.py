@@ -41,12 +41,13 @@ from leafid_train.export_run import (
     INT8_RANGE_IMAGES,
     PARITY_IMAGES,
     PARITY_TOLERANCE,
+    keep_int8_if_it_ships,
     make_int8,
     run_spec,
     spread,
 )
 from leafid_train.graph_rewrite import head_weights, replace_head
-from leafid_train.int8_rule import INT8_RULE, int8_decision
+from leafid_train.int8_rule import int8_decision
 from leafid_train.linear_head import LinearHead, extend_head, fit_head
 from leafid_train.locations import cache_dir as default_cache_dir
 from leafid_train.manifest import checksum
@@ -446,16 +447,7 @@ def _int8(
     comparison = compare(
         out, int8_path, val, val_labels, min_seconds=compare_seconds, rounds=COMPARE_ROUNDS
     )
-    decision = int8_decision(comparison)
-    if not decision.ships:  # beside a model, an INT8 copy would become its default
-        int8_path.unlink()
-    return {
-        "int8": str(int8_path),
-        "rule": INT8_RULE,
-        "compare": comparison,
-        "calibration": calibration,
-        "ship_int8": decision.ships,
-    }
+    return keep_int8_if_it_ships(int8_path, comparison, calibration, int8_decision(comparison))
 
 
 def _figures(

@@ -18,7 +18,7 @@ from leafid_train.calibrate import backoff_report, calibrate
 from leafid_train.checkpoint import load_best
 from leafid_train.config import TrainConfig
 from leafid_train.export import export_onnx, max_abs_diff, onnx_logits, save_onnx, set_metadata
-from leafid_train.int8_rule import INT8_RULE, int8_decision
+from leafid_train.int8_rule import INT8_RULE, Int8Decision, int8_decision
 from leafid_train.loop import predict_logits
 from leafid_train.quantize import compare, quantize_int8
 from leafid_train.run_data import RunData, build_data, fill_taxonomy
@@ -204,6 +204,28 @@ def _make_int8(
     return make_int8(out, spec, images, calibration_set, rule, run.eval_int8.load_metrics())
 
 
+def keep_int8_if_it_ships(
+    int8_path: Path,
+    comparison: dict[str, Any],
+    calibration: dict[str, Any],
+    decision: Int8Decision,
+) -> dict[str, Any]:
+    """Delete the INT8 copy unless it ships; return its INT8 report.
+
+    Beside a model, an INT8 copy would become its default, so one that does not
+    qualify must not stay.
+    """
+    if not decision.ships:
+        int8_path.unlink()
+    return {
+        "int8": str(int8_path),
+        "rule": INT8_RULE,
+        "compare": comparison,
+        "calibration": calibration,
+        "ship_int8": decision.ships,
+    }
+
+
 def export_run(
     run_dir: Path,
     out: Path,
@@ -285,18 +307,10 @@ def export_run(
             rounds=compare_rounds,
         )
         decision = int8_decision(comparison, run.eval.load_metrics(), run.eval_int8.load_metrics())
-        run.write_int8_report(
-            {
-                "int8": str(int8_path),
-                "rule": INT8_RULE,
-                "compare": comparison,
-                "calibration": int8_calibration,
-                "ship_int8": decision.ships,
-            }
-        )
+        kept = keep_int8_if_it_ships(int8_path, comparison, int8_calibration, decision)
+        run.write_int8_report(kept)
         report.update(int8=str(int8_path), int8_compare=comparison, int8_ship=decision.ships)
-        if not decision.ships:  # beside a model, an INT8 copy would become its default
-            int8_path.unlink()
+        if not decision.ships:
             report["int8_removed"] = True
     elif int8_copy_path(out).is_file():  # made from an older fp32 model: stale
         int8_copy_path(out).unlink()
